@@ -1,0 +1,37 @@
+//! `iscsimple attach SPEC [--dry-run]`: print the device to hand to the hypervisor.
+use iscsimple::disk::Engine;
+use iscsimple::runner::RealRunner;
+use iscsimple::spec::Spec;
+
+use super::{load_config, CmdResult, Failure};
+
+/// Arguments of `attach`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// The disk spec: [iscsimple:][lunN@]TARGET[+LABEL].
+    pub spec: String,
+    /// Print the ordered plan (one command or sysfs write per line) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
+    let spec: Spec = args
+        .spec
+        .parse()
+        .map_err(|e| Failure::input(anyhow::Error::from(e).context("attach")))?;
+    let config = load_config(config)?;
+    let runner = RealRunner::new();
+    let engine = Engine::new(&config, &runner);
+    if args.dry_run {
+        let plan = engine.plan(&spec).map_err(Failure::from_disk)?;
+        for line in plan {
+            println!("{line}");
+        }
+        return Ok(());
+    }
+    super::require_programs(&runner)?;
+    let dev = engine.attach(&spec).map_err(Failure::from_disk)?;
+    println!("{}", dev.display());
+    Ok(())
+}

@@ -1,0 +1,51 @@
+//! `iscsimple detach SPEC|LABEL|DEVICE [--dry-run]`.
+use iscsimple::disk::Engine;
+use iscsimple::runner::RealRunner;
+
+use super::{load_config, CmdResult, Failure};
+
+/// Arguments of `detach`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// What to detach: the spec, the label, or the device attach printed.
+    pub what: String,
+    /// Say what would be detached and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
+    let config = load_config(config)?;
+    let runner = RealRunner::new();
+    let engine = Engine::new(&config, &runner);
+    if args.dry_run {
+        match engine.find(&args.what).map_err(Failure::failed)? {
+            Some((_, a)) => {
+                if let Some(m) = &a.mirror {
+                    println!(
+                        "mdadm --stop /dev/{} (/dev/md/{})",
+                        m.kname.as_deref().unwrap_or("?"),
+                        m.label
+                    );
+                }
+                if let Some(i) = &a.iscsi {
+                    println!(
+                        "flush /dev/{} and echo 1 > /sys/bus/scsi/devices/{}/delete",
+                        i.kname, i.hctl
+                    );
+                    println!(
+                        "iscsiadm -m session -r SID --logout, if no other LUN of {} is attached",
+                        i.target
+                    );
+                }
+            }
+            None => println!("{} is not attached", args.what),
+        }
+        return Ok(());
+    }
+    super::require_programs(&runner)?;
+    if !engine.detach(&args.what).map_err(Failure::from_disk)? {
+        eprintln!("iscsimple: {} is not attached; nothing to do", args.what);
+    }
+    Ok(())
+}

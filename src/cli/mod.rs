@@ -1,0 +1,125 @@
+//! Command line: clap definitions and dispatch, one file per subcommand.
+//!
+//! Exit codes: 0 ok; 1 the operation failed (and was rolled back); 2 bad
+//! usage or input, nothing touched.
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod attach;
+mod check;
+mod detach;
+mod logging;
+mod parse;
+mod status;
+
+/// Attach iSCSI LUNs, optionally mirrored with a local volume, for Xen and KVM hosts.
+#[derive(Debug, Parser)]
+#[command(name = "iscsimple", version, about)]
+pub(crate) struct Cli {
+    /// Configuration file (default /etc/iscsimple/iscsimple.toml; a missing default file means defaults).
+    #[arg(long, global = true, env = "ISCSIMPLE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// More log output on stderr (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Parse a disk spec and print it as JSON.
+    Parse(parse::Args),
+    /// Validate the configuration file and the label table.
+    Check(check::Args),
+    /// Attach a disk spec and print the device to hand to the hypervisor.
+    Attach(attach::Args),
+    /// Detach a spec, label or device: stop the array, remove the SCSI device, log out when unused.
+    Detach(detach::Args),
+    /// Show attachments, their sessions and legs, and what the tool does not know.
+    Status(status::Args),
+}
+
+/// A failed command: the error and the exit code it maps to.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub code: u8,
+    pub error: anyhow::Error,
+}
+
+impl Failure {
+    /// Bad usage or input; nothing was touched (exit 2).
+    pub fn input(error: impl Into<anyhow::Error>) -> Self {
+        Failure {
+            code: 2,
+            error: error.into(),
+        }
+    }
+    /// An attach/detach error: exit 2 when the input was at fault, else 1.
+    pub fn from_disk(e: iscsimple::disk::DiskError) -> Self {
+        Failure {
+            code: if e.cause.is_input() { 2 } else { 1 },
+            error: e.into(),
+        }
+    }
+    /// The operation failed and was rolled back (exit 1).
+    pub fn failed(error: impl Into<anyhow::Error>) -> Self {
+        Failure {
+            code: 1,
+            error: error.into(),
+        }
+    }
+}
+
+pub(crate) type CmdResult = Result<(), Failure>;
+
+/// The configuration: `--config`/`ISCSIMPLE_CONFIG`, or the default file if present.
+pub(crate) fn load_config(
+    path: Option<&std::path::Path>,
+) -> Result<iscsimple::config::Config, Failure> {
+    iscsimple::config::Config::load(path).map_err(Failure::input)
+}
+
+/// Fail early, naming the program and the directories searched.
+pub(crate) fn require_programs(runner: &iscsimple::runner::RealRunner) -> CmdResult {
+    use iscsimple::runner::{Program, Runner};
+    runner
+        .verify(&[Program::Iscsiadm, Program::Mdadm])
+        .map_err(Failure::failed)
+}
+
+pub(crate) fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap prints help/version to stdout with exit 0, usage errors with 2.
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    logging::init(cli.verbose, cli.quiet);
+    let config = cli.config.as_deref();
+    let result = match cli.command {
+        Command::Parse(args) => parse::run(args),
+        Command::Check(args) => check::run(args, config),
+        Command::Attach(args) => attach::run(args, config),
+        Command::Detach(args) => detach::run(args, config),
+        Command::Status(args) => status::run(args, config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            // One line: the anyhow context chain, outermost first.
+            eprintln!("iscsimple: {:#}", f.error);
+            ExitCode::from(f.code)
+        }
+    }
+}

@@ -1,0 +1,1085 @@
+//! Attach and detach: the seed's steps, each with its undo.
+//!
+//! attach: read the label table → check the local volume → login (node
+//! record, CHAP, manual scan) → scan the LUN → wait for its block device →
+//! check sizes → `mdadm --build … missing --write-mostly ISCSI` → `--add
+//! LOCAL`. Every step that changes the host pushes its undo; a failure runs
+//! them backwards, so the host ends as it was before the call.
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::{Config, ConfigError};
+use crate::iscsi::{self, IscsiError, Iscsiadm, ScsiDev, Session};
+use crate::labels::{LabelTable, LabelTableError, LocalDevice};
+use crate::lock::{file_key, Lock, LockError};
+use crate::md::{self, Leg, MdError, Mdadm};
+use crate::runner::{Cmd, Program, RunError, Runner};
+use crate::spec::{Spec, TargetName};
+use crate::state::{Attachment, IscsiLeg, Mirror, OwnedSession, Phase, StateError, Store};
+use crate::sysfs::Sys;
+use crate::uevent::Watcher;
+use crate::volume::{self, VolumeError};
+
+/// A step of attach or detach, named in errors and plans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Reading the label table.
+    LabelTable,
+    /// Resolving and checking the local volume.
+    LocalVolume,
+    /// Checking that the label is free.
+    Label,
+    /// Taking a lock.
+    Lock,
+    /// Recording state.
+    State,
+    /// Finding the target's portal.
+    Portal,
+    /// Preparing the node record.
+    Node,
+    /// Logging in.
+    Login,
+    /// Scanning the LUN.
+    Scan,
+    /// Waiting for the LUN's block device.
+    Device,
+    /// Comparing sizes.
+    Size,
+    /// Building the array.
+    Build,
+    /// Adding the local leg.
+    AddLocal,
+    /// Stopping the array.
+    Stop,
+    /// Removing the SCSI device.
+    DeleteDevice,
+    /// Logging out.
+    Logout,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Step::LabelTable => "label table",
+            Step::LocalVolume => "local leg",
+            Step::Label => "label",
+            Step::Lock => "lock",
+            Step::State => "state",
+            Step::Portal => "portal",
+            Step::Node => "node record",
+            Step::Login => "login",
+            Step::Scan => "LUN scan",
+            Step::Device => "block device",
+            Step::Size => "size check",
+            Step::Build => "mdadm --build",
+            Step::AddLocal => "mdadm --add",
+            Step::Stop => "mdadm --stop",
+            Step::DeleteDevice => "SCSI device delete",
+            Step::Logout => "logout",
+        })
+    }
+}
+
+/// What went wrong in a step.
+#[derive(Debug, thiserror::Error)]
+pub enum Cause {
+    /// Configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Label table.
+    #[error(transparent)]
+    Labels(#[from] LabelTableError),
+    /// Local volume.
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    /// iSCSI.
+    #[error(transparent)]
+    Iscsi(#[from] IscsiError),
+    /// md.
+    #[error(transparent)]
+    Md(#[from] MdError),
+    /// Locks.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// State files.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// An external program.
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// The label is not in the table.
+    #[error("label {label} is not in the label table {}", table.display())]
+    UnknownLabel {
+        /// The label.
+        label: String,
+        /// The table.
+        table: PathBuf,
+    },
+    /// Both legs MISSING.
+    #[error("both legs are MISSING: nothing to attach")]
+    BothMissing,
+    /// The label already names an array this call did not make.
+    #[error("/dev/md/{label} already exists ({kname}){}", held_by(.by))]
+    LabelInUse {
+        /// The label.
+        label: String,
+        /// Its array.
+        kname: String,
+        /// The attachment holding it, if known.
+        by: Option<String>,
+    },
+    /// The LUN is already attached under another spec.
+    #[error("LUN {lun} of {target} is already attached as {by}")]
+    LunInUse {
+        /// Target.
+        target: String,
+        /// LUN.
+        lun: u32,
+        /// The other attachment's spec.
+        by: String,
+    },
+}
+
+fn held_by(by: &Option<String>) -> String {
+    by.as_ref()
+        .map(|b| format!(", attached as {b}"))
+        .unwrap_or_default()
+}
+
+impl Cause {
+    /// True when the caller's input (spec, table, config, credentials) is at
+    /// fault rather than the system: exit code 2.
+    pub fn is_input(&self) -> bool {
+        matches!(
+            self,
+            Cause::Config(_)
+                | Cause::Labels(_)
+                | Cause::UnknownLabel { .. }
+                | Cause::BothMissing
+                | Cause::LabelInUse { .. }
+                | Cause::LunInUse { .. }
+                | Cause::Volume(_)
+                | Cause::Iscsi(IscsiError::AuthFailed { .. })
+                | Cause::Iscsi(IscsiError::NotDisk { .. })
+                | Cause::Iscsi(IscsiError::NoLun { .. })
+                | Cause::Iscsi(IscsiError::TargetUnknown { .. })
+        )
+    }
+}
+
+/// A failed attach or detach: the spec, the step, the cause, and any undo
+/// that failed too.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {spec}: {step}: {cause}{}", rollback_text(.rollback))]
+pub struct DiskError {
+    /// `attach` or `detach`.
+    pub op: &'static str,
+    /// The spec (canonical) or what detach was given.
+    pub spec: String,
+    /// The step that failed.
+    pub step: Step,
+    /// Why. Not exposed as `source()`: the message already carries the whole
+    /// chain, and the edge prints `{:#}`.
+    pub cause: Box<Cause>,
+    /// Undo steps that failed as well (empty when the rollback was clean).
+    pub rollback: Vec<String>,
+}
+
+fn rollback_text(r: &[String]) -> String {
+    if r.is_empty() {
+        String::new()
+    } else {
+        format!(" (rollback incomplete: {})", r.join("; "))
+    }
+}
+
+/// One undo action, pushed by the step that made it necessary.
+#[derive(Debug)]
+enum Undo {
+    RemoveState(String),
+    DeleteNode {
+        target: String,
+        portal: String,
+    },
+    RestoreRecord {
+        path: PathBuf,
+        content: String,
+    },
+    Logout {
+        target: String,
+        sid: u32,
+    },
+    Disown(String),
+    DeleteScsi(ScsiDev),
+    StopArray {
+        label: String,
+        kname: Option<String>,
+    },
+}
+
+/// The engine: configuration, a runner and where to read and keep state.
+#[derive(Debug)]
+pub struct Engine<'a> {
+    /// Configuration.
+    pub config: &'a Config,
+    /// Runs programs.
+    pub runner: &'a dyn Runner,
+    /// sysfs and /dev.
+    pub sys: Sys,
+    /// State and locks.
+    pub store: Store,
+}
+
+/// The state key of a spec: its label, or `lunN@target`.
+pub fn key_of(spec: &Spec) -> String {
+    match (&spec.label, &spec.target) {
+        (Some(l), _) => format!("label-{}", l.as_str()),
+        (None, Some(t)) => format!("lun{}@{}", spec.lun, t.as_str()),
+        (None, None) => "none".to_string(),
+    }
+}
+
+impl<'a> Engine<'a> {
+    /// An engine on the real host.
+    pub fn new(config: &'a Config, runner: &'a dyn Runner) -> Engine<'a> {
+        Engine {
+            config,
+            runner,
+            sys: Sys::default(),
+            store: Store::new(&config.run_dir),
+        }
+    }
+
+    fn iscsiadm(&self) -> Iscsiadm<'_> {
+        Iscsiadm {
+            runner: self.runner,
+            timeout: self.config.timeouts.command,
+            login_timeout: self.config.timeouts.login,
+        }
+    }
+
+    fn mdadm(&self) -> Mdadm<'_> {
+        Mdadm {
+            runner: self.runner,
+            timeout: self.config.timeouts.command,
+        }
+    }
+
+    fn lock(&self, name: &str, what: &str) -> Result<Lock, LockError> {
+        Lock::take(
+            &self.store.lock_dir(),
+            &file_key(name),
+            what,
+            self.config.timeouts.lock,
+        )
+    }
+
+    /// The local leg of `spec` per the label table: None for MISSING or no label.
+    fn local_leg(&self, spec: &Spec) -> Result<Option<PathBuf>, (Step, Cause)> {
+        let Some(label) = &spec.label else {
+            return Ok(None);
+        };
+        let table =
+            LabelTable::load(&self.config.label_table).map_err(|e| (Step::LabelTable, e.into()))?;
+        let entry = table.lookup(label).ok_or_else(|| {
+            (
+                Step::LabelTable,
+                Cause::UnknownLabel {
+                    label: label.to_string(),
+                    table: self.config.label_table.clone(),
+                },
+            )
+        })?;
+        Ok(match &entry.device {
+            LocalDevice::Missing => None,
+            LocalDevice::Path(p) => Some(p.clone()),
+        })
+    }
+
+    /// The ordered plan of `attach` (for `--dry-run`): one line per command
+    /// or sysfs write it would do. Changes nothing.
+    pub fn plan(&self, spec: &Spec) -> Result<Vec<String>, DiskError> {
+        let fail = |(step, cause)| DiskError {
+            op: "attach",
+            spec: spec.to_string(),
+            step,
+            cause: Box::new(cause),
+            rollback: vec![],
+        };
+        let local = self.local_leg(spec).map_err(fail)?;
+        if spec.target.is_none() && local.is_none() && spec.label.is_some() {
+            return Err(fail((Step::LocalVolume, Cause::BothMissing)));
+        }
+        let mut p = Vec::new();
+        if let Some(l) = &local {
+            p.push(format!(
+                "check {} is an unused block device (exclusive open, sysfs holders)",
+                l.display()
+            ));
+        }
+        if let Some(t) = &spec.target {
+            let t = t.as_str();
+            match iscsi::session_of(&self.sys, t).filter(|s| s.state == "LOGGED_IN") {
+                Some(s) => p.push(format!("reuse session {} to {t}", s.sid)),
+                None => {
+                    let portal = iscsi::node_portals(&self.sys, t).into_iter().next();
+                    let portal = match portal {
+                        Some(pt) => pt,
+                        None => {
+                            for d in &self.config.discovery.portals {
+                                p.push(format!(
+                                    "iscsiadm -m discovery -t sendtargets -p {d} -o nonpersistent"
+                                ));
+                            }
+                            p.push(format!("iscsiadm -m node -T {t} -p PORTAL -o new"));
+                            "PORTAL".to_string()
+                        }
+                    };
+                    for (k, v) in [("node.session.scan", "manual"), ("node.startup", "manual")] {
+                        p.push(format!(
+                            "iscsiadm -m node -T {t} -p {portal} -o update -n {k} -v {v}"
+                        ));
+                    }
+                    if self
+                        .config
+                        .chap_for(spec.target.as_ref().expect("checked"))
+                        .ok()
+                        .flatten()
+                        .is_some()
+                    {
+                        p.push(format!("iscsiadm -m node -T {t} -p {portal} -o update -n node.session.auth.authmethod -v CHAP (+ usernames)"));
+                        p.push(format!("write CHAP secrets into the node record of {t} at {portal} (never on a command line)"));
+                    }
+                    p.push(format!("iscsiadm -m node -T {t} -p {portal} --login"));
+                }
+            }
+            p.push(format!(
+                "echo '- - {}' > /sys/class/scsi_host/hostN/scan",
+                spec.lun
+            ));
+            p.push(format!(
+                "wait for the block device of LUN {} (uevents, {}s)",
+                spec.lun,
+                self.config.timeouts.device.as_secs()
+            ));
+        }
+        if let Some(label) = &spec.label {
+            let mut legs = vec!["missing".to_string()];
+            match &spec.target {
+                Some(_) => legs.push("--write-mostly ISCSI_DEV".into()),
+                None => legs.push(
+                    local
+                        .as_ref()
+                        .map(|l| l.display().to_string())
+                        .unwrap_or_default(),
+                ),
+            }
+            p.push(format!(
+                "mdadm --build /dev/md/{label} --level=1 --raid-devices=2 {}",
+                legs.join(" ")
+            ));
+            if let (Some(_), Some(l)) = (&spec.target, &local) {
+                p.push(format!("mdadm /dev/md/{label} --add {}", l.display()));
+            }
+            p.push(format!("hand out /dev/md/{label}"));
+        } else {
+            p.push("hand out the LUN's block device".to_string());
+        }
+        Ok(p)
+    }
+
+    /// Attach `spec`; returns the device to hand to the hypervisor.
+    pub fn attach(&self, spec: &Spec) -> Result<PathBuf, DiskError> {
+        let key = key_of(spec);
+        let mut undo: Vec<Undo> = Vec::new();
+        let r = self.attach_steps(spec, &key, &mut undo);
+        match r {
+            Ok(dev) => Ok(dev),
+            Err((step, cause)) => {
+                tracing::warn!(spec = %spec, %step, error = %cause, "attach failed; rolling back");
+                let rollback = self.run_undo(undo);
+                Err(DiskError {
+                    op: "attach",
+                    spec: spec.to_string(),
+                    step,
+                    cause: Box::new(cause),
+                    rollback,
+                })
+            }
+        }
+    }
+
+    fn attach_steps(
+        &self,
+        spec: &Spec,
+        key: &str,
+        undo: &mut Vec<Undo>,
+    ) -> Result<PathBuf, (Step, Cause)> {
+        // Input first: nothing is touched until the table and volume check out.
+        let local_path = self.local_leg(spec)?;
+        if spec.target.is_none() && local_path.is_none() {
+            return Err((Step::LocalVolume, Cause::BothMissing));
+        }
+        let local = match &local_path {
+            Some(p) => {
+                Some(volume::resolve(&self.sys, p).map_err(|e| (Step::LocalVolume, e.into()))?)
+            }
+            None => None,
+        };
+
+        let _key_lock = self
+            .lock(&format!("attach-{key}"), &format!("attachment {key}"))
+            .map_err(|e| (Step::Lock, e.into()))?;
+        let _lun_lock = match &spec.target {
+            Some(t) if spec.label.is_some() => Some(
+                self.lock(
+                    &format!("lun{}@{}", spec.lun, t.as_str()),
+                    &format!("LUN {} of {}", spec.lun, t.as_str()),
+                )
+                .map_err(|e| (Step::Lock, e.into()))?,
+            ),
+            _ => None,
+        };
+
+        // Already attached (a rerun): hand out the same device.
+        if let Some(a) = self.store.load(key).map_err(|e| (Step::State, e.into()))? {
+            if a.phase == Phase::Attached && a.spec == spec.to_string() {
+                if let Some(dev) = a.device.clone().filter(|d| self.sys.path(d).exists()) {
+                    tracing::info!(spec = %spec, device = %dev.display(), "already attached");
+                    return Ok(dev);
+                }
+            }
+            if a.spec != spec.to_string() && a.phase == Phase::Attached {
+                let kname = a
+                    .mirror
+                    .as_ref()
+                    .and_then(|m| m.kname.clone())
+                    .unwrap_or_default();
+                let label = spec
+                    .label
+                    .as_ref()
+                    .map(|l| l.to_string())
+                    .unwrap_or_default();
+                return Err((
+                    Step::Label,
+                    Cause::LabelInUse {
+                        label,
+                        kname,
+                        by: Some(a.spec),
+                    },
+                ));
+            }
+            // A previous attach died half-way (or its devices vanished): undo what it recorded.
+            tracing::warn!(spec = %spec, phase = ?a.phase, "cleaning up an unfinished attachment first");
+            let errors = self.detach_recorded(key, &a);
+            if let Some(e) = errors.into_iter().next() {
+                return Err(e);
+            }
+        }
+        if let Some(label) = &spec.label {
+            if let Some(arr) = md::by_label(&self.sys, label.as_str()) {
+                return Err((
+                    Step::Label,
+                    Cause::LabelInUse {
+                        label: label.to_string(),
+                        kname: arr.kname,
+                        by: None,
+                    },
+                ));
+            }
+        }
+        if let Some(v) = &local {
+            volume::check_unused(&self.sys, v).map_err(|e| (Step::LocalVolume, e.into()))?;
+        }
+        if let Some(t) = &spec.target {
+            for (k, a) in self.store.all().map_err(|e| (Step::State, e.into()))? {
+                if let Some(i) = &a.iscsi {
+                    if k != file_key(key) && i.target == t.as_str() && i.lun == spec.lun {
+                        return Err((
+                            Step::Scan,
+                            Cause::LunInUse {
+                                target: t.to_string(),
+                                lun: spec.lun,
+                                by: a.spec,
+                            },
+                        ));
+                    }
+                }
+            }
+        }
+
+        let mut att = Attachment {
+            spec: spec.to_string(),
+            phase: Phase::Attaching,
+            device: None,
+            iscsi: None,
+            mirror: spec.label.as_ref().map(|l| Mirror {
+                label: l.to_string(),
+                kname: None,
+                local: local_path.clone(),
+            }),
+        };
+        self.store
+            .save(key, &att)
+            .map_err(|e| (Step::State, e.into()))?;
+        undo.push(Undo::RemoveState(key.to_string()));
+
+        // iSCSI leg.
+        let iscsi_dev = match &spec.target {
+            Some(t) => {
+                let leg = self.iscsi_leg(t, spec.lun, undo)?;
+                let dev = PathBuf::from(format!("/dev/{}", leg.kname));
+                att.iscsi = Some(leg);
+                self.store
+                    .save(key, &att)
+                    .map_err(|e| (Step::State, e.into()))?;
+                Some(dev)
+            }
+            None => None,
+        };
+        if let (Some(v), Some(leg)) = (&local, &att.iscsi) {
+            volume::check_size(v, leg.size).map_err(|e| (Step::Size, e.into()))?;
+        }
+
+        // The mirror.
+        let device = match &spec.label {
+            None => iscsi_dev
+                .clone()
+                .expect("a spec without label has a target"),
+            Some(label) => {
+                let label = label.as_str();
+                let mut legs = vec![Leg::Missing];
+                match (&iscsi_dev, &local) {
+                    (Some(d), _) => legs.push(Leg::WriteMostly(d.clone())),
+                    (None, Some(v)) => legs.push(Leg::Normal(v.path.clone())),
+                    (None, None) => unreachable!("checked above"),
+                }
+                if let Some(stale) = self.sys.link_name(md::label_path(label)) {
+                    // A link left by an array stopped without udev would confuse mdadm.
+                    md::remove_stale_nodes(&self.sys, label, &stale)
+                        .map_err(|e| (Step::Build, e.into()))?;
+                }
+                {
+                    // mdadm picks a free minor; two builds at once could pick the same.
+                    let _md_lock = self
+                        .lock("md-build", "md array creation")
+                        .map_err(|e| (Step::Lock, e.into()))?;
+                    undo.push(Undo::StopArray {
+                        label: label.to_string(),
+                        kname: None,
+                    });
+                    self.mdadm()
+                        .build(label, &legs)
+                        .map_err(|e| (Step::Build, e.into()))?;
+                }
+                self.settle();
+                let kname = self.find_array(label, &legs).ok_or_else(|| {
+                    (
+                        Step::Build,
+                        MdError::Vanished {
+                            label: label.to_string(),
+                        }
+                        .into(),
+                    )
+                })?;
+                if let Some(Undo::StopArray { kname: k, .. }) = undo.last_mut() {
+                    *k = Some(kname.clone());
+                }
+                md::ensure_label_link(&self.sys, label, &kname)
+                    .map_err(|e| (Step::Build, e.into()))?;
+                md::set_speed_limits(
+                    &self.sys,
+                    &kname,
+                    self.config.md.sync_speed_min,
+                    self.config.md.sync_speed_max,
+                )
+                .map_err(|e| (Step::Build, e.into()))?;
+                if let Some(m) = att.mirror.as_mut() {
+                    m.kname = Some(kname.clone());
+                }
+                self.store
+                    .save(key, &att)
+                    .map_err(|e| (Step::State, e.into()))?;
+                if let (Some(_), Some(v)) = (&iscsi_dev, &local) {
+                    // The iSCSI copy is the source: the local leg joins and is overwritten.
+                    self.mdadm()
+                        .add(label, &v.path, false)
+                        .map_err(|e| (Step::AddLocal, e.into()))?;
+                }
+                md::label_path(label)
+            }
+        };
+        att.phase = Phase::Attached;
+        att.device = Some(device.clone());
+        self.store
+            .save(key, &att)
+            .map_err(|e| (Step::State, e.into()))?;
+        tracing::info!(spec = %spec, device = %device.display(), "attached");
+        Ok(device)
+    }
+
+    /// Login (or reuse the session), scan the LUN, wait for its disk.
+    fn iscsi_leg(
+        &self,
+        t: &TargetName,
+        lun: u32,
+        undo: &mut Vec<Undo>,
+    ) -> Result<IscsiLeg, (Step, Cause)> {
+        let target = t.as_str();
+        let _target_lock = self
+            .lock(&format!("target-{target}"), &format!("target {target}"))
+            .map_err(|e| (Step::Lock, e.into()))?;
+        let session = match iscsi::session_of(&self.sys, target).filter(|s| s.state == "LOGGED_IN")
+        {
+            Some(s) => s,
+            None => self.login(t, undo)?,
+        };
+        let portal = session.portal.clone().unwrap_or_default();
+        // Our own sessions scan manually, so a LUN device found on one was
+        // scanned by an earlier (perhaps interrupted) call of ours.
+        let owned = self
+            .store
+            .owned_session(target)
+            .map_err(|e| (Step::State, e.into()))?
+            .is_some();
+        let (dev, scanned) = match iscsi::lun_device(&self.sys, &session, lun) {
+            Some(d) => (d, owned),
+            None => {
+                iscsi::scan_lun(&self.sys, &session, lun).map_err(|e| (Step::Scan, e.into()))?;
+                let d = iscsi::lun_device(&self.sys, &session, lun).ok_or_else(|| {
+                    (
+                        Step::Scan,
+                        IscsiError::NoLun {
+                            target: target.to_string(),
+                            lun,
+                            disks: None,
+                        }
+                        .into(),
+                    )
+                })?;
+                undo.push(Undo::DeleteScsi(d.clone()));
+                (d, true)
+            }
+        };
+        if dev.kind != 0 {
+            let disks = self.disk_luns(&session);
+            return Err((
+                Step::Scan,
+                IscsiError::NotDisk {
+                    target: target.to_string(),
+                    lun,
+                    kind: dev.kind,
+                    disks: Some(disks),
+                }
+                .into(),
+            ));
+        }
+        let wait = self.config.timeouts.device;
+        let watcher = Watcher::new();
+        let kname = watcher
+            .wait(wait, || {
+                let d = iscsi::lun_device(&self.sys, &session, lun)?;
+                let b = d.block?;
+                self.sys.exists(format!("/dev/{b}")).then_some(b)
+            })
+            .ok_or_else(|| {
+                (
+                    Step::Device,
+                    IscsiError::NoBlockDevice {
+                        target: target.to_string(),
+                        lun,
+                        hctl: dev.hctl.clone(),
+                        waited: wait,
+                    }
+                    .into(),
+                )
+            })?;
+        if let Some(Undo::DeleteScsi(d)) = undo.last_mut() {
+            d.block = Some(kname.clone());
+        }
+        let size = self.sys.block_size(&kname).unwrap_or(0);
+        tracing::info!(target, lun, device = %kname, size, "LUN ready");
+        Ok(IscsiLeg {
+            target: target.to_string(),
+            lun,
+            portal,
+            hctl: dev.hctl,
+            kname,
+            scanned,
+            size,
+        })
+    }
+
+    /// Disk LUNs of a session, for error messages: a full scan, then the
+    /// devices it brought in are deleted again.
+    fn disk_luns(&self, session: &Session) -> Vec<u32> {
+        let before: Vec<String> = iscsi::host_devices(&self.sys, session.host)
+            .into_iter()
+            .map(|d| d.hctl)
+            .collect();
+        let path = self
+            .sys
+            .path(format!("/sys/class/scsi_host/host{}/scan", session.host));
+        let _ = std::fs::write(path, "- - -");
+        let all = iscsi::host_devices(&self.sys, session.host);
+        for d in all.iter().filter(|d| !before.contains(&d.hctl)) {
+            let _ = iscsi::delete_device(&self.sys, d);
+        }
+        all.iter().filter(|d| d.kind == 0).map(|d| d.lun).collect()
+    }
+
+    /// Find the portal, prepare the node record, log in; returns the session.
+    fn login(&self, t: &TargetName, undo: &mut Vec<Undo>) -> Result<Session, (Step, Cause)> {
+        let target = t.as_str();
+        let adm = self.iscsiadm();
+        let portal = match iscsi::node_portals(&self.sys, target).into_iter().next() {
+            Some(p) => p,
+            None => {
+                let mut found = None;
+                for d in &self.config.discovery.portals {
+                    let d = d.to_string();
+                    match adm.discover(&d) {
+                        Ok(list) => {
+                            if let Some((p, _)) = list.into_iter().find(|(_, n)| n == target) {
+                                found = Some(p);
+                                break;
+                            }
+                        }
+                        Err(e) => tracing::warn!(portal = %d, error = %e, "discovery failed"),
+                    }
+                }
+                let tried = if self.config.discovery.portals.is_empty() {
+                    "none configured".to_string()
+                } else {
+                    self.config
+                        .discovery
+                        .portals
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                let p = found.ok_or_else(|| {
+                    (
+                        Step::Portal,
+                        IscsiError::TargetUnknown {
+                            target: target.to_string(),
+                            tried,
+                        }
+                        .into(),
+                    )
+                })?;
+                adm.node_new(target, &p)
+                    .map_err(|e| (Step::Node, e.into()))?;
+                undo.push(Undo::DeleteNode {
+                    target: target.to_string(),
+                    portal: p.clone(),
+                });
+                p
+            }
+        };
+        let record = iscsi::node_record_file(&self.sys, target, &portal);
+        if let Some(path) = &record {
+            if !undo.iter().any(|u| matches!(u, Undo::DeleteNode { .. })) {
+                let content = std::fs::read_to_string(path).map_err(|source| {
+                    (
+                        Step::Node,
+                        IscsiError::Io {
+                            path: path.clone(),
+                            source,
+                        }
+                        .into(),
+                    )
+                })?;
+                undo.push(Undo::RestoreRecord {
+                    path: path.clone(),
+                    content,
+                });
+            }
+        }
+        let node = |k: &str, v: &str| {
+            adm.node_set(target, &portal, k, v)
+                .map_err(|e| (Step::Node, Cause::from(e)))
+        };
+        node("node.session.scan", "manual")?;
+        node("node.startup", "manual")?;
+        if let Some(chap) = self
+            .config
+            .chap_for(t)
+            .map_err(|e| (Step::Node, e.into()))?
+        {
+            node("node.session.auth.authmethod", "CHAP")?;
+            node("node.session.auth.username", &chap.credentials.username)?;
+            let mut secrets = vec![("node.session.auth.password", &chap.credentials.password)];
+            if let Some(m) = &chap.mutual {
+                node("node.session.auth.username_in", &m.username)?;
+                secrets.push(("node.session.auth.password_in", &m.password));
+            }
+            let path = iscsi::node_record_file(&self.sys, target, &portal).ok_or_else(|| {
+                (
+                    Step::Node,
+                    IscsiError::Io {
+                        path: PathBuf::from(iscsi::NODE_DB).join(target),
+                        source: std::io::ErrorKind::NotFound.into(),
+                    }
+                    .into(),
+                )
+            })?;
+            iscsi::set_record_secrets(&self.sys, &path, &secrets)
+                .map_err(|e| (Step::Node, e.into()))?;
+        }
+        adm.login(target, &portal)
+            .map_err(|e| (Step::Login, e.into()))?;
+        let wait = self.config.timeouts.device;
+        let session = Watcher::new()
+            .wait(wait, || {
+                iscsi::session_of(&self.sys, target).filter(|s| s.state == "LOGGED_IN")
+            })
+            .ok_or_else(|| {
+                (
+                    Step::Login,
+                    IscsiError::NoSession {
+                        target: target.to_string(),
+                        waited: wait,
+                    }
+                    .into(),
+                )
+            })?;
+        undo.push(Undo::Logout {
+            target: target.to_string(),
+            sid: session.sid,
+        });
+        self.store
+            .own_session(&OwnedSession {
+                target: target.to_string(),
+                portal: portal.clone(),
+            })
+            .map_err(|e| (Step::State, e.into()))?;
+        undo.push(Undo::Disown(target.to_string()));
+        tracing::info!(target, portal = %portal, sid = session.sid, "logged in");
+        Ok(session)
+    }
+
+    /// The array mdadm just built for `label`: the link's target, or the
+    /// array whose members are our legs.
+    fn find_array(&self, label: &str, legs: &[Leg]) -> Option<String> {
+        if let Some(a) = md::by_label(&self.sys, label) {
+            return Some(a.kname);
+        }
+        let want: Vec<String> = legs
+            .iter()
+            .filter_map(|l| match l {
+                Leg::WriteMostly(p) | Leg::Normal(p) => std::fs::canonicalize(self.sys.path(p))
+                    .ok()?
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned()),
+                Leg::Missing => None,
+            })
+            .collect();
+        md::arrays(&self.sys)
+            .into_iter()
+            .find(|a| want.iter().all(|w| a.members.iter().any(|m| &m.kname == w)))
+            .map(|a| a.kname)
+    }
+
+    /// Let udev finish (when it runs) so links exist before we hand them out.
+    fn settle(&self) {
+        if self.sys.exists("/run/udev/control") {
+            let cmd = Cmd::new(Program::Udevadm)
+                .args(["settle", "--timeout=10"])
+                .timeout(Duration::from_secs(15));
+            if let Err(e) = self.runner.run(&cmd) {
+                tracing::debug!(error = %e, "udevadm settle");
+            }
+        }
+    }
+
+    fn run_undo(&self, undo: Vec<Undo>) -> Vec<String> {
+        let mut failed = Vec::new();
+        for u in undo.into_iter().rev() {
+            tracing::debug!(undo = ?u, "undo");
+            let r: Result<(), String> = match &u {
+                Undo::RemoveState(k) => self.store.remove(k).map_err(|e| e.to_string()),
+                Undo::DeleteNode { target, portal } => self
+                    .iscsiadm()
+                    .node_delete(target, portal)
+                    .map_err(|e| e.to_string()),
+                Undo::RestoreRecord { path, content } => {
+                    iscsi::restore_record(&self.sys, path, content).map_err(|e| e.to_string())
+                }
+                Undo::Logout { sid, target } => {
+                    tracing::info!(target = %target, sid, "logging out (rollback)");
+                    self.iscsiadm().logout(*sid).map_err(|e| e.to_string())
+                }
+                Undo::Disown(t) => self.store.disown_session(t).map_err(|e| e.to_string()),
+                Undo::DeleteScsi(d) => {
+                    iscsi::delete_device(&self.sys, d).map_err(|e| e.to_string())
+                }
+                Undo::StopArray { label, kname } => self
+                    .stop_array(label, kname.as_deref())
+                    .map_err(|e| e.to_string()),
+            };
+            if let Err(e) = r {
+                tracing::error!(undo = ?u, error = %e, "undo failed");
+                failed.push(e);
+            }
+        }
+        failed
+    }
+
+    fn stop_array(&self, label: &str, kname: Option<&str>) -> Result<(), MdError> {
+        let kname = match kname
+            .map(str::to_string)
+            .or_else(|| md::by_label(&self.sys, label).map(|a| a.kname))
+        {
+            Some(k) => k,
+            None => return Ok(()),
+        };
+        if md::read_array(&self.sys, &kname).is_some() {
+            self.mdadm().stop(&kname)?;
+        }
+        self.settle();
+        md::remove_stale_nodes(&self.sys, label, &kname)
+    }
+
+    /// Find what `what` (a spec, a label, or a device) names among the attachments.
+    pub fn find(&self, what: &str) -> Result<Option<(String, Attachment)>, StateError> {
+        let all = self.store.all()?;
+        if let Ok(spec) = what.parse::<Spec>() {
+            let key = key_of(&spec);
+            return Ok(all.into_iter().find(|(k, _)| *k == file_key(&key)));
+        }
+        let dev = std::fs::canonicalize(what).ok();
+        Ok(all.into_iter().find(|(_, a)| {
+            a.mirror.as_ref().map(|m| m.label == what).unwrap_or(false)
+                || a.device.as_deref() == Some(Path::new(what))
+                || (dev.is_some()
+                    && a.device
+                        .as_ref()
+                        .and_then(|d| std::fs::canonicalize(d).ok())
+                        == dev)
+        }))
+    }
+
+    /// Detach what `what` names. Not attached: Ok(false).
+    pub fn detach(&self, what: &str) -> Result<bool, DiskError> {
+        let fail = |step, cause| DiskError {
+            op: "detach",
+            spec: what.to_string(),
+            step,
+            cause: Box::new(cause),
+            rollback: vec![],
+        };
+        let Some((key, _)) = self.find(what).map_err(|e| fail(Step::State, e.into()))? else {
+            return Ok(false);
+        };
+        let _key_lock = self
+            .lock(&format!("attach-{key}"), &format!("attachment {key}"))
+            .map_err(|e| fail(Step::Lock, e.into()))?;
+        // Read again under the lock: a concurrent detach may have finished.
+        let Some(a) = self
+            .store
+            .load(&key)
+            .map_err(|e| fail(Step::State, e.into()))?
+        else {
+            return Ok(false);
+        };
+        let mut errors = self.detach_recorded(&key, &a);
+        if errors.is_empty() {
+            tracing::info!(spec = %a.spec, "detached");
+            return Ok(true);
+        }
+        let (step, cause) = errors.remove(0);
+        Err(DiskError {
+            op: "detach",
+            spec: a.spec,
+            step,
+            cause: Box::new(cause),
+            rollback: errors
+                .into_iter()
+                .map(|(s, c)| format!("{s}: {c}"))
+                .collect(),
+        })
+    }
+
+    /// Undo a recorded attachment, best effort: every step is tried, every
+    /// failure returned. The record is removed only when all succeeded.
+    fn detach_recorded(&self, key: &str, a: &Attachment) -> Vec<(Step, Cause)> {
+        let mut errors = Vec::new();
+        if let Some(m) = &a.mirror {
+            if let Err(e) = self.stop_array(&m.label, m.kname.as_deref()) {
+                errors.push((Step::Stop, e.into()));
+            }
+        }
+        if let Some(i) = &a.iscsi {
+            if errors.is_empty() {
+                if let Err(e) = self.release_lun(key, i) {
+                    errors.push(e);
+                }
+            }
+        }
+        if errors.is_empty() {
+            if let Err(e) = self.store.remove(key) {
+                errors.push((Step::State, e.into()));
+            }
+        }
+        errors
+    }
+
+    /// Delete the LUN's SCSI device (if this tool scanned it) and log out
+    /// when the session is ours and nothing else uses it.
+    fn release_lun(&self, key: &str, i: &IscsiLeg) -> Result<(), (Step, Cause)> {
+        let _target_lock = self
+            .lock(
+                &format!("target-{}", i.target),
+                &format!("target {}", i.target),
+            )
+            .map_err(|e| (Step::Lock, e.into()))?;
+        let session = iscsi::session_of(&self.sys, &i.target);
+        if let (Some(s), true) = (&session, i.scanned) {
+            if let Some(d) = iscsi::host_devices(&self.sys, s.host)
+                .into_iter()
+                .find(|d| d.hctl == i.hctl)
+            {
+                iscsi::delete_device(&self.sys, &d).map_err(|e| (Step::DeleteDevice, e.into()))?;
+            }
+        }
+        let others = self
+            .store
+            .all()
+            .map_err(|e| (Step::State, e.into()))?
+            .into_iter()
+            .any(|(k, o)| {
+                k != file_key(key)
+                    && o.iscsi
+                        .as_ref()
+                        .map(|x| x.target == i.target)
+                        .unwrap_or(false)
+            });
+        let owned = self
+            .store
+            .owned_session(&i.target)
+            .map_err(|e| (Step::State, e.into()))?
+            .is_some();
+        if let Some(s) = session {
+            let busy = !iscsi::host_devices(&self.sys, s.host).is_empty();
+            if owned && !others && !busy {
+                self.iscsiadm()
+                    .logout(s.sid)
+                    .map_err(|e| (Step::Logout, e.into()))?;
+                self.store
+                    .disown_session(&i.target)
+                    .map_err(|e| (Step::State, e.into()))?;
+                tracing::info!(target = %i.target, sid = s.sid, "logged out");
+            } else {
+                tracing::info!(target = %i.target, sid = s.sid, owned, others, busy, "session kept");
+            }
+        } else if owned && !others {
+            self.store
+                .disown_session(&i.target)
+                .map_err(|e| (Step::State, e.into()))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,608 @@
+//! open-iscsi: sessions and LUNs read from sysfs, actions through
+//! `iscsiadm` and sysfs writes.
+//!
+//! Logins use open-iscsi's manual scan (`node.session.scan = manual`): a
+//! login then brings in no LUN at all, and only the wanted LUN is scanned
+//! (`/sys/class/scsi_host/hostN/scan`), so other VMs' LUNs never appear on
+//! this host. CHAP secrets never go on a command line: they are written into
+//! the node record file (root-only, where open-iscsi keeps them anyway).
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::Secret;
+use crate::runner::{Cmd, Program, RunError, Runner};
+use crate::sysfs::Sys;
+
+/// iscsiadm's exit code for an authentication failure (ISCSI_ERR_LOGIN_AUTH_FAILED).
+const ERR_LOGIN_AUTH_FAILED: i32 = 24;
+/// iscsiadm's exit code when no matching record/session exists (ISCSI_ERR_NO_OBJS_FOUND).
+const ERR_NO_OBJS_FOUND: i32 = 21;
+/// iscsiadm's exit code when the session already exists (ISCSI_ERR_SESS_EXISTS).
+const ERR_SESS_EXISTS: i32 = 15;
+
+/// Where open-iscsi keeps node records.
+pub const NODE_DB: &str = "/etc/iscsi/nodes";
+/// open-iscsi's database lock (see idbm_lock in open-iscsi's idbm.c).
+const IDBM_LOCK: &str = "/run/lock/iscsi/lock";
+const IDBM_LOCK_WRITE: &str = "/run/lock/iscsi/lock.write";
+
+/// Why an iSCSI step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IscsiError {
+    /// iscsiadm failed.
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// The target refused our CHAP credentials, or failed to prove its own.
+    #[error("login to {target} at {portal}: CHAP authentication failed (check the [[chap]] entry for this target)")]
+    AuthFailed {
+        /// Target.
+        target: String,
+        /// Portal.
+        portal: String,
+    },
+    /// No node record and no discovery portal lists the target.
+    #[error(
+        "target {target} has no node record and no discovery portal lists it (tried: {tried})"
+    )]
+    TargetUnknown {
+        /// Target.
+        target: String,
+        /// Portals tried, comma separated, or "none configured".
+        tried: String,
+    },
+    /// The session did not reach LOGGED_IN in time.
+    #[error("session to {target} did not appear in sysfs within {}s", .waited.as_secs())]
+    NoSession {
+        /// Target.
+        target: String,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// Scanning found no such LUN.
+    #[error("target {target} has no LUN {lun}{}", lun_list(.disks))]
+    NoLun {
+        /// Target.
+        target: String,
+        /// The LUN asked for.
+        lun: u32,
+        /// Disk LUNs it does have, if known.
+        disks: Option<Vec<u32>>,
+    },
+    /// The LUN is not a disk (tgt's LUN 0 is its controller).
+    #[error("LUN {lun} of {target} is not a disk (SCSI type {kind}){}", lun_list(.disks))]
+    NotDisk {
+        /// Target.
+        target: String,
+        /// The LUN.
+        lun: u32,
+        /// SCSI peripheral type.
+        kind: u32,
+        /// Disk LUNs it does have.
+        disks: Option<Vec<u32>>,
+    },
+    /// The LUN's block device did not show up in time.
+    #[error("LUN {lun} of {target} ({hctl}) got no block device within {}s", .waited.as_secs())]
+    NoBlockDevice {
+        /// Target.
+        target: String,
+        /// The LUN.
+        lun: u32,
+        /// SCSI address.
+        hctl: String,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// A sysfs or node-record file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+fn lun_list(disks: &Option<Vec<u32>>) -> String {
+    match disks {
+        Some(d) if d.is_empty() => "; it has no disk LUNs".to_string(),
+        Some(d) => format!(
+            "; its disk LUNs are {}",
+            d.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
+        ),
+        None => String::new(),
+    }
+}
+
+/// An iSCSI session as sysfs shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// Session id (`sessionN`).
+    pub sid: u32,
+    /// Target name.
+    pub target: String,
+    /// SCSI host number (`hostN`).
+    pub host: u32,
+    /// `LOGGED_IN`, `FAILED`, `FREE`.
+    pub state: String,
+    /// Portal `addr:port` of its connection, if known.
+    pub portal: Option<String>,
+}
+
+/// A SCSI device on a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScsiDev {
+    /// `H:C:T:L`.
+    pub hctl: String,
+    /// LUN.
+    pub lun: u32,
+    /// SCSI peripheral type (0 = disk).
+    pub kind: u32,
+    /// Block device kernel name, once the disk driver bound it.
+    pub block: Option<String>,
+}
+
+/// Every iSCSI session.
+pub fn sessions(sys: &Sys) -> Vec<Session> {
+    sys.list("/sys/class/iscsi_session")
+        .into_iter()
+        .filter_map(|name| {
+            let sid = name.strip_prefix("session")?.parse().ok()?;
+            let dir = format!("/sys/class/iscsi_session/{name}");
+            let target = sys.read(format!("{dir}/targetname"))?;
+            let state = sys.read(format!("{dir}/state")).unwrap_or_default();
+            // .../hostN/sessionM/iscsi_session/sessionM: the host is two levels up.
+            let real = fs::canonicalize(sys.path(format!("{dir}/device"))).ok()?;
+            let host = real
+                .parent()?
+                .file_name()?
+                .to_str()?
+                .strip_prefix("host")?
+                .parse()
+                .ok()?;
+            let conn = sys
+                .list(format!("{dir}/device"))
+                .into_iter()
+                .find(|c| c.starts_with("connection"))
+                .map(|c| format!("/sys/class/iscsi_connection/{c}"));
+            let portal = conn.and_then(|c| {
+                let addr = sys
+                    .read(format!("{c}/persistent_address"))
+                    .or_else(|| sys.read(format!("{c}/address")))?;
+                let port = sys
+                    .read(format!("{c}/persistent_port"))
+                    .or_else(|| sys.read(format!("{c}/port")))?;
+                Some(if addr.contains(':') {
+                    format!("[{addr}]:{port}")
+                } else {
+                    format!("{addr}:{port}")
+                })
+            });
+            Some(Session {
+                sid,
+                target,
+                host,
+                state,
+                portal,
+            })
+        })
+        .collect()
+}
+
+/// The session to `target` (whole-name match), preferring a logged-in one.
+pub fn session_of(sys: &Sys, target: &str) -> Option<Session> {
+    let mut v: Vec<Session> = sessions(sys)
+        .into_iter()
+        .filter(|s| s.target == target)
+        .collect();
+    v.sort_by_key(|s| (s.state != "LOGGED_IN", s.sid));
+    v.into_iter().next()
+}
+
+/// SCSI devices on SCSI host `host`.
+pub fn host_devices(sys: &Sys, host: u32) -> Vec<ScsiDev> {
+    let prefix = format!("{host}:");
+    sys.list("/sys/bus/scsi/devices")
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix) && n.split(':').count() == 4)
+        .filter_map(|hctl| {
+            let lun = hctl.rsplit(':').next()?.parse().ok()?;
+            let dir = format!("/sys/bus/scsi/devices/{hctl}");
+            let kind = sys.read(format!("{dir}/type"))?.parse().ok()?;
+            let block = sys.list(format!("{dir}/block")).into_iter().next();
+            Some(ScsiDev {
+                hctl,
+                lun,
+                kind,
+                block,
+            })
+        })
+        .collect()
+}
+
+/// The SCSI device of `lun` on `session`, if present.
+pub fn lun_device(sys: &Sys, session: &Session, lun: u32) -> Option<ScsiDev> {
+    host_devices(sys, session.host)
+        .into_iter()
+        .find(|d| d.lun == lun)
+}
+
+/// Ask the kernel to scan one LUN of a session's host. The write returns
+/// when the scan is done: afterwards the SCSI device exists or the LUN does
+/// not (its block device may still be on its way).
+pub fn scan_lun(sys: &Sys, session: &Session, lun: u32) -> Result<(), IscsiError> {
+    let path = sys.path(format!("/sys/class/scsi_host/host{}/scan", session.host));
+    tracing::debug!(host = session.host, lun, "scanning LUN");
+    fs::write(&path, format!("- - {lun}")).map_err(|source| IscsiError::Io { path, source })
+}
+
+/// Flush a SCSI disk's cache and remove the device from the kernel.
+pub fn delete_device(sys: &Sys, dev: &ScsiDev) -> Result<(), IscsiError> {
+    if let Some(b) = &dev.block {
+        let node = sys.path(format!("/dev/{b}"));
+        // fsync on a block device writes back its dirty pages and sends a cache flush.
+        if let Ok(f) = fs::OpenOptions::new().write(true).open(&node) {
+            f.sync_all().map_err(|source| IscsiError::Io {
+                path: node.clone(),
+                source,
+            })?;
+        }
+    }
+    let path = sys.path(format!("/sys/bus/scsi/devices/{}/delete", dev.hctl));
+    match fs::write(&path, "1") {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(IscsiError::Io { path, source }),
+    }
+}
+
+/// The node records (portals) open-iscsi has for `target`.
+pub fn node_portals(sys: &Sys, target: &str) -> Vec<String> {
+    // Entries are `ADDR,PORT` (a file, made by `-o new`) or `ADDR,PORT,TPGT`
+    // (a directory holding one file per iface, made by discovery).
+    sys.list(Path::new(NODE_DB).join(target))
+        .into_iter()
+        .filter_map(|e| {
+            let mut parts = e.split(',');
+            let (addr, port) = (parts.next()?, parts.next()?);
+            Some(if addr.contains(':') {
+                format!("[{addr}]:{port}")
+            } else {
+                format!("{addr}:{port}")
+            })
+        })
+        .collect()
+}
+
+/// The record file of `target` at `portal` (iface `default`).
+pub fn node_record_file(sys: &Sys, target: &str, portal: &str) -> Option<PathBuf> {
+    let (addr, port) = split_portal(portal);
+    let addr = addr.trim_start_matches('[').trim_end_matches(']');
+    let base = format!("{addr},{port}");
+    let dir = Path::new(NODE_DB).join(target);
+    for e in sys.list(&dir) {
+        if e == base || e.starts_with(&format!("{base},")) {
+            let p = sys.path(dir.join(&e));
+            if p.is_file() {
+                return Some(p);
+            }
+            let d = p.join("default");
+            if d.is_file() {
+                return Some(d);
+            }
+        }
+    }
+    None
+}
+
+fn split_portal(portal: &str) -> (&str, &str) {
+    match portal.rsplit_once(':') {
+        Some((a, p)) if !p.contains(']') => (a, p),
+        _ => (portal, "3260"),
+    }
+}
+
+/// Thin typed wrappers around iscsiadm.
+#[derive(Debug)]
+pub struct Iscsiadm<'a> {
+    /// The runner.
+    pub runner: &'a dyn Runner,
+    /// Timeout of ordinary calls.
+    pub timeout: Duration,
+    /// Timeout of a login.
+    pub login_timeout: Duration,
+}
+
+impl Iscsiadm<'_> {
+    fn cmd(&self) -> Cmd {
+        Cmd::new(Program::Iscsiadm).timeout(self.timeout)
+    }
+
+    /// SendTargets discovery on `portal` without touching the node DB:
+    /// (portal, target) pairs.
+    pub fn discover(&self, portal: &str) -> Result<Vec<(String, String)>, IscsiError> {
+        let out = self.runner.run(&self.cmd().args([
+            "-m",
+            "discovery",
+            "-t",
+            "sendtargets",
+            "-p",
+            portal,
+            "-o",
+            "nonpersistent",
+        ]))?;
+        Ok(out
+            .stdout
+            .lines()
+            .filter_map(|l| {
+                let (p, t) = l.trim().split_once(' ')?;
+                let p = p.rsplit_once(',').map(|(a, _tpgt)| a).unwrap_or(p);
+                Some((p.to_string(), t.trim().to_string()))
+            })
+            .collect())
+    }
+
+    /// Create the node record of `target` at `portal`.
+    pub fn node_new(&self, target: &str, portal: &str) -> Result<(), IscsiError> {
+        self.runner.run(
+            &self
+                .cmd()
+                .args(["-m", "node", "-T", target, "-p", portal, "-o", "new"]),
+        )?;
+        Ok(())
+    }
+
+    /// Delete the node record of `target` at `portal`.
+    pub fn node_delete(&self, target: &str, portal: &str) -> Result<(), IscsiError> {
+        match self.runner.run(
+            &self
+                .cmd()
+                .args(["-m", "node", "-T", target, "-p", portal, "-o", "delete"]),
+        ) {
+            Err(e) if e.code() == Some(ERR_NO_OBJS_FOUND) => Ok(()),
+            r => r.map(|_| ()).map_err(Into::into),
+        }
+    }
+
+    /// Set a non-secret node record value.
+    pub fn node_set(
+        &self,
+        target: &str,
+        portal: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<(), IscsiError> {
+        self.runner.run(&self.cmd().args([
+            "-m", "node", "-T", target, "-p", portal, "-o", "update", "-n", key, "-v", value,
+        ]))?;
+        Ok(())
+    }
+
+    /// Log in. An existing session is not an error.
+    pub fn login(&self, target: &str, portal: &str) -> Result<(), IscsiError> {
+        let cmd = Cmd::new(Program::Iscsiadm)
+            .timeout(self.login_timeout)
+            .args(["-m", "node", "-T", target, "-p", portal, "--login"]);
+        match self.runner.run(&cmd) {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some(ERR_SESS_EXISTS) => Ok(()),
+            Err(e) if e.code() == Some(ERR_LOGIN_AUTH_FAILED) || auth_text(&e) => {
+                Err(IscsiError::AuthFailed {
+                    target: target.to_string(),
+                    portal: portal.to_string(),
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Log out of session `sid` only.
+    pub fn logout(&self, sid: u32) -> Result<(), IscsiError> {
+        match self.runner.run(&self.cmd().args([
+            "-m",
+            "session",
+            "-r",
+            &sid.to_string(),
+            "--logout",
+        ])) {
+            Err(e) if e.code() == Some(ERR_NO_OBJS_FOUND) => Ok(()),
+            r => r.map(|_| ()).map_err(Into::into),
+        }
+    }
+}
+
+fn auth_text(e: &RunError) -> bool {
+    match e {
+        RunError::Failed { stderr, .. } => {
+            stderr.contains("Authentication failure") || stderr.contains("authorization failure")
+        }
+        _ => false,
+    }
+}
+
+/// open-iscsi's node DB lock, taken the way iscsiadm takes it (a hard link).
+#[derive(Debug)]
+struct IdbmLock {
+    write: PathBuf,
+}
+
+impl IdbmLock {
+    fn take(sys: &Sys) -> Result<IdbmLock, IscsiError> {
+        let (lock, write) = (sys.path(IDBM_LOCK), sys.path(IDBM_LOCK_WRITE));
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| IscsiError::Io { path, source }
+        };
+        fs::create_dir_all(lock.parent().expect("has parent")).map_err(io(&lock))?;
+        if !lock.exists() {
+            fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock)
+                .map_err(io(&lock))?;
+        }
+        // iscsiadm retries every 10 ms for 30 s; we hold it for a few ms only.
+        let start = std::time::Instant::now();
+        loop {
+            match fs::hard_link(&lock, &write) {
+                Ok(()) => return Ok(IdbmLock { write }),
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AlreadyExists
+                        && start.elapsed() < Duration::from_secs(10) =>
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(source) => {
+                    return Err(IscsiError::Io {
+                        path: write,
+                        source,
+                    })
+                }
+            }
+        }
+    }
+}
+
+impl Drop for IdbmLock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.write);
+    }
+}
+
+/// Set secret values (`node.session.auth.password`, `..._in`) in a node
+/// record file, under open-iscsi's lock, atomically. Returns the previous
+/// content so the caller can restore it.
+pub fn set_record_secrets(
+    sys: &Sys,
+    record: &Path,
+    values: &[(&str, &Secret)],
+) -> Result<String, IscsiError> {
+    let io = |source| IscsiError::Io {
+        path: record.to_path_buf(),
+        source,
+    };
+    let _lock = IdbmLock::take(sys)?;
+    let old = fs::read_to_string(record).map_err(io)?;
+    let mut lines: Vec<String> = old
+        .lines()
+        .filter(|l| {
+            !values
+                .iter()
+                .any(|(k, _)| l.split('=').next().map(str::trim) == Some(*k))
+        })
+        .map(str::to_string)
+        .collect();
+    for (k, v) in values {
+        lines.push(format!("{k} = {}", v.expose()));
+    }
+    write_record(record, &(lines.join("\n") + "\n")).map_err(io)?;
+    Ok(old)
+}
+
+/// Put back a node record's previous content (rollback).
+pub fn restore_record(sys: &Sys, record: &Path, content: &str) -> Result<(), IscsiError> {
+    let _lock = IdbmLock::take(sys)?;
+    write_record(record, content).map_err(|source| IscsiError::Io {
+        path: record.to_path_buf(),
+        source,
+    })
+}
+
+fn write_record(record: &Path, content: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = record.with_extension("iscsimple-tmp");
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(content.as_bytes())?;
+    f.sync_all()?;
+    fs::rename(&tmp, record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runner::recording::RecordingRunner;
+
+    #[test]
+    fn discovery_output_is_parsed_into_portal_and_target() {
+        let r = RecordingRunner::new();
+        r.ok(
+            "iscsiadm -m discovery",
+            "127.0.0.1:3260,1 iqn.2024-01.lab:a\n[::1]:3260,1 iqn.2024-01.lab:b\n",
+        );
+        let a = Iscsiadm {
+            runner: &r,
+            timeout: Duration::from_secs(1),
+            login_timeout: Duration::from_secs(1),
+        };
+        let v = a.discover("127.0.0.1").expect("discover");
+        assert_eq!(
+            v,
+            vec![
+                ("127.0.0.1:3260".into(), "iqn.2024-01.lab:a".into()),
+                ("[::1]:3260".into(), "iqn.2024-01.lab:b".into())
+            ]
+        );
+        assert_eq!(
+            r.calls(),
+            vec!["iscsiadm -m discovery -t sendtargets -p 127.0.0.1 -o nonpersistent"]
+        );
+    }
+
+    #[test]
+    fn login_exit_24_is_an_auth_failure() {
+        let r = RecordingRunner::new();
+        r.fail("iscsiadm -m node", 24, "iscsiadm: Login failed");
+        let a = Iscsiadm {
+            runner: &r,
+            timeout: Duration::from_secs(1),
+            login_timeout: Duration::from_secs(1),
+        };
+        let e = a
+            .login("iqn.2024-01.lab:a", "127.0.0.1:3260")
+            .expect_err("auth");
+        assert!(matches!(e, IscsiError::AuthFailed { .. }), "{e}");
+    }
+
+    #[test]
+    fn record_secrets_replace_lines_and_restore() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let sys = Sys::new(d.path());
+        let rec = d.path().join("rec");
+        fs::write(&rec, "node.name = x\nnode.session.auth.password = old\n").expect("write");
+        let s = Secret::from("n3wsecret".to_string());
+        let old =
+            set_record_secrets(&sys, &rec, &[("node.session.auth.password", &s)]).expect("set");
+        let now = fs::read_to_string(&rec).expect("read");
+        assert_eq!(
+            now,
+            "node.name = x\nnode.session.auth.password = n3wsecret\n"
+        );
+        assert!(
+            !d.path().join("run/lock/iscsi/lock.write").exists(),
+            "lock released"
+        );
+        restore_record(&sys, &rec, &old).expect("restore");
+        assert_eq!(fs::read_to_string(&rec).expect("read"), old);
+    }
+
+    #[test]
+    fn lun_lists_read_well() {
+        let e = IscsiError::NotDisk {
+            target: "iqn.x:y".into(),
+            lun: 0,
+            kind: 12,
+            disks: Some(vec![1, 2]),
+        };
+        assert_eq!(
+            e.to_string(),
+            "LUN 0 of iqn.x:y is not a disk (SCSI type 12); its disk LUNs are 1, 2"
+        );
+    }
+}

@@ -1,0 +1,29 @@
+//! iscsimple: attach iSCSI LUNs for Xen and KVM hosts, optionally mirrored
+//! with a local volume through a non-persistent md RAID1.
+//!
+//! The library owns every decision; the binary (`src/main.rs`) only parses
+//! arguments, sets up logging and prints the one error line.
+//!
+//! - [`spec`] — the disk spec `[iscsimple:][lunN@]TARGET[+LABEL]`.
+//! - [`config`] — `/etc/iscsimple/iscsimple.toml`.
+//! - [`labels`] — the label table (`LABEL DEVICE` lines).
+//! - [`runner`] — the only place that spawns programs.
+//! - [`sysfs`], [`uevent`] — reading and watching the kernel.
+//! - [`iscsi`], [`md`], [`volume`] — the three kinds of device.
+//! - [`lock`], [`state`] — concurrency and memory across calls.
+//! - [`disk`] — attach and detach with rollback; [`status`]: what is attached.
+#![deny(missing_docs)]
+
+pub mod config;
+pub mod disk;
+pub mod iscsi;
+pub mod labels;
+pub mod lock;
+pub mod md;
+pub mod runner;
+pub mod spec;
+pub mod state;
+pub mod status;
+pub mod sysfs;
+pub mod uevent;
+pub mod volume;

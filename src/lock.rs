@@ -1,0 +1,125 @@
+//! Host-wide locks between concurrent iscsimple calls: `flock(2)` on files
+//! under the run directory, taken with a deadline. The kernel drops a lock
+//! when its holder dies, so a killed hotplug script never leaves one behind.
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Why a lock could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// The lock file could not be created or opened.
+    #[error("lock file {}: {source}", path.display())]
+    Open {
+        /// The lock file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Another call held the lock for the whole wait.
+    #[error("{what} is busy: another iscsimple call held {} for {}s", path.display(), waited.as_secs())]
+    Busy {
+        /// What the lock protects.
+        what: String,
+        /// The lock file.
+        path: PathBuf,
+        /// How long we waited.
+        waited: Duration,
+    },
+}
+
+/// A held lock; released on drop.
+#[derive(Debug)]
+pub struct Lock {
+    _file: File,
+    path: PathBuf,
+}
+
+impl Lock {
+    /// Take the exclusive lock named `name` (file-name safe) under `dir`,
+    /// waiting up to `timeout`. `what` names it in errors.
+    pub fn take(dir: &Path, name: &str, what: &str, timeout: Duration) -> Result<Lock, LockError> {
+        let path = dir.join(format!("{name}.lock"));
+        fs::create_dir_all(dir).map_err(|source| LockError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| LockError::Open {
+                path: path.clone(),
+                source,
+            })?;
+        let start = Instant::now();
+        let mut pause = Duration::from_millis(2);
+        loop {
+            // SAFETY: flock(2) on a descriptor we own; no memory is passed.
+            let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc == 0 {
+                tracing::trace!(lock = %path.display(), "locked");
+                return Ok(Lock { _file: file, path });
+            }
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(LockError::Open { path, source: err });
+            }
+            if start.elapsed() >= timeout {
+                return Err(LockError::Busy {
+                    what: what.to_string(),
+                    path,
+                    waited: start.elapsed(),
+                });
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// A file-name-safe form of `s` (iSCSI names contain ':').
+pub fn file_key(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_taker_waits_then_reports_busy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let held =
+            Lock::take(dir.path(), "label-x", "label x", Duration::from_secs(1)).expect("first");
+        let err = Lock::take(dir.path(), "label-x", "label x", Duration::from_millis(60))
+            .expect_err("busy");
+        assert!(err.to_string().starts_with("label x is busy"), "{err}");
+        drop(held);
+        Lock::take(dir.path(), "label-x", "label x", Duration::from_millis(60))
+            .expect("free again");
+    }
+
+    #[test]
+    fn keys_are_file_safe() {
+        assert_eq!(
+            file_key("iqn.2014-06.fr.example:vm-1"),
+            "iqn.2014-06.fr.example_vm-1"
+        );
+    }
+}

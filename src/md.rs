@@ -1,0 +1,326 @@
+//! Non-persistent md RAID1 arrays (`mdadm --build`): no metadata is written
+//! to either leg. State is read from `/sys/block/mdN/md/`, not from
+//! `mdadm --detail` text.
+use std::fs;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::runner::{Cmd, Program, RunError, Runner};
+use crate::sysfs::Sys;
+
+/// md's block major number.
+const MD_MAJOR: u64 = 9;
+
+/// Why an md step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MdError {
+    /// mdadm failed.
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// A device node, link or sysfs attribute could not be handled.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// mdadm said it built the array but the kernel does not show it.
+    #[error("array /dev/md/{label} not found in sysfs after mdadm --build")]
+    Vanished {
+        /// The label.
+        label: String,
+    },
+}
+
+/// A leg given to `mdadm --build`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Leg {
+    /// No device (`missing`).
+    Missing,
+    /// The iSCSI disk: written, read only when nothing else can serve.
+    WriteMostly(PathBuf),
+    /// A normal leg.
+    Normal(PathBuf),
+}
+
+/// A member of an array as sysfs shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Kernel name (`sda`, `dm-0`).
+    pub kname: String,
+    /// Flags from `dev-X/state` (`in_sync`, `write_mostly`, `faulty`, ...).
+    pub state: Vec<String>,
+    /// Slot, or None while spare/recovering.
+    pub slot: Option<u32>,
+}
+
+/// An md array as sysfs shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Array {
+    /// Kernel name (`md127`).
+    pub kname: String,
+    /// `array_state` (`clean`, `active`, `read-auto`, ...).
+    pub state: String,
+    /// `sync_action` (`idle`, `recover`, `resync`).
+    pub sync_action: String,
+    /// Missing or failed legs.
+    pub degraded: u32,
+    /// Recovery progress as (done, total) sectors while one runs.
+    pub progress: Option<(u64, u64)>,
+    /// Current resync speed in KiB/s while one runs.
+    pub speed_kib: Option<u64>,
+    /// Members.
+    pub members: Vec<Member>,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// `/dev/md/LABEL`.
+pub fn label_path(label: &str) -> PathBuf {
+    PathBuf::from(format!("/dev/md/{label}"))
+}
+
+/// The array behind `/dev/md/LABEL`, if that link exists and the kernel has it.
+pub fn by_label(sys: &Sys, label: &str) -> Option<Array> {
+    let kname = sys.link_name(label_path(label))?;
+    read_array(sys, &kname)
+}
+
+/// Read array `kname` (`md127`) from sysfs.
+pub fn read_array(sys: &Sys, kname: &str) -> Option<Array> {
+    let d = format!("/sys/block/{kname}/md");
+    let state = sys.read(format!("{d}/array_state"))?;
+    if state == "clear" || state == "inactive" {
+        return None;
+    }
+    let members = sys
+        .list(&d)
+        .into_iter()
+        .filter_map(|e| e.strip_prefix("dev-").map(str::to_string))
+        .map(|m| Member {
+            state: sys
+                .read(format!("{d}/dev-{m}/state"))
+                .unwrap_or_default()
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
+            slot: sys
+                .read(format!("{d}/dev-{m}/slot"))
+                .and_then(|s| s.parse().ok()),
+            kname: m,
+        })
+        .collect();
+    let progress = sys.read(format!("{d}/sync_completed")).and_then(|s| {
+        let (a, b) = s.split_once('/')?;
+        Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
+    });
+    Some(Array {
+        kname: kname.to_string(),
+        state,
+        sync_action: sys.read(format!("{d}/sync_action")).unwrap_or_default(),
+        degraded: sys
+            .read(format!("{d}/degraded"))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+        progress,
+        speed_kib: sys
+            .read(format!("{d}/sync_speed"))
+            .and_then(|s| s.parse().ok()),
+        members,
+        size: sys.block_size(kname).unwrap_or(0),
+    })
+}
+
+/// Every md array the kernel has.
+pub fn arrays(sys: &Sys) -> Vec<Array> {
+    sys.list("/sys/block")
+        .into_iter()
+        .filter(|n| n.starts_with("md"))
+        .filter_map(|n| read_array(sys, &n))
+        .collect()
+}
+
+/// Thin typed wrappers around mdadm.
+#[derive(Debug)]
+pub struct Mdadm<'a> {
+    /// The runner.
+    pub runner: &'a dyn Runner,
+    /// Timeout of each call.
+    pub timeout: Duration,
+}
+
+impl Mdadm<'_> {
+    fn cmd(&self) -> Cmd {
+        Cmd::new(Program::Mdadm).timeout(self.timeout)
+    }
+
+    /// `mdadm --build /dev/md/LABEL --level=1 --raid-devices=2 LEGS...`.
+    pub fn build(&self, label: &str, legs: &[Leg]) -> Result<(), MdError> {
+        let mut c = self.cmd().args([
+            "--build",
+            &label_path(label).to_string_lossy(),
+            "--level=1",
+            "--raid-devices=2",
+        ]);
+        // --write-mostly flags every device after it: normal legs go first.
+        let mut legs = legs.to_vec();
+        legs.sort_by_key(|l| matches!(l, Leg::WriteMostly(_)));
+        for leg in &legs {
+            c = match leg {
+                Leg::Missing => c.arg("missing"),
+                Leg::WriteMostly(p) => c.arg("--write-mostly").arg(p.to_string_lossy()),
+                Leg::Normal(p) => c.arg(p.to_string_lossy()),
+            };
+        }
+        self.runner.run(&c)?;
+        Ok(())
+    }
+
+    /// `mdadm /dev/md/LABEL --add [--write-mostly] DEV`.
+    pub fn add(&self, label: &str, dev: &Path, write_mostly: bool) -> Result<(), MdError> {
+        let mut c = self
+            .cmd()
+            .arg(label_path(label).to_string_lossy())
+            .arg("--add");
+        if write_mostly {
+            c = c.arg("--write-mostly");
+        }
+        self.runner.run(&c.arg(dev.to_string_lossy()))?;
+        Ok(())
+    }
+
+    /// `mdadm --stop /dev/mdN`.
+    pub fn stop(&self, kname: &str) -> Result<(), MdError> {
+        self.runner
+            .run(&self.cmd().args(["--stop", &format!("/dev/{kname}")]))?;
+        Ok(())
+    }
+}
+
+/// Apply resync speed limits (KiB/s) to one array.
+pub fn set_speed_limits(
+    sys: &Sys,
+    kname: &str,
+    min: Option<u32>,
+    max: Option<u32>,
+) -> Result<(), MdError> {
+    for (attr, v) in [("sync_speed_min", min), ("sync_speed_max", max)] {
+        if let Some(v) = v {
+            let path = sys.path(format!("/sys/block/{kname}/md/{attr}"));
+            fs::write(&path, v.to_string()).map_err(|source| MdError::Io { path, source })?;
+        }
+    }
+    Ok(())
+}
+
+/// After a stop: remove `/dev/md/LABEL` and `/dev/mdN` if they still point
+/// at an array the kernel no longer has. Without udev mdadm leaves both
+/// behind, and opening a stale `/dev/mdN` would recreate an empty array.
+pub fn remove_stale_nodes(sys: &Sys, label: &str, kname: &str) -> Result<(), MdError> {
+    if sys.exists(format!("/sys/block/{kname}")) {
+        return Ok(());
+    }
+    let link = sys.path(label_path(label));
+    if let Ok(target) = fs::read_link(&link) {
+        let points_here = target.file_name().map(|n| n == kname).unwrap_or(false);
+        if points_here {
+            fs::remove_file(&link).map_err(|source| MdError::Io {
+                path: link.clone(),
+                source,
+            })?;
+        }
+    }
+    let node = sys.path(format!("/dev/{kname}"));
+    if let Ok(md) = fs::symlink_metadata(&node) {
+        if md.file_type().is_block_device() && libc::major(md.rdev()) as u64 == MD_MAJOR {
+            fs::remove_file(&node).map_err(|source| MdError::Io {
+                path: node.clone(),
+                source,
+            })?;
+        }
+    }
+    let dir = sys.path("/dev/md");
+    if fs::read_dir(&dir)
+        .map(|mut d| d.next().is_none())
+        .unwrap_or(false)
+    {
+        let _ = fs::remove_dir(&dir);
+    }
+    Ok(())
+}
+
+/// Make sure `/dev/md/LABEL` points at `kname` (udev may not name arrays
+/// that carry no metadata).
+pub fn ensure_label_link(sys: &Sys, label: &str, kname: &str) -> Result<(), MdError> {
+    let link = sys.path(label_path(label));
+    if sys.link_name(label_path(label)).as_deref() == Some(kname) {
+        return Ok(());
+    }
+    let io = |source| MdError::Io {
+        path: link.clone(),
+        source,
+    };
+    fs::create_dir_all(link.parent().expect("has parent")).map_err(io)?;
+    let _ = fs::remove_file(&link);
+    std::os::unix::fs::symlink(format!("../{kname}"), &link).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runner::recording::RecordingRunner;
+
+    #[test]
+    fn build_and_add_use_the_seed_commands() {
+        let r = RecordingRunner::new();
+        let m = Mdadm {
+            runner: &r,
+            timeout: Duration::from_secs(5),
+        };
+        m.build("vm1", &[Leg::Missing, Leg::WriteMostly("/dev/sdb".into())])
+            .expect("build");
+        m.add("vm1", Path::new("/dev/vg/vm1"), false).expect("add");
+        m.stop("md127").expect("stop");
+        assert_eq!(
+            r.calls(),
+            vec![
+                "mdadm --build /dev/md/vm1 --level=1 --raid-devices=2 missing --write-mostly /dev/sdb",
+                "mdadm /dev/md/vm1 --add /dev/vg/vm1",
+                "mdadm --stop /dev/md127",
+            ]
+        );
+    }
+
+    #[test]
+    fn array_is_read_from_sysfs() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let md = d.path().join("sys/block/md127/md");
+        fs::create_dir_all(md.join("dev-sda")).expect("mkdir");
+        fs::create_dir_all(md.join("dev-dm-0")).expect("mkdir");
+        for (f, v) in [
+            ("array_state", "clean"),
+            ("sync_action", "recover"),
+            ("degraded", "1"),
+            ("sync_completed", "1024 / 131072"),
+            ("sync_speed", "40000"),
+            ("dev-sda/state", "in_sync,write_mostly"),
+            ("dev-sda/slot", "1"),
+            ("dev-dm-0/state", "spare"),
+            ("dev-dm-0/slot", "none"),
+        ] {
+            fs::write(md.join(f), format!("{v}\n")).expect("write");
+        }
+        fs::write(d.path().join("sys/block/md127/md/../size"), "131072\n").expect("size");
+        let sys = Sys::new(d.path());
+        let a = read_array(&sys, "md127").expect("array");
+        assert_eq!(a.sync_action, "recover");
+        assert_eq!(a.progress, Some((1024, 131072)));
+        assert_eq!(a.members[1].kname, "sda");
+        assert_eq!(a.members[1].state, vec!["in_sync", "write_mostly"]);
+        assert_eq!(a.members[0].slot, None);
+    }
+}

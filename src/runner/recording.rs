@@ -1,0 +1,75 @@
+//! A [`Runner`] for unit tests: records every command and replays canned
+//! results, so rollback paths can be tested without a kernel. It proves
+//! logic only; kernel behaviour is proven in the lab.
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use super::{Cmd, Output, Program, RunError, Runner};
+
+type Rule = (String, Result<Output, (i32, String)>);
+
+/// Records commands; answers from rules matched by command-line prefix.
+#[derive(Debug, Default)]
+pub struct RecordingRunner {
+    calls: Mutex<Vec<String>>,
+    rules: Mutex<VecDeque<Rule>>,
+}
+
+impl RecordingRunner {
+    /// A runner where every command succeeds with empty output.
+    pub fn new() -> RecordingRunner {
+        RecordingRunner::default()
+    }
+
+    /// The next command starting with `prefix` prints `stdout` and succeeds.
+    pub fn ok(&self, prefix: &str, stdout: &str) {
+        let out = Output {
+            code: 0,
+            stdout: stdout.to_string(),
+            stderr: String::new(),
+        };
+        self.rules
+            .lock()
+            .expect("lock")
+            .push_back((prefix.to_string(), Ok(out)));
+    }
+
+    /// The next command starting with `prefix` fails with `code` and `stderr`.
+    pub fn fail(&self, prefix: &str, code: i32, stderr: &str) {
+        self.rules
+            .lock()
+            .expect("lock")
+            .push_back((prefix.to_string(), Err((code, stderr.to_string()))));
+    }
+
+    /// Every command run so far, as displayed (secrets redacted).
+    pub fn calls(&self) -> Vec<String> {
+        self.calls.lock().expect("lock").clone()
+    }
+}
+
+impl Runner for RecordingRunner {
+    fn verify(&self, _programs: &[Program]) -> Result<(), RunError> {
+        Ok(())
+    }
+
+    fn run(&self, cmd: &Cmd) -> Result<Output, RunError> {
+        let shown = cmd.display();
+        self.calls.lock().expect("lock").push(shown.clone());
+        let mut rules = self.rules.lock().expect("lock");
+        let Some(i) = rules
+            .iter()
+            .position(|(p, _)| shown.starts_with(p.as_str()))
+        else {
+            return Ok(Output::default());
+        };
+        let (_, result) = rules.remove(i).expect("index from position");
+        result.map_err(|(code, stderr)| RunError::Failed {
+            command: shown,
+            code: Some(code),
+            signal: None,
+            stderr,
+            stdout: String::new(),
+        })
+    }
+}

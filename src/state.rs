@@ -1,0 +1,279 @@
+//! What iscsimple has attached, so that detach undoes exactly that even
+//! after the label table changed, and a rerun after a crash converges.
+//!
+//! Small JSON files under the run directory (`/run/iscsimple` by default,
+//! gone at reboot like the sessions and arrays they describe), written
+//! atomically: temporary file, fsync, rename, fsync of the directory.
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Why state could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Reading, writing or removing a state file failed.
+    #[error("state file {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A state file is not valid JSON of the expected shape.
+    #[error("state file {} is corrupt: {source}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: serde_json::Error,
+    },
+}
+
+/// The iSCSI leg of an attachment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IscsiLeg {
+    /// Target name.
+    pub target: String,
+    /// LUN.
+    pub lun: u32,
+    /// Portal used for login (`addr:port`).
+    pub portal: String,
+    /// SCSI address `H:C:T:L`.
+    pub hctl: String,
+    /// Block device kernel name (`sdX`).
+    pub kname: String,
+    /// Whether this attach made the SCSI device appear (scan); only then does
+    /// detach delete it.
+    pub scanned: bool,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// The md mirror of an attachment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Mirror {
+    /// The label (`/dev/md/LABEL`).
+    pub label: String,
+    /// Kernel name of the array (`md127`), once built.
+    pub kname: Option<String>,
+    /// The local leg's path, unless MISSING.
+    pub local: Option<PathBuf>,
+}
+
+/// Where an attach got to.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Steps are running (or the process died while they ran).
+    Attaching,
+    /// Done: the device was handed out.
+    Attached,
+}
+
+/// One attachment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Attachment {
+    /// Canonical spec.
+    pub spec: String,
+    /// Where it got to.
+    pub phase: Phase,
+    /// The device handed to the hypervisor.
+    pub device: Option<PathBuf>,
+    /// The iSCSI leg, unless MISSING.
+    pub iscsi: Option<IscsiLeg>,
+    /// The mirror, for labelled specs.
+    pub mirror: Option<Mirror>,
+}
+
+/// A session this tool logged in (and so may log out).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OwnedSession {
+    /// Target name.
+    pub target: String,
+    /// Portal.
+    pub portal: String,
+}
+
+/// The state directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    /// State kept under `dir` (`attachments/`, `sessions/`, `locks/`).
+    pub fn new(dir: &Path) -> Store {
+        Store {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// Directory for lock files.
+    pub fn lock_dir(&self) -> PathBuf {
+        self.dir.join("locks")
+    }
+
+    fn attachment_path(&self, key: &str) -> PathBuf {
+        self.dir
+            .join("attachments")
+            .join(format!("{}.json", crate::lock::file_key(key)))
+    }
+
+    fn session_path(&self, target: &str) -> PathBuf {
+        self.dir
+            .join("sessions")
+            .join(format!("{}.json", crate::lock::file_key(target)))
+    }
+
+    /// Record an attachment under `key`.
+    pub fn save(&self, key: &str, a: &Attachment) -> Result<(), StateError> {
+        write_atomic(&self.attachment_path(key), a)
+    }
+
+    /// The attachment recorded under `key`.
+    pub fn load(&self, key: &str) -> Result<Option<Attachment>, StateError> {
+        read_json(&self.attachment_path(key))
+    }
+
+    /// Forget the attachment under `key`.
+    pub fn remove(&self, key: &str) -> Result<(), StateError> {
+        remove(&self.attachment_path(key))
+    }
+
+    /// Every recorded attachment with its key.
+    pub fn all(&self) -> Result<Vec<(String, Attachment)>, StateError> {
+        let dir = self.dir.join("attachments");
+        let mut out = Vec::new();
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(source) => return Err(StateError::Io { path: dir, source }),
+        };
+        for e in entries {
+            let e = e.map_err(|source| StateError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(key) = name.strip_suffix(".json") {
+                if let Some(a) = read_json::<Attachment>(&e.path())? {
+                    out.push((key.to_string(), a));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Record that this tool logged in to `target`.
+    pub fn own_session(&self, s: &OwnedSession) -> Result<(), StateError> {
+        write_atomic(&self.session_path(&s.target), s)
+    }
+
+    /// Whether this tool logged in to `target`.
+    pub fn owned_session(&self, target: &str) -> Result<Option<OwnedSession>, StateError> {
+        read_json(&self.session_path(target))
+    }
+
+    /// Forget the session of `target`.
+    pub fn disown_session(&self, target: &str) -> Result<(), StateError> {
+        remove(&self.session_path(target))
+    }
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, StateError> {
+    match fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|source| StateError::Corrupt {
+                path: path.to_path_buf(),
+                source,
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StateError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn remove(path: &Path) -> Result<(), StateError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(StateError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Write `value` as JSON to `path` so that a crash leaves the old or the new file, never half of one.
+pub fn write_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
+    let io = |source| StateError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().expect("state paths have a parent");
+    fs::create_dir_all(dir).map_err(io)?;
+    let tmp = path.with_extension("tmp");
+    let body = serde_json::to_vec_pretty(value).expect("state serializes");
+    let mut f = File::create(&tmp).map_err(io)?;
+    f.write_all(&body).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    fs::rename(&tmp, path).map_err(io)?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Attachment {
+        Attachment {
+            spec: "lun1@iqn.2024-01.lab:t+l1".into(),
+            phase: Phase::Attached,
+            device: Some("/dev/md/l1".into()),
+            iscsi: Some(IscsiLeg {
+                target: "iqn.2024-01.lab:t".into(),
+                lun: 1,
+                portal: "127.0.0.1:3260".into(),
+                hctl: "2:0:0:1".into(),
+                kname: "sda".into(),
+                scanned: true,
+                size: 1 << 26,
+            }),
+            mirror: Some(Mirror {
+                label: "l1".into(),
+                kname: Some("md127".into()),
+                local: Some("/dev/vg/l1".into()),
+            }),
+        }
+    }
+
+    #[test]
+    fn round_trip_list_and_remove() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let s = Store::new(d.path());
+        assert_eq!(s.load("l1").expect("load"), None);
+        s.save("l1", &sample()).expect("save");
+        assert_eq!(s.load("l1").expect("load"), Some(sample()));
+        assert_eq!(s.all().expect("all").len(), 1);
+        s.remove("l1").expect("remove");
+        s.remove("l1").expect("remove twice is fine");
+        assert!(s.all().expect("all").is_empty());
+    }
+
+    #[test]
+    fn corrupt_file_is_an_error_naming_it() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let s = Store::new(d.path());
+        fs::create_dir_all(d.path().join("attachments")).expect("mkdir");
+        fs::write(d.path().join("attachments/x.json"), "{").expect("write");
+        let e = s.load("x").expect_err("corrupt");
+        assert!(e.to_string().contains("x.json is corrupt"), "{e}");
+    }
+}

@@ -1,0 +1,248 @@
+//! What is attached, as the kernel shows it now: each recorded attachment
+//! with its session and legs, plus sessions and arrays the tool does not know.
+use serde::Serialize;
+
+use crate::iscsi;
+use crate::md;
+use crate::state::{Phase, StateError, Store};
+use crate::sysfs::Sys;
+
+/// The state of one leg.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LegStatus {
+    /// `iscsi` or `local`.
+    pub role: &'static str,
+    /// Device path or kernel name.
+    pub device: String,
+    /// `in_sync`, `recovering`, `faulty`, `missing`, `spare`, `absent`.
+    pub state: String,
+    /// Whether md flags it write-mostly.
+    pub write_mostly: bool,
+    /// Recovery progress in percent, while it recovers.
+    pub recovery_percent: Option<f64>,
+    /// Recovery speed in KiB/s, while it recovers.
+    pub speed_kib: Option<u64>,
+}
+
+/// One attachment.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AttachmentStatus {
+    /// Canonical spec.
+    pub spec: String,
+    /// `attached`, or `attaching` for one that never finished.
+    pub phase: &'static str,
+    /// The device handed out.
+    pub device: Option<String>,
+    /// md kernel name, for mirrors.
+    pub array: Option<String>,
+    /// iSCSI session id and state.
+    pub session: Option<SessionStatus>,
+    /// Legs.
+    pub legs: Vec<LegStatus>,
+}
+
+/// An iSCSI session.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SessionStatus {
+    /// Session id.
+    pub sid: u32,
+    /// Target name.
+    pub target: String,
+    /// `LOGGED_IN`, `FAILED`, ...
+    pub state: String,
+    /// Portal.
+    pub portal: Option<String>,
+}
+
+/// Everything.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Report {
+    /// Recorded attachments.
+    pub attachments: Vec<AttachmentStatus>,
+    /// Sessions no attachment uses.
+    pub unknown_sessions: Vec<SessionStatus>,
+    /// md arrays no attachment made (kernel names).
+    pub unknown_arrays: Vec<String>,
+}
+
+fn session_status(s: &iscsi::Session) -> SessionStatus {
+    SessionStatus {
+        sid: s.sid,
+        target: s.target.clone(),
+        state: s.state.clone(),
+        portal: s.portal.clone(),
+    }
+}
+
+fn leg(
+    role: &'static str,
+    device: String,
+    kname: Option<&str>,
+    array: Option<&md::Array>,
+) -> LegStatus {
+    let member = array.and_then(|a| kname.and_then(|k| a.members.iter().find(|m| m.kname == k)));
+    let (state, write_mostly) = match member {
+        None if array.is_some() => ("absent".to_string(), false),
+        None => ("attached".to_string(), false),
+        Some(m) => {
+            let has = |f: &str| m.state.iter().any(|s| s == f);
+            let st = if has("faulty") {
+                "faulty"
+            } else if has("in_sync") {
+                "in_sync"
+            } else if array.map(|a| a.sync_action == "recover").unwrap_or(false) {
+                "recovering"
+            } else {
+                "spare"
+            };
+            (st.to_string(), has("write_mostly"))
+        }
+    };
+    let recovering = state == "recovering";
+    #[allow(clippy::cast_precision_loss)] // a percentage
+    let recovery_percent = array
+        .filter(|_| recovering)
+        .and_then(|a| a.progress)
+        .map(|(d, t)| {
+            if t == 0 {
+                0.0
+            } else {
+                (d as f64 * 1000.0 / t as f64).round() / 10.0
+            }
+        });
+    LegStatus {
+        role,
+        device,
+        state,
+        write_mostly,
+        recovery_percent,
+        speed_kib: array.filter(|_| recovering).and_then(|a| a.speed_kib),
+    }
+}
+
+/// Build the report.
+pub fn report(sys: &Sys, store: &Store) -> Result<Report, StateError> {
+    let sessions = iscsi::sessions(sys);
+    let arrays = md::arrays(sys);
+    let mut used_targets = Vec::new();
+    let mut used_arrays = Vec::new();
+    let mut attachments = Vec::new();
+    for (_, a) in store.all()? {
+        let array = a
+            .mirror
+            .as_ref()
+            .and_then(|m| m.kname.as_deref())
+            .and_then(|k| arrays.iter().find(|x| x.kname == k));
+        if let Some(x) = array {
+            used_arrays.push(x.kname.clone());
+        }
+        let mut legs = Vec::new();
+        let session = a.iscsi.as_ref().and_then(|i| {
+            used_targets.push(i.target.clone());
+            legs.push(leg(
+                "iscsi",
+                format!("/dev/{}", i.kname),
+                Some(&i.kname),
+                array,
+            ));
+            sessions
+                .iter()
+                .find(|s| s.target == i.target)
+                .map(session_status)
+        });
+        if let Some(m) = &a.mirror {
+            match &m.local {
+                Some(p) => {
+                    let k = crate::volume::resolve(sys, p).ok().map(|v| v.kname);
+                    legs.push(leg("local", p.display().to_string(), k.as_deref(), array));
+                }
+                None => legs.push(LegStatus {
+                    role: "local",
+                    device: "MISSING".into(),
+                    state: "missing".into(),
+                    write_mostly: false,
+                    recovery_percent: None,
+                    speed_kib: None,
+                }),
+            }
+        }
+        attachments.push(AttachmentStatus {
+            spec: a.spec.clone(),
+            phase: match a.phase {
+                Phase::Attached => "attached",
+                Phase::Attaching => "attaching",
+            },
+            device: a.device.as_ref().map(|d| d.display().to_string()),
+            array: array.map(|x| x.kname.clone()),
+            session,
+            legs,
+        });
+    }
+    let unknown_sessions = sessions
+        .iter()
+        .filter(|s| !used_targets.contains(&s.target))
+        .map(session_status)
+        .collect();
+    let unknown_arrays = arrays
+        .into_iter()
+        .map(|a| a.kname)
+        .filter(|k| !used_arrays.contains(k))
+        .collect();
+    Ok(Report {
+        attachments,
+        unknown_sessions,
+        unknown_arrays,
+    })
+}
+
+impl Report {
+    /// Human-readable text, one block per attachment.
+    pub fn text(&self) -> String {
+        let mut s = String::new();
+        if self.attachments.is_empty() {
+            s.push_str("no attachments\n");
+        }
+        for a in &self.attachments {
+            s.push_str(&format!(
+                "{} -> {} ({})\n",
+                a.spec,
+                a.device.as_deref().unwrap_or("-"),
+                a.phase
+            ));
+            if let Some(se) = &a.session {
+                s.push_str(&format!(
+                    "  session {} {} {}\n",
+                    se.sid,
+                    se.state,
+                    se.portal.as_deref().unwrap_or("")
+                ));
+            }
+            if let Some(k) = &a.array {
+                s.push_str(&format!("  array {k}\n"));
+            }
+            for l in &a.legs {
+                let mut flags = l.state.clone();
+                if l.write_mostly {
+                    flags.push_str(",write-mostly");
+                }
+                if let Some(p) = l.recovery_percent {
+                    flags.push_str(&format!(" {p:.1}%"));
+                }
+                if let Some(k) = l.speed_kib {
+                    flags.push_str(&format!(" {k}K/s"));
+                }
+                s.push_str(&format!("  {:<6} {:<28} {flags}\n", l.role, l.device));
+            }
+        }
+        for u in &self.unknown_sessions {
+            s.push_str(&format!(
+                "unknown session {} to {} ({})\n",
+                u.sid, u.target, u.state
+            ));
+        }
+        for u in &self.unknown_arrays {
+            s.push_str(&format!("unknown array {u}\n"));
+        }
+        s
+    }
+}

@@ -1,0 +1,172 @@
+//! The local leg: a block device (usually an LVM volume) named by the label
+//! table, resolved and checked through stat, sysfs and an exclusive open.
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::sysfs::Sys;
+
+/// Why a local volume cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    /// The path does not exist or cannot be examined.
+    #[error("local volume {}: {source}", path.display())]
+    Stat {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The path is not a block device.
+    #[error("local volume {} is not a block device", path.display())]
+    NotBlock {
+        /// The path.
+        path: PathBuf,
+    },
+    /// Something holds the device: mounted, open exclusively, in an array or dm table.
+    #[error("local volume {} ({kname}) is in use{}", path.display(), holders_text(holders))]
+    InUse {
+        /// The path.
+        path: PathBuf,
+        /// Its kernel name.
+        kname: String,
+        /// Holders listed in sysfs (`md127`, `dm-3`).
+        holders: Vec<String>,
+    },
+    /// The device is smaller than the iSCSI LUN it must mirror.
+    #[error("local volume {} has {size} bytes, smaller than the iSCSI LUN's {needed}", path.display())]
+    TooSmall {
+        /// The path.
+        path: PathBuf,
+        /// Its size.
+        size: u64,
+        /// The LUN's size.
+        needed: u64,
+    },
+}
+
+fn holders_text(h: &[String]) -> String {
+    if h.is_empty() {
+        " (mounted or opened exclusively)".to_string()
+    } else {
+        format!(" (held by {})", h.join(", "))
+    }
+}
+
+/// A resolved local block device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Volume {
+    /// The path as configured.
+    pub path: PathBuf,
+    /// Kernel name (`dm-3`).
+    pub kname: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// Resolve `path` to a block device and read its size.
+pub fn resolve(sys: &Sys, path: &Path) -> Result<Volume, VolumeError> {
+    let md = fs::metadata(sys.path(path)).map_err(|source| VolumeError::Stat {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !md.file_type().is_block_device() {
+        return Err(VolumeError::NotBlock {
+            path: path.to_path_buf(),
+        });
+    }
+    let (maj, min) = (
+        u64::from(libc::major(md.rdev())),
+        u64::from(libc::minor(md.rdev())),
+    );
+    let kname = sys.block_kname(maj, min).ok_or_else(|| VolumeError::Stat {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("no sysfs entry for device {maj}:{min}"),
+        ),
+    })?;
+    let size = sys.block_size(&kname).unwrap_or(0);
+    Ok(Volume {
+        path: path.to_path_buf(),
+        kname,
+        size,
+    })
+}
+
+/// Refuse a device that anything else holds. sysfs `holders/` shows md and
+/// dm users; an exclusive open fails with EBUSY for mounts and every other
+/// exclusive user (the kernel's own test, the one mdadm --add will face).
+pub fn check_unused(sys: &Sys, v: &Volume) -> Result<(), VolumeError> {
+    let holders = sys.list(format!("/sys/class/block/{}/holders", v.kname));
+    let in_use = |holders| VolumeError::InUse {
+        path: v.path.clone(),
+        kname: v.kname.clone(),
+        holders,
+    };
+    if !holders.is_empty() {
+        return Err(in_use(holders));
+    }
+    match fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_EXCL)
+        .open(sys.path(&v.path))
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(in_use(Vec::new())),
+        Err(source) => Err(VolumeError::Stat {
+            path: v.path.clone(),
+            source,
+        }),
+    }
+}
+
+/// Refuse a device smaller than `needed` bytes.
+pub fn check_size(v: &Volume, needed: u64) -> Result<(), VolumeError> {
+    if v.size < needed {
+        return Err(VolumeError::TooSmall {
+            path: v.path.clone(),
+            size: v.size,
+            needed,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_regular_file_is_refused() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let f = d.path().join("disk.img");
+        fs::write(&f, b"x").expect("write");
+        let e = resolve(&Sys::default(), &f).expect_err("not a block device");
+        assert!(matches!(e, VolumeError::NotBlock { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_missing_path_names_the_path() {
+        let e = resolve(&Sys::default(), Path::new("/nonexistent/vg/lv")).expect_err("missing");
+        assert!(
+            e.to_string()
+                .starts_with("local volume /nonexistent/vg/lv: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn too_small_reports_both_sizes() {
+        let v = Volume {
+            path: "/dev/vg/a".into(),
+            kname: "dm-0".into(),
+            size: 10,
+        };
+        assert_eq!(
+            check_size(&v, 20).expect_err("small").to_string(),
+            "local volume /dev/vg/a has 10 bytes, smaller than the iSCSI LUN's 20"
+        );
+        check_size(&v, 10).expect("equal is fine");
+    }
+}

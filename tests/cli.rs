@@ -1,0 +1,235 @@
+//! The `parse` and `check` subcommands, run as the built binary. No root
+//! needed: every file is a temporary one.
+// Inside a test module: the crate lints tests_outside_test_module.
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+    use std::process::{Command, Output};
+
+    /// Runs iscsimple with `args`, isolated from the caller's environment.
+    fn run(args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_iscsimple"))
+            .args(args)
+            .env_remove("ISCSIMPLE_CONFIG")
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run iscsimple")
+    }
+
+    fn stdout(o: &Output) -> String {
+        String::from_utf8(o.stdout.clone()).expect("utf-8 stdout")
+    }
+
+    fn stderr(o: &Output) -> String {
+        String::from_utf8(o.stderr.clone()).expect("utf-8 stderr")
+    }
+
+    fn write(path: &Path, text: &str, mode: u32) {
+        fs::write(path, text).expect("write");
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+
+    #[test]
+    fn parse_valid_prints_json() {
+        let cases = [
+            (
+                "lun5@iqn.2014-06.fr.example:my-vm-sn-1+my-vm-disk",
+                r#"{"target":"iqn.2014-06.fr.example:my-vm-sn-1","lun":5,"label":"my-vm-disk"}"#,
+            ),
+            (
+                "iscsimple:EUI.02004567A425678D",
+                r#"{"target":"eui.02004567a425678d","lun":0,"label":null}"#,
+            ),
+            ("MISSING+lab", r#"{"target":null,"lun":0,"label":"lab"}"#),
+        ];
+        for (spec, json) in cases {
+            let o = run(&["parse", spec]);
+            assert_eq!(o.status.code(), Some(0), "{spec}: {}", stderr(&o));
+            assert_eq!(stdout(&o), format!("{json}\n"));
+            assert_eq!(stderr(&o), "");
+        }
+    }
+
+    #[test]
+    fn parse_invalid_exits_2_with_one_line() {
+        let cases = [
+            (
+                "lun5@iqn.x+",
+                "iscsimple: invalid spec \"lun5@iqn.x+\": at byte 11: empty label (expected 1+ of A-Za-z0-9_-)\n",
+            ),
+            (
+                "MISSING",
+                "iscsimple: invalid spec \"MISSING\": at byte 7: MISSING target needs a label (expected MISSING+LABEL)\n",
+            ),
+            (
+                "-x",
+                "iscsimple: invalid spec \"-x\": at byte 0: unknown name type (expected iqn., eui., naa. or MISSING)\n",
+            ),
+            (
+                "a\nb",
+                "iscsimple: invalid spec \"a\\nb\": at byte 1: whitespace is not allowed (expected [iscsimple:][lunN@]TARGET[+LABEL])\n",
+            ),
+        ];
+        for (spec, err) in cases {
+            let o = run(&["parse", spec]);
+            assert_eq!(o.status.code(), Some(2), "{spec:?}");
+            assert_eq!(stdout(&o), "");
+            assert_eq!(stderr(&o), err);
+        }
+    }
+
+    #[test]
+    fn check_good_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let table = dir.path().join("tab.conf");
+        write(
+            &table,
+            "# LABEL DEVICE\nmy-vm-disk /dev/vg0/my-vm-disk\nmy-vm-swap MISSING\n",
+            0o644,
+        );
+        let secret = dir.path().join("secret");
+        write(&secret, "s3cret-s3cret\n", 0o600);
+        let config = dir.path().join("c.toml");
+        write(
+            &config,
+            &format!(
+                "label_table = {:?}\n[[chap]]\ntarget = \"*\"\nusername = \"u\"\npassword_file = {:?}\n",
+                table.display().to_string(),
+                secret.display().to_string()
+            ),
+            0o644,
+        );
+        let o = run(&["check", "--config", config.to_str().expect("utf-8")]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert_eq!(
+            stdout(&o),
+            format!(
+                "config {}: ok\nchap *: ok\nlabel table {}: 2 labels\n",
+                config.display(),
+                table.display()
+            )
+        );
+        assert_eq!(stderr(&o), "");
+
+        // --labels overrides the table; the config may come from the environment.
+        let other = dir.path().join("other.conf");
+        write(&other, "", 0o644);
+        let o = Command::new(env!("CARGO_BIN_EXE_iscsimple"))
+            .args(["check", "--labels", other.to_str().expect("utf-8")])
+            .env("ISCSIMPLE_CONFIG", &config)
+            .output()
+            .expect("run");
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        assert!(stdout(&o).ends_with(&format!("label table {}: 0 labels\n", other.display())));
+    }
+
+    #[test]
+    fn check_reports_every_bad_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let table = dir.path().join("tab.conf");
+        write(
+            &table,
+            "ok /dev/a\nlonely\nbad.label /dev/x\nrel dev/x\nok /dev/b\n",
+            0o644,
+        );
+        let config = dir.path().join("c.toml");
+        write(&config, "", 0o644);
+        let t = table.display();
+        let o = run(&[
+            "check",
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--labels",
+            table.to_str().expect("utf-8"),
+        ]);
+        assert_eq!(o.status.code(), Some(2));
+        assert_eq!(stdout(&o), format!("config {}: ok\n", config.display()));
+        assert_eq!(
+            stderr(&o),
+            format!(
+                "iscsimple: {t}:2: label \"lonely\" has no device (expected LABEL DEVICE)\n\
+                 iscsimple: {t}:3: invalid label \"bad.label\": at byte 3: invalid character '.' in label (expected 1+ of A-Za-z0-9_-)\n\
+                 iscsimple: {t}:4: device \"dev/x\" is not an absolute path (expected /dev/... or MISSING)\n\
+                 iscsimple: {t}:5: duplicate label \"ok\" (first defined on line 1)\n"
+            )
+        );
+    }
+
+    #[test]
+    fn check_reports_config_errors_with_line_numbers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("c.toml");
+        write(&config, "[timeouts]\nlogin = 0\nlock = 0\n", 0o644);
+        let c = config.display();
+        let o = run(&["check", "--config", config.to_str().expect("utf-8")]);
+        assert_eq!(o.status.code(), Some(2));
+        assert_eq!(stdout(&o), "");
+        assert_eq!(
+            stderr(&o),
+            format!(
+                "iscsimple: {c}:2:9: timeouts.login = 0 (expected seconds, 1..=86400)\n\
+                 iscsimple: {c}:3:8: timeouts.lock = 0 (expected seconds, 1..=86400)\n"
+            )
+        );
+
+        write(&config, "[timeouts]\nlogn = 3\n", 0o644);
+        let o = run(&["check", "--config", config.to_str().expect("utf-8")]);
+        assert_eq!(o.status.code(), Some(2));
+        let err = stderr(&o);
+        assert!(
+            err.starts_with(&format!("iscsimple: {c}:2:1: unknown field `logn`")),
+            "{err}"
+        );
+        assert_eq!(err.lines().count(), 1);
+
+        let missing = dir.path().join("missing.toml");
+        let o = run(&["check", "--config", missing.to_str().expect("utf-8")]);
+        assert_eq!(o.status.code(), Some(2));
+        assert_eq!(
+            stderr(&o),
+            format!("iscsimple: config {}: not found\n", missing.display())
+        );
+
+        // A missing table named in the config is an error.
+        write(&config, "label_table = \"/nonexistent/tab.conf\"\n", 0o644);
+        let o = run(&["check", "--config", config.to_str().expect("utf-8")]);
+        assert_eq!(o.status.code(), Some(2));
+        assert_eq!(
+            stderr(&o),
+            "iscsimple: label table /nonexistent/tab.conf: not found\n"
+        );
+    }
+
+    #[test]
+    fn check_reports_unsafe_password_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret = dir.path().join("secret");
+        write(&secret, "s3cret\n", 0o644);
+        let config = dir.path().join("c.toml");
+        write(
+            &config,
+            &format!(
+                "label_table = \"/nonexistent/x\"\n[[chap]]\ntarget = \"*\"\nusername = \"u\"\npassword_file = {:?}\n",
+                secret.display().to_string()
+            ),
+            0o644,
+        );
+        let o = run(&[
+            "check",
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--labels",
+            "/dev/null",
+        ]);
+        assert_eq!(o.status.code(), Some(2));
+        assert_eq!(
+            stderr(&o),
+            format!(
+                "iscsimple: password file {0}: mode 0644 gives group/other access (expected 0600 or stricter); run chmod 600 {0}\n",
+                secret.display()
+            )
+        );
+    }
+}

@@ -1,0 +1,19 @@
+#!/bin/bash
+# tests/deps.sh -- install what building and testing need on Debian 12 (root).
+# The lab's own packages (qemu, kernel, open-iscsi, tgt, mdadm, lvm2, ...) are
+# installed by tests/lab/build.sh.
+set -euo pipefail
+installed() { dpkg-query -W -f='${Status}\n' "$1" 2>/dev/null | grep -q '^install ok installed'; }
+missing=
+for p in build-essential pkg-config binutils python3; do installed "$p" || missing="$missing $p"; done
+if [ -n "$missing" ]; then
+    [ "$(id -u)" = 0 ] || { echo "deps: need root to install:$missing" >&2; exit 2; }
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get -y -q -o DPkg::Lock::Timeout=600 update >&2
+    # shellcheck disable=SC2086
+    apt-get -y -q -o DPkg::Lock::Timeout=600 install --no-remove $missing >&2
+fi
+if ! command -v cargo >/dev/null; then
+    echo "deps: cargo not found: install Rust >= 1.74 (rustup, https://rustup.rs) and retry" >&2
+    exit 2
+fi

@@ -1,0 +1,101 @@
+#!/bin/bash
+# tests/lab/lab.sh [--list] [FILTER...] -- run the lab scenarios, one VM each.
+#
+# Builds (or reuses) the lab image, builds the iscsimple binary and the lab
+# test binary (tests/lab/main.rs) on the host, then boots one qemu TCG VM per
+# scenario whose name contains one of the FILTERs (all when none) and runs it
+# there as root. Prints one line per scenario, the guest's log for failures,
+# and a closing "N passed, N failed" line; exits 1 if any scenario failed.
+#
+# Env: LAB_CACHE (image cache, default /var/tmp/iscsimple/lab),
+#      LAB_TIMEOUT (seconds per scenario VM, default 600), LAB_MEM (MiB, 1024),
+#      LAB_JOBS (VMs at once, default 1), LAB_VERBOSE=1 (show every console),
+#      LAB_PREFIX (test name prefix, default lab_).
+# Logs: target/lab/logs/<scenario>.log (full console of each VM).
+set -uo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+TOP=$(cd "$HERE/../.." && pwd)
+export LAB_CACHE=${LAB_CACHE:-/var/tmp/iscsimple/lab}
+OUT="$TOP/target/lab"
+LIST=0
+[ "${1:-}" = --list ] && { LIST=1; shift; }
+
+t0=$(date +%s)
+bash "$HERE/build.sh" || { echo "lab: image build failed"; echo "0 passed, 1 failed"; exit 1; }
+
+cd "$TOP" || exit 1
+echo "lab: building the binary and the lab scenarios" >&2
+cargo build --release --bin iscsimple >&2 || { echo "0 passed, 1 failed"; exit 1; }
+testbin=$(cargo test --release --features lab --test lab --no-run 2>&1 | tee /dev/stderr \
+          | sed -n 's/.*Executable .*(\(.*\))$/\1/p' | tail -1)
+[ -x "$TOP/$testbin" ] && testbin="$TOP/$testbin"
+[ -x "$testbin" ] || { echo "lab: lab test binary not built"; echo "0 passed, 1 failed"; exit 1; }
+rm -rf "$OUT/bin" "$OUT/logs"; mkdir -p "$OUT/bin" "$OUT/logs"
+# Stripped copies keep the per-VM overlay small.
+strip -o "$OUT/bin/iscsimple" "$TOP/target/release/iscsimple"
+strip -o "$OUT/bin/lab-tests" "$testbin"
+
+# scenarios are the tests named lab_* (demo.sh runs demo_*)
+prefix=${LAB_PREFIX:-lab_}
+mapfile -t all < <("$OUT/bin/lab-tests" --list --format terse 2>/dev/null | sed -n 's/: test$//p' \
+                   | grep -E "(^|::)${prefix}")
+scenarios=()
+for s in "${all[@]}"; do
+    if [ $# -eq 0 ]; then scenarios+=("$s"); continue; fi
+    for f in "$@"; do case "$s" in *"$f"*) scenarios+=("$s"); break;; esac; done
+done
+if [ $LIST = 1 ]; then printf '%s\n' "${scenarios[@]}"; exit 0; fi
+[ ${#scenarios[@]} -gt 0 ] || { echo "lab: no scenario matches: $*"; echo "0 passed, 1 failed"; exit 1; }
+echo "lab: ${#scenarios[@]} scenario(s), image $LAB_CACHE, $(( $(date +%s) - t0 ))s of preparation" >&2
+
+run_one() {   # run_one NAME -> writes $OUT/logs/NAME.{log,rc,time}
+    local name=$1 log="$OUT/logs/$1.log" s e rc
+    s=$(date +%s%N)
+    LAB_TEST="$name" LOG="$log" TIMEOUT="${LAB_TIMEOUT:-600}" MEM="${LAB_MEM:-1024}" \
+        bash "$HERE/run.sh" "$HERE/guest-run.sh" "$OUT/bin/iscsimple" "$OUT/bin/lab-tests" \
+        > /dev/null 2>>"$log.host"
+    rc=$?
+    e=$(date +%s%N)
+    echo "$rc" > "$log.rc"
+    echo "$(( (e - s) / 1000000 ))" > "$log.ms"
+}
+
+report() {    # report NAME -> prints its line (and its log on failure), returns its rc
+    local name=$1 log="$OUT/logs/$1.log" rc ms
+    rc=$(cat "$log.rc"); ms=$(cat "$log.ms")
+    if [ "$rc" = 0 ]; then
+        printf 'lab %s ... ok (%d.%ds)\n' "$name" $((ms / 1000)) $((ms % 1000 / 100))
+        [ "${LAB_VERBOSE:-0}" = 1 ] && sed -n '/@@LAB-SCENARIO-START/,$p' "$log"
+    else
+        printf 'lab %s ... FAILED (guest exit %s, %d.%ds)\n' "$name" "$rc" $((ms / 1000)) $((ms % 1000 / 100))
+        echo "---- $name: guest console (scenario output and diagnostics; full log $log)"
+        if grep -q '@@LAB-SCENARIO-START' "$log" 2>/dev/null; then
+            sed -n '/@@LAB-SCENARIO-START/,$p' "$log"
+        else
+            tail -n 80 "$log" 2>/dev/null
+        fi
+        cat "$log.host" 2>/dev/null
+        echo "---- end of $name"
+    fi
+    return "$rc"
+}
+
+pass=0 fail=0 jobs=${LAB_JOBS:-1}
+running=()
+for s in "${scenarios[@]}"; do
+    run_one "$s" &
+    running+=("$s:$!")
+    while [ ${#running[@]} -ge "$jobs" ]; do
+        wait "${running[0]##*:}"
+        if report "${running[0]%:*}"; then pass=$((pass + 1)); else fail=$((fail + 1)); fi
+        running=("${running[@]:1}")
+    done
+done
+for r in "${running[@]}"; do
+    wait "${r##*:}"
+    if report "${r%:*}"; then pass=$((pass + 1)); else fail=$((fail + 1)); fi
+done
+echo "lab: $(( $(date +%s) - t0 ))s in all"
+echo "$pass passed, $fail failed"
+[ "$fail" = 0 ]

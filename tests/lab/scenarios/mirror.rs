@@ -1,0 +1,128 @@
+//! Mirrored specs: the seed's array, built by `iscsimple attach`.
+use std::path::Path;
+use std::time::Duration;
+
+use crate::fixture::data;
+use crate::fixture::lvm::{kname, Vg};
+use crate::fixture::md::Md;
+use crate::fixture::system::Snapshot;
+use crate::fixture::target::{Kind, Target, TargetSpec};
+use crate::fixture::tool::Tool;
+use crate::fixture::{Lab, Udev};
+
+const IQN: &str = "iqn.2024-01.lab.iscsimple:mirror";
+const MIB: u64 = 32;
+
+fn mirror(kind: Kind, udev: Udev) {
+    let lab = Lab::start(udev);
+    let t = Target::start(TargetSpec::new(kind, IQN, &[MIB]));
+    let lun = t.luns[0].clone();
+    let vg = Vg::create("labvg", MIB + 16);
+    let lv = vg.lv("vm1", MIB + 4); // larger than the LUN is fine
+    data::fill(&lv, 0, MIB, 0xdead);
+    let tool = Tool::new(&format!("[discovery]\nportals = [\"{}\"]\n", t.portal()));
+    tool.labels(&[("vm1-disk", lv.to_str().unwrap())]);
+    let before = Snapshot::take();
+
+    let spec = format!("lun{}@{IQN}+vm1-disk", lun.number);
+    let dev = tool.attach(&spec);
+    assert_eq!(dev, Path::new("/dev/md/vm1-disk"));
+    let m = Md::by_label("vm1-disk");
+    assert_eq!(m.attr("metadata_version"), "none");
+    m.wait_synced(Duration::from_secs(120));
+    lab.settle();
+    let sd = m
+        .members()
+        .into_iter()
+        .find(|k| k.starts_with("sd"))
+        .expect("iSCSI member");
+    let lk = kname(&lv);
+    assert!(
+        m.member_state(&sd).contains("write_mostly"),
+        "iSCSI leg write_mostly: {}",
+        m.member_state(&sd)
+    );
+    assert!(!m.member_state(&lk).contains("write_mostly"));
+    // The iSCSI copy overwrote the local one.
+    data::verify(&lv, 0, MIB, lun.seed);
+    data::equal(&lv, Path::new(&format!("/dev/{sd}")), MIB).unwrap();
+    // Reads are served locally.
+    let (s0, l0) = (Md::sectors_read(&sd), Md::sectors_read(&lk));
+    data::verify(&dev, 0, MIB, lun.seed);
+    assert_eq!(Md::sectors_read(&sd) - s0, 0, "no reads from the iSCSI leg");
+    assert!(
+        Md::sectors_read(&lk) - l0 >= MIB * 2048,
+        "reads from the local leg"
+    );
+    let st = tool.run(&["status"]);
+    assert!(
+        st.ok() && st.stdout.contains("in_sync,write-mostly"),
+        "{}",
+        st.stdout
+    );
+    // Writes reach both legs.
+    data::fill(&dev, 2, 2, 0xfeed);
+    tool.detach("vm1-disk");
+    lab.settle();
+    assert!(!m.exists(), "array stopped");
+    assert!(
+        !Path::new("/dev/md/vm1-disk").exists(),
+        "no /dev/md link left"
+    );
+    assert!(!m.dev().exists(), "no md node left");
+    data::verify(&lv, 2, 2, 0xfeed);
+    data::verify(&lun.backing, 2, 2, 0xfeed);
+    let after = Snapshot::take();
+    assert_eq!(after.devices(), before.devices(), "host as before attach");
+    vg.remove();
+}
+
+#[test]
+fn lab_mirror_tgt() {
+    mirror(Kind::Tgt, Udev::On);
+}
+
+#[test]
+fn lab_mirror_lio_noudev() {
+    mirror(Kind::Lio, Udev::Off);
+}
+
+#[test]
+fn lab_mirror_missing_legs() {
+    let _lab = Lab::start(Udev::On);
+    let t = Target::start(TargetSpec::new(Kind::Lio, IQN, &[16]));
+    let vg = Vg::create("labvg", 40);
+    let lv = vg.lv("solo", 16);
+    data::fill(&lv, 0, 16, 0xabc);
+    let tool = Tool::new(&format!("[discovery]\nportals = [\"{}\"]\n", t.portal()));
+    tool.labels(&[
+        ("nolocal", "MISSING"),
+        ("local-only", lv.to_str().unwrap()),
+        ("none", "MISSING-too"),
+    ]);
+
+    // No local leg: the array has the iSCSI leg only.
+    let dev = tool.attach(&format!("lun0@{IQN}+nolocal"));
+    let m = Md::by_label("nolocal");
+    assert_eq!(m.members().len(), 1);
+    assert_eq!(m.attr("degraded"), "1");
+    data::verify(&dev, 0, 16, t.lun(0).seed);
+    tool.detach("nolocal");
+
+    // No iSCSI leg: the local volume alone, no session.
+    let dev = tool.attach("MISSING+local-only");
+    data::verify(&dev, 0, 16, 0xabc);
+    assert!(
+        Snapshot::take().sessions.is_empty(),
+        "no login for a MISSING target"
+    );
+    tool.detach("local-only");
+
+    // Both missing: refused, nothing changes.
+    let before = Snapshot::take();
+    let err = tool.attach_fails("MISSING+none", 2);
+    assert!(err.contains("both legs are MISSING"), "{err}");
+    assert_eq!(Snapshot::take(), before);
+    vg.remove();
+    Snapshot::take().assert_clean();
+}

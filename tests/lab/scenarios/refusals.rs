@@ -1,0 +1,85 @@
+//! Bad input is refused before anything changes (or rolled back to
+//! nothing): every case compares the host before and after.
+use std::fs::OpenOptions;
+use std::os::unix::fs::OpenOptionsExt;
+
+use crate::fixture::lvm::Vg;
+use crate::fixture::system::Snapshot;
+use crate::fixture::target::{Kind, Target, TargetSpec};
+use crate::fixture::tool::Tool;
+use crate::fixture::{must, Lab, Udev};
+
+const IQN: &str = "iqn.2024-01.lab.iscsimple:refuse";
+
+#[test]
+fn lab_refusals_leave_the_host_unchanged() {
+    let _lab = Lab::start(Udev::On);
+    let t = Target::start(TargetSpec::new(Kind::Tgt, IQN, &[32]));
+    let vg = Vg::create("labvg", 96);
+    let small = vg.lv("small", 16);
+    let busy = vg.lv("busy", 32);
+    let good = vg.lv("good", 32);
+    must("/usr/bin/truncate", &["-s", "1M", "/var/tmp/notblock"]);
+    let tool = Tool::new(&format!("[discovery]\nportals = [\"{}\"]\n", t.portal()));
+    tool.labels(&[
+        ("small", small.to_str().unwrap()),
+        ("busy", busy.to_str().unwrap()),
+        ("gone", "/dev/labvg/nosuchlv"),
+        ("file", "/var/tmp/notblock"),
+        ("good", good.to_str().unwrap()),
+    ]);
+    let before = Snapshot::take();
+    let check = |spec: &str, code: i32, want: &str| {
+        let err = tool.attach_fails(spec, code);
+        assert!(err.contains(want), "{spec}: expected {want:?} in {err:?}");
+        assert!(err.contains("attach"), "error names the operation: {err}");
+        let now = Snapshot::take();
+        assert_eq!(
+            now.devices(),
+            before.devices(),
+            "{spec} left something behind"
+        );
+    };
+    check(
+        &format!("lun1@{IQN}+nosuchlabel"),
+        2,
+        "label nosuchlabel is not in the label table",
+    );
+    check(&format!("lun1@{IQN}+gone"), 2, "/dev/labvg/nosuchlv");
+    check(&format!("lun1@{IQN}+file"), 2, "is not a block device");
+    check(
+        &format!("lun1@{IQN}+small"),
+        2,
+        "smaller than the iSCSI LUN",
+    );
+    {
+        let _holder = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_EXCL)
+            .open(&busy)
+            .expect("hold busy LV");
+        check(&format!("lun1@{IQN}+busy"), 2, "is in use");
+    }
+    check(&format!("lun5@{IQN}"), 2, "has no LUN 5");
+    check(
+        &format!("lun0@{IQN}"),
+        2,
+        "is not a disk (SCSI type 12); its disk LUNs are 1",
+    );
+    check(
+        "lun1@iqn.2024-01.lab.iscsimple:nosuchtarget",
+        2,
+        "no discovery portal lists it",
+    );
+    check("not-a-spec", 2, "invalid spec");
+
+    // A label already in use by another spec.
+    let dev = tool.attach(&format!("lun1@{IQN}+good"));
+    let during = Snapshot::take();
+    let err = tool.attach_fails("MISSING+good", 2);
+    assert!(err.contains("already"), "{err}");
+    assert_eq!(Snapshot::take(), during);
+    tool.detach(&dev.display().to_string());
+    assert_eq!(Snapshot::take().devices(), before.devices());
+    vg.remove();
+}

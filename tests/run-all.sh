@@ -1,0 +1,29 @@
+#!/bin/bash
+# tests/run-all.sh -- what `make test` runs: lints, unit tests (cargo test),
+# then the lab scenarios in the VM; one closing "N passed, N failed" line.
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+mkdir -p target
+fail_lint=0
+if ! cargo fmt --check >&2; then echo "lint: cargo fmt --check failed"; fail_lint=1; fi
+if ! cargo clippy --all-targets --features lab -- -D warnings >&2; then echo "lint: clippy failed"; fail_lint=1; fi
+
+cargo test 2>&1 | tee target/unit.log
+unit_rc=${PIPESTATUS[0]}
+# sum the "test result: ok. N passed; M failed" lines of every test binary
+read -r up uf < <(awk '/^test result:/ { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+                      END { print p + 0, f + 0 }' target/unit.log)
+up=${up:-0}; uf=${uf:-0}
+# a build failure counts as a failure even when no test ran
+[ "$unit_rc" != 0 ] && [ "$uf" = 0 ] && uf=1
+
+bash tests/lab/lab.sh 2>target/lab.err | tee target/lab.log
+lab_rc=${PIPESTATUS[0]}
+lp=$(tail -1 target/lab.log | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\1/p')
+lf=$(tail -1 target/lab.log | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\2/p')
+lp=${lp:-0}; lf=${lf:-0}
+if [ "$lab_rc" != 0 ] && [ "$lf" = 0 ]; then lf=1; tail -40 target/lab.err; fi
+
+echo "lint: $([ $fail_lint = 0 ] && echo ok || echo FAILED); unit: $up passed, $uf failed; lab: $lp passed, $lf failed"
+echo "$((up + lp)) passed, $((uf + lf + fail_lint)) failed"
+[ "$unit_rc" = 0 ] && [ "$lab_rc" = 0 ] && [ $fail_lint = 0 ]
