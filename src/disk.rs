@@ -1012,9 +1012,15 @@ impl<'a> Engine<'a> {
                 errors.push((Step::Stop, e.into()));
             }
         }
-        if let Some(i) = &a.iscsi {
+        if let Some(target) = target_of(a) {
+            let lun = a
+                .iscsi
+                .as_ref()
+                .map(|i| i.lun)
+                .or_else(|| a.spec.parse::<Spec>().ok().map(|sp| sp.lun))
+                .unwrap_or(0);
             if errors.is_empty() {
-                if let Err(e) = self.release_lun(key, i) {
+                if let Err(e) = self.release_lun(key, &target, lun, a.iscsi.as_ref()) {
                     errors.push(e);
                 }
             }
@@ -1028,20 +1034,34 @@ impl<'a> Engine<'a> {
     }
 
     /// Delete the LUN's SCSI device (if this tool scanned it) and log out
-    /// when the session is ours and nothing else uses it.
-    fn release_lun(&self, key: &str, i: &IscsiLeg) -> Result<(), (Step, Cause)> {
+    /// when the session is ours and nothing else uses it. `known` is the leg
+    /// as attach recorded it; None when attach was interrupted before that,
+    /// and then a device of that LUN on a session of ours is ours (we scan
+    /// manually).
+    fn release_lun(
+        &self,
+        key: &str,
+        target: &str,
+        lun: u32,
+        known: Option<&IscsiLeg>,
+    ) -> Result<(), (Step, Cause)> {
         let _target_lock = self
-            .lock(
-                &format!("target-{}", i.target),
-                &format!("target {}", i.target),
-            )
+            .lock(&format!("target-{target}"), &format!("target {target}"))
             .map_err(|e| (Step::Lock, e.into()))?;
-        let session = iscsi::session_of(&self.sys, &i.target);
-        if let (Some(s), true) = (&session, i.scanned) {
-            if let Some(d) = iscsi::host_devices(&self.sys, s.host)
+        let owned = self
+            .store
+            .owned_session(target)
+            .map_err(|e| (Step::State, e.into()))?
+            .is_some();
+        let session = iscsi::session_of(&self.sys, target);
+        if let Some(s) = &session {
+            let dev = iscsi::host_devices(&self.sys, s.host)
                 .into_iter()
-                .find(|d| d.hctl == i.hctl)
-            {
+                .find(|d| match known {
+                    Some(i) => i.scanned && d.hctl == i.hctl,
+                    None => owned && d.lun == lun,
+                });
+            if let Some(d) = dev {
                 iscsi::delete_device(&self.sys, &d).map_err(|e| (Step::DeleteDevice, e.into()))?;
             }
         }
@@ -1050,18 +1070,7 @@ impl<'a> Engine<'a> {
             .all()
             .map_err(|e| (Step::State, e.into()))?
             .into_iter()
-            .any(|(k, o)| {
-                k != file_key(key)
-                    && o.iscsi
-                        .as_ref()
-                        .map(|x| x.target == i.target)
-                        .unwrap_or(false)
-            });
-        let owned = self
-            .store
-            .owned_session(&i.target)
-            .map_err(|e| (Step::State, e.into()))?
-            .is_some();
+            .any(|(k, o)| k != file_key(key) && target_of(&o).as_deref() == Some(target));
         if let Some(s) = session {
             let busy = !iscsi::host_devices(&self.sys, s.host).is_empty();
             if owned && !others && !busy {
@@ -1069,17 +1078,27 @@ impl<'a> Engine<'a> {
                     .logout(s.sid)
                     .map_err(|e| (Step::Logout, e.into()))?;
                 self.store
-                    .disown_session(&i.target)
+                    .disown_session(target)
                     .map_err(|e| (Step::State, e.into()))?;
-                tracing::info!(target = %i.target, sid = s.sid, "logged out");
+                tracing::info!(target, sid = s.sid, "logged out");
             } else {
-                tracing::info!(target = %i.target, sid = s.sid, owned, others, busy, "session kept");
+                tracing::info!(target, sid = s.sid, owned, others, busy, "session kept");
             }
         } else if owned && !others {
             self.store
-                .disown_session(&i.target)
+                .disown_session(target)
                 .map_err(|e| (Step::State, e.into()))?;
         }
         Ok(())
     }
+}
+
+/// The target an attachment uses: from its recorded leg, else from its spec.
+fn target_of(a: &Attachment) -> Option<String> {
+    a.iscsi.as_ref().map(|i| i.target.clone()).or_else(|| {
+        a.spec
+            .parse::<Spec>()
+            .ok()
+            .and_then(|s| s.target.map(|t| t.to_string()))
+    })
 }

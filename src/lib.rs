@@ -27,3 +27,4 @@ pub mod status;
 pub mod sysfs;
 pub mod uevent;
 pub mod volume;
+pub mod xen;

@@ -96,6 +96,21 @@ pub struct OwnedSession {
     pub portal: String,
 }
 
+/// A hypervisor backend (a Xen vbd, a libvirt domain disk) holding an
+/// attachment. Several may hold one (a migration to the same host): the
+/// attachment is detached when the last one lets go.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Holder {
+    /// Canonical spec.
+    pub spec: String,
+    /// Domain id (Xen) or name (libvirt).
+    pub domain: String,
+    /// Backend path or disk target, for messages.
+    pub backend: String,
+    /// Whether the backend asked for write access.
+    pub writable: bool,
+}
+
 /// The state directory.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -160,6 +175,52 @@ impl Store {
             if let Some(key) = name.strip_suffix(".json") {
                 if let Some(a) = read_json::<Attachment>(&e.path())? {
                     out.push((key.to_string(), a));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    fn holder_path(&self, name: &str) -> PathBuf {
+        self.dir
+            .join("holders")
+            .join(format!("{}.json", crate::lock::file_key(name)))
+    }
+
+    /// Record that backend `name` holds an attachment.
+    pub fn save_holder(&self, name: &str, h: &Holder) -> Result<(), StateError> {
+        write_atomic(&self.holder_path(name), h)
+    }
+
+    /// The holder record of backend `name`.
+    pub fn holder(&self, name: &str) -> Result<Option<Holder>, StateError> {
+        read_json(&self.holder_path(name))
+    }
+
+    /// Forget backend `name`.
+    pub fn remove_holder(&self, name: &str) -> Result<(), StateError> {
+        remove(&self.holder_path(name))
+    }
+
+    /// Every holder record, by backend name.
+    pub fn holders(&self) -> Result<Vec<(String, Holder)>, StateError> {
+        let dir = self.dir.join("holders");
+        let mut out = Vec::new();
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(source) => return Err(StateError::Io { path: dir, source }),
+        };
+        for e in entries {
+            let e = e.map_err(|source| StateError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(n) = name.strip_suffix(".json") {
+                if let Some(h) = read_json::<Holder>(&e.path())? {
+                    out.push((n.to_string(), h));
                 }
             }
         }

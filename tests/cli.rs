@@ -232,4 +232,67 @@ mod tests {
             )
         );
     }
+
+    #[test]
+    fn attach_dry_run_prints_the_plan_and_unknown_labels_exit_2() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let table = dir.path().join("labels.conf");
+        let config = dir.path().join("iscsimple.toml");
+        write(&table, "vm1 /dev/vg0/vm1\nnolocal MISSING\n", 0o644);
+        write(
+            &config,
+            &format!(
+                "label_table = \"{}\"\nrun_dir = \"{}\"\n[discovery]\nportals = [\"192.0.2.10\"]\n",
+                table.display(),
+                dir.path().join("run").display()
+            ),
+            0o600,
+        );
+        let c = config.to_str().expect("utf-8");
+        let o = run(&[
+            "--config",
+            c,
+            "attach",
+            "--dry-run",
+            "lun3@iqn.2024-01.lab:t+vm1",
+        ]);
+        assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+        let plan = stdout(&o);
+        let lines: Vec<&str> = plan.lines().collect();
+        assert!(lines[0].contains("/dev/vg0/vm1"), "{plan}");
+        assert!(
+            plan.contains(
+                "iscsiadm -m discovery -t sendtargets -p 192.0.2.10:3260 -o nonpersistent"
+            ),
+            "{plan}"
+        );
+        assert!(
+            plan.contains("echo '- - 3' > /sys/class/scsi_host/hostN/scan"),
+            "{plan}"
+        );
+        assert!(plan.contains("mdadm --build /dev/md/vm1 --level=1 --raid-devices=2 missing --write-mostly ISCSI_DEV"), "{plan}");
+        assert!(
+            lines.last().expect("lines").ends_with("/dev/md/vm1"),
+            "{plan}"
+        );
+        assert!(
+            !dir.path().join("run").exists(),
+            "a dry run writes no state"
+        );
+
+        let o = run(&["--config", c, "attach", "lun3@iqn.2024-01.lab:t+nosuch"]);
+        assert_eq!(o.status.code(), Some(2));
+        assert_eq!(stdout(&o), "");
+        let err = stderr(&o);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.starts_with("iscsimple: attach lun3@iqn.2024-01.lab:t+nosuch: label table: label nosuch is not in the label table"), "{err}");
+
+        let o = run(&["--config", c, "attach", "MISSING+nolocal"]);
+        assert_eq!(o.status.code(), Some(2));
+        assert!(
+            stderr(&o).contains("both legs are MISSING"),
+            "{}",
+            stderr(&o)
+        );
+    }
 }

@@ -13,6 +13,7 @@ mod detach;
 mod logging;
 mod parse;
 mod status;
+mod xen;
 
 /// Attach iSCSI LUNs, optionally mirrored with a local volume, for Xen and KVM hosts.
 #[derive(Debug, Parser)]
@@ -46,6 +47,8 @@ pub(crate) enum Command {
     Detach(detach::Args),
     /// Show attachments, their sessions and legs, and what the tool does not know.
     Status(status::Args),
+    /// Xen hotplug: run by /etc/xen/scripts/block-iscsimple as `add` or `remove`.
+    Xen(xen::Args),
 }
 
 /// A failed command: the error and the exit code it maps to.
@@ -113,13 +116,44 @@ pub(crate) fn main() -> ExitCode {
         Command::Attach(args) => attach::run(args, config),
         Command::Detach(args) => detach::run(args, config),
         Command::Status(args) => status::run(args, config),
+        Command::Xen(args) => xen::run(args, config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            // One line: the anyhow context chain, outermost first.
-            eprintln!("iscsimple: {:#}", f.error);
+            eprintln!("iscsimple: {}", one_line(&f.error));
             ExitCode::from(f.code)
         }
+    }
+}
+
+/// The error and its causes on one line, outermost first. A cause whose text
+/// its parent already quotes (errors that embed `{source}`) is not repeated.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if out.contains(&s) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&s);
+    }
+    out.replace('\n', " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn causes_already_quoted_are_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let e = anyhow::Error::new(io)
+            .context("state file /run/x: No such file")
+            .context("status");
+        assert_eq!(one_line(&e), "status: state file /run/x: No such file");
     }
 }

@@ -1,0 +1,271 @@
+//! xl's block hotplug contract (libxl 4.17, observed in the lab):
+//!
+//! - argv is `add` or `remove`; `XENBUS_PATH=backend/vbd/<domid>/<devid>`,
+//!   relative to dom0's home in xenstore.
+//! - `add` runs once the backend waits (state 2); it reads `params` (the
+//!   spec after `target=`) and `mode`, and must write `physical-device`
+//!   (`%x:%x`) and `physical-device-path`; `hotplug-status` and
+//!   `hotplug-error` are what `xl` shows. libxl only checks the exit code,
+//!   and kills the script after 40 s.
+//! - `remove` runs after the backend closed (state 6); the node still holds
+//!   what add wrote, but we rely on our own holder record, since a failed
+//!   add or a killed script may have written nothing.
+//!
+//! Holders are counted per backend: during a migration to the same host the
+//! source's and the destination's backends share one attachment, and only
+//! the last `remove` detaches it.
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::disk::{DiskError, Engine};
+use crate::spec::{Spec, SpecError};
+use crate::state::{Holder, StateError};
+use crate::xen::xenstore::{Tx, Xenstore, XsError};
+
+/// xl kills hotplug scripts after 40 s; every wait fits in this budget.
+pub const BUDGET: Duration = Duration::from_secs(30);
+
+/// Why a hotplug call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HotplugError {
+    /// XENBUS_PATH is missing or not `backend/vbd/<domid>/<devid>`.
+    #[error("XENBUS_PATH {0:?} is not backend/vbd/DOMID/DEVID (is this run by xl?)")]
+    BadPath(String),
+    /// The backend has no `params`.
+    #[error("{0}/params is missing: no disk spec")]
+    NoParams(String),
+    /// xenstore failed.
+    #[error(transparent)]
+    Xenstore(#[from] XsError),
+    /// The spec does not parse.
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    /// State files.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// Attach or detach failed.
+    #[error(transparent)]
+    Disk(#[from] DiskError),
+    /// The device is already given writable to another running domain.
+    #[error("{spec} is already attached to domain {other} ({backend}); refusing to give it {how} to domain {domid} too")]
+    Shared {
+        /// The spec.
+        spec: String,
+        /// The other domain.
+        other: String,
+        /// Its backend.
+        backend: String,
+        /// This domain.
+        domid: u32,
+        /// "writable" or "read-only".
+        how: &'static str,
+    },
+    /// The device handed out cannot be examined.
+    #[error("{}: {source}", path.display())]
+    Device {
+        /// The device.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// A vbd backend, from XENBUS_PATH.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// `backend/vbd/<domid>/<devid>`.
+    pub path: String,
+    /// Guest domain id.
+    pub domid: u32,
+    /// Virtual device id.
+    pub devid: u32,
+}
+
+impl Backend {
+    /// Parse XENBUS_PATH (relative, as libxl passes it, or absolute).
+    pub fn parse(p: &str) -> Result<Backend, HotplugError> {
+        let bad = || HotplugError::BadPath(p.to_string());
+        let rel = p.strip_prefix("/local/domain/0/").unwrap_or(p);
+        let parts: Vec<&str> = rel.split('/').collect();
+        match parts.as_slice() {
+            ["backend", "vbd", d, v] => Ok(Backend {
+                path: rel.to_string(),
+                domid: d.parse().map_err(|_| bad())?,
+                devid: v.parse().map_err(|_| bad())?,
+            }),
+            _ => Err(bad()),
+        }
+    }
+
+    /// The holder record name of this backend.
+    pub fn holder_name(&self) -> String {
+        format!("xen-vbd-{}-{}", self.domid, self.devid)
+    }
+}
+
+/// The VM uuid path of a domain (`/vm/<uuid>`), to tell a migrating
+/// domain's two halves (same uuid) from another VM.
+fn vm_of(xs: &mut Xenstore, domid: &str) -> Result<Option<String>, XsError> {
+    xs.read(Tx::NONE, &format!("/local/domain/{domid}/vm"))
+}
+
+/// Refuse a second writer, as Xen's block-common.sh does: a device given
+/// writable may go to no other running domain, except the same VM (a
+/// migration to this host).
+fn check_sharing(
+    engine: &Engine<'_>,
+    xs: &mut Xenstore,
+    be: &Backend,
+    spec: &Spec,
+    writable: bool,
+) -> Result<(), HotplugError> {
+    let me = be.domid.to_string();
+    let my_vm = vm_of(xs, &me)?;
+    for (name, h) in engine.store.holders()? {
+        if h.spec != spec.to_string() || name == be.holder_name() || h.domain == me {
+            continue;
+        }
+        if !(writable || h.writable) {
+            continue;
+        }
+        // A holder whose domain is gone is stale (its remove never ran).
+        if xs
+            .read(Tx::NONE, &format!("/local/domain/{}/domid", h.domain))?
+            .is_none()
+        {
+            continue;
+        }
+        if my_vm.is_some() && vm_of(xs, &h.domain)? == my_vm {
+            continue;
+        }
+        return Err(HotplugError::Shared {
+            spec: spec.to_string(),
+            other: h.domain.clone(),
+            backend: h.backend.clone(),
+            domid: be.domid,
+            how: if writable { "writable" } else { "read-only" },
+        });
+    }
+    Ok(())
+}
+
+/// `add`: attach the backend's spec and publish the device.
+pub fn add(engine: &Engine<'_>, xs: &mut Xenstore, be: &Backend) -> Result<PathBuf, HotplugError> {
+    let result = add_inner(engine, xs, be);
+    if let Err(e) = &result {
+        let line = e.to_string();
+        // Best effort: the backend may already be gone.
+        let _ = xs.transaction(|xs, tx| {
+            xs.write(tx, &format!("{}/hotplug-error", be.path), &line)?;
+            xs.write(tx, &format!("{}/hotplug-status", be.path), "error")
+        });
+    }
+    result
+}
+
+fn add_inner(
+    engine: &Engine<'_>,
+    xs: &mut Xenstore,
+    be: &Backend,
+) -> Result<PathBuf, HotplugError> {
+    let params = xs
+        .read(Tx::NONE, &format!("{}/params", be.path))?
+        .ok_or_else(|| HotplugError::NoParams(be.path.clone()))?;
+    let spec: Spec = params.trim().parse()?;
+    let writable = xs
+        .read(Tx::NONE, &format!("{}/mode", be.path))?
+        .map(|m| m.contains('w'))
+        .unwrap_or(true);
+    check_sharing(engine, xs, be, &spec, writable)?;
+    // Recorded before attaching, so that a remove after a killed add finds
+    // what to clean up.
+    let holder = Holder {
+        spec: spec.to_string(),
+        domain: be.domid.to_string(),
+        backend: be.path.clone(),
+        writable,
+    };
+    engine.store.save_holder(&be.holder_name(), &holder)?;
+    let dev = match engine.attach(&spec) {
+        Ok(d) => d,
+        Err(e) => {
+            // attach rolled itself back; this backend holds nothing then,
+            // unless another backend holds the same attachment.
+            let _ = engine.store.remove_holder(&be.holder_name());
+            return Err(e.into());
+        }
+    };
+    let meta = std::fs::metadata(&dev).map_err(|source| HotplugError::Device {
+        path: dev.clone(),
+        source,
+    })?;
+    let (maj, min) = (libc::major(meta.rdev()), libc::minor(meta.rdev()));
+    xs.transaction(|xs, tx| {
+        xs.write(
+            tx,
+            &format!("{}/physical-device", be.path),
+            &format!("{maj:x}:{min:x}"),
+        )?;
+        xs.write(
+            tx,
+            &format!("{}/physical-device-path", be.path),
+            &dev.to_string_lossy(),
+        )?;
+        xs.rm(tx, &format!("{}/hotplug-error", be.path))?;
+        xs.write(tx, &format!("{}/hotplug-status", be.path), "connected")
+    })?;
+    tracing::info!(spec = %spec, domid = be.domid, devid = be.devid, device = %dev.display(), "xen add done");
+    Ok(dev)
+}
+
+/// `remove`: let go of the backend's attachment; detach it when no other
+/// backend holds it. Idempotent.
+pub fn remove(engine: &Engine<'_>, be: &Backend) -> Result<(), HotplugError> {
+    let Some(h) = engine.store.holder(&be.holder_name())? else {
+        tracing::info!(backend = %be.path, "nothing recorded for this backend; nothing to remove");
+        return Ok(());
+    };
+    let others = engine
+        .store
+        .holders()?
+        .into_iter()
+        .any(|(n, o)| n != be.holder_name() && o.spec == h.spec);
+    if others {
+        tracing::info!(spec = %h.spec, backend = %be.path, "another backend still uses it; kept");
+    } else {
+        engine.detach(&h.spec)?;
+    }
+    engine.store.remove_holder(&be.holder_name())?;
+    tracing::info!(spec = %h.spec, domid = be.domid, devid = be.devid, "xen remove done");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xenbus_paths() {
+        assert_eq!(
+            Backend::parse("backend/vbd/3/51728").unwrap(),
+            Backend {
+                path: "backend/vbd/3/51728".into(),
+                domid: 3,
+                devid: 51728
+            }
+        );
+        assert_eq!(
+            Backend::parse("/local/domain/0/backend/vbd/3/51728")
+                .unwrap()
+                .domid,
+            3
+        );
+        assert!(Backend::parse("backend/vif/3/0").is_err());
+        assert!(Backend::parse("").is_err());
+        assert_eq!(
+            Backend::parse("backend/vbd/3/51728").unwrap().holder_name(),
+            "xen-vbd-3-51728"
+        );
+    }
+}
