@@ -18,6 +18,7 @@ pub mod config;
 pub mod disk;
 pub mod iscsi;
 pub mod labels;
+pub mod libvirt;
 pub mod lock;
 pub mod md;
 pub mod runner;

@@ -37,8 +37,14 @@ fn demo_mirror() {
     say(&format!("the VM would now get {}; the local leg resyncs from iSCSI (speed capped at 40 MB/s for the demo)", dev.display()));
     let m = Md::by_label("demo-vm-disk");
     let start = Instant::now();
+    let mut shown_status = false;
     while m.attr("sync_action") != "idle" && start.elapsed() < Duration::from_secs(120) {
         print!("{}", mdstat());
+        if !shown_status && start.elapsed() > Duration::from_secs(2) {
+            say("iscsimple status, while the local leg recovers");
+            tool.run(&["status"]);
+            shown_status = true;
+        }
         std::thread::sleep(Duration::from_secs(2));
     }
     print!("{}", mdstat());

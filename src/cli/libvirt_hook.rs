@@ -1,0 +1,139 @@
+//! `iscsimple libvirt-hook NAME OP SUBOP EXTRA` with the domain XML on
+//! stdin: run by /etc/libvirt/hooks/qemu.d/iscsimple. Never writes stdout
+//! (libvirt reads it back as XML for some ops) and never calls libvirt.
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::{anyhow, Context};
+use iscsimple::disk::Engine;
+use iscsimple::libvirt::{self, Action};
+use iscsimple::runner::RealRunner;
+use iscsimple::state::Holder;
+
+use super::{load_config, CmdResult, Failure};
+
+/// Arguments libvirt passes to a qemu hook.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Domain name.
+    pub name: String,
+    /// Operation (prepare, start, started, stopped, release, migrate, restore, reconnect, ...).
+    pub op: String,
+    /// Sub-operation (begin, end, -).
+    pub subop: String,
+    /// Extra argument (unused).
+    pub extra: Option<String>,
+}
+
+pub(crate) fn run(args: Args, config: Option<&Path>) -> CmdResult {
+    let action = libvirt::action(&args.op, &args.subop);
+    let mut xml = String::new();
+    // libvirt writes the whole XML and closes stdin; read it so it never blocks.
+    let read = std::io::stdin().read_to_string(&mut xml);
+    if action == Action::Nothing {
+        return Ok(());
+    }
+    let disks = match read
+        .map_err(anyhow::Error::from)
+        .and_then(|_| libvirt::disks(&args.name, &xml).map_err(Into::into))
+    {
+        Ok(d) => d,
+        // Without usable XML, release still lets go of what we recorded.
+        Err(e) if action == Action::Detach => {
+            tracing::warn!(domain = %args.name, error = %e, "domain XML unusable; releasing recorded disks");
+            Vec::new()
+        }
+        Err(e) => {
+            return Err(Failure::input(
+                e.context(format!("libvirt hook {} {}", args.op, args.subop)),
+            ))
+        }
+    };
+    let config = load_config(config)?;
+    let runner = RealRunner::new();
+    let engine = Engine::new(&config, &runner);
+    match action {
+        Action::Attach if !disks.is_empty() => {
+            super::require_programs(&runner)?;
+            attach_all(&engine, &args.name, &disks)
+        }
+        Action::Detach => detach_all(&engine, &args.name),
+        _ => Ok(()),
+    }
+}
+
+fn attach_all(engine: &Engine<'_>, domain: &str, disks: &[libvirt::DomainDisk]) -> CmdResult {
+    let mut done: Vec<String> = Vec::new();
+    for d in disks {
+        let name = libvirt::holder_name(domain, &d.target);
+        let r = (|| -> anyhow::Result<()> {
+            let spec: iscsimple::spec::Spec = d.spec.parse()?;
+            engine.store.save_holder(
+                &name,
+                &Holder {
+                    spec: spec.to_string(),
+                    domain: domain.to_string(),
+                    backend: d.target.clone(),
+                    writable: true,
+                },
+            )?;
+            let dev = engine.attach(&spec)?;
+            let want = std::fs::canonicalize(&dev).with_context(|| format!("{}", dev.display()))?;
+            match &d.source {
+                Some(src) if std::fs::canonicalize(src).ok().as_ref() == Some(&want) => Ok(()),
+                Some(src) => Err(anyhow!("disk {}: <source dev='{}'> is not the attached device {}", d.target, src.display(), dev.display())),
+                None => Err(anyhow!("disk {} is listed in the iscsimple metadata but the domain has no disk with that target", d.target)),
+            }
+        })();
+        match r {
+            Ok(()) => done.push(name),
+            Err(e) => {
+                // Roll back this domain's disks: the current one too (its holder was saved).
+                done.push(name);
+                for n in done.iter().rev() {
+                    if let Err(re) = release(engine, n) {
+                        tracing::error!(holder = %n, error = %re, "rollback of a libvirt disk failed");
+                    }
+                }
+                return Err(Failure::failed(e.context(format!("domain {domain}"))));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Let go of one holder; detach when it was the last.
+fn release(engine: &Engine<'_>, name: &str) -> anyhow::Result<()> {
+    let Some(h) = engine.store.holder(name)? else {
+        return Ok(());
+    };
+    let others = engine
+        .store
+        .holders()?
+        .into_iter()
+        .any(|(n, o)| n != name && o.spec == h.spec);
+    if !others {
+        engine.detach(&h.spec)?;
+    }
+    engine.store.remove_holder(name)?;
+    Ok(())
+}
+
+fn detach_all(engine: &Engine<'_>, domain: &str) -> CmdResult {
+    let prefix = iscsimple::lock::file_key(&libvirt::holder_name(domain, ""));
+    let mut first_err = None;
+    for (name, _) in engine.store.holders().map_err(Failure::failed)? {
+        if name.starts_with(&prefix) {
+            if let Err(e) = release(engine, &name) {
+                tracing::error!(holder = %name, error = %e, "release failed");
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    match first_err {
+        Some(e) => Err(Failure::failed(
+            e.context(format!("domain {domain}: release")),
+        )),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,218 @@
+//! libvirt's `qemu` hook: which disks of a domain are ours, and what each
+//! hook operation must do with them.
+//!
+//! A domain lists its iscsimple disks in its `<metadata>`, in our namespace:
+//!
+//! ```xml
+//! <metadata>
+//!   <iscsimple:disks xmlns:iscsimple="urn:iscsimple:libvirt:1">
+//!     <iscsimple:disk target="vda" spec="lun1@iqn.2014-06.fr.example:vm1+vm1-disk"/>
+//!   </iscsimple:disks>
+//! </metadata>
+//! ```
+//!
+//! and the disk with that target has `<source dev='/dev/md/vm1-disk'/>` (or
+//! any path that resolves to the device attach returns).
+//!
+//! libvirt's contract (libvirt 9.0, seen in the lab): the hook gets `NAME OP
+//! SUBOP EXTRA` and the domain XML on stdin; for `migrate` and `restore`
+//! stdout is read back as (possibly rewritten) domain XML, so the hook prints
+//! nothing there; a non-zero exit of `prepare` makes libvirt refuse to start
+//! the domain and show the hook's stderr; libvirt still calls `stopped` and
+//! `release` after a failed `prepare`. A hook must never call back into
+//! libvirt (it holds locks while the hook runs).
+use std::path::PathBuf;
+
+/// The XML namespace of our metadata element.
+pub const NAMESPACE: &str = "urn:iscsimple:libvirt:1";
+
+/// Why the domain XML could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    /// stdin is not well-formed XML.
+    #[error("domain XML: {0}")]
+    Xml(#[from] roxmltree::Error),
+    /// Our metadata is malformed.
+    #[error("domain {domain}: iscsimple metadata: {what}")]
+    Metadata {
+        /// Domain name.
+        domain: String,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+/// One of our disks in a domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DomainDisk {
+    /// The guest device name (`vda`).
+    pub target: String,
+    /// The spec.
+    pub spec: String,
+    /// The domain disk's `<source dev>`, if the domain has that disk.
+    pub source: Option<PathBuf>,
+}
+
+/// What a hook call should do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Attach every disk before QEMU opens them (`prepare begin`).
+    Attach,
+    /// Detach every disk after QEMU is gone (`release end`).
+    Detach,
+    /// Nothing, quickly (every other op, including the XML filters
+    /// `migrate begin` and `restore begin`, and `reconnect begin`).
+    Nothing,
+}
+
+/// Map libvirt's `OP SUBOP` to an action.
+pub fn action(op: &str, subop: &str) -> Action {
+    match (op, subop) {
+        ("prepare", "begin") => Action::Attach,
+        ("release", "end") => Action::Detach,
+        _ => Action::Nothing,
+    }
+}
+
+/// Our disks listed in the domain XML, in document order, each with the
+/// source of the domain disk that has the same target.
+pub fn disks(domain: &str, xml: &str) -> Result<Vec<DomainDisk>, HookError> {
+    let doc = roxmltree::Document::parse(xml)?;
+    let root = doc.root_element();
+    let bad = |what: String| HookError::Metadata {
+        domain: domain.to_string(),
+        what,
+    };
+    let Some(metadata) = root.children().find(|n| n.has_tag_name("metadata")) else {
+        return Ok(Vec::new());
+    };
+    let mut out: Vec<DomainDisk> = Vec::new();
+    for n in metadata
+        .descendants()
+        .filter(|n| n.is_element() && n.tag_name().namespace() == Some(NAMESPACE))
+    {
+        if n.tag_name().name() != "disk" {
+            continue;
+        }
+        let target = n
+            .attribute("target")
+            .ok_or_else(|| bad("a disk element has no target attribute".into()))?;
+        let spec = n
+            .attribute("spec")
+            .ok_or_else(|| bad(format!("disk {target} has no spec attribute")))?;
+        if out.iter().any(|d| d.target == target) {
+            return Err(bad(format!("disk {target} is listed twice")));
+        }
+        let source = root
+            .children()
+            .find(|c| c.has_tag_name("devices"))
+            .into_iter()
+            .flat_map(|d| d.children().filter(|c| c.has_tag_name("disk")))
+            .find(|d| {
+                d.children()
+                    .any(|t| t.has_tag_name("target") && t.attribute("dev") == Some(target))
+            })
+            .and_then(|d| d.children().find(|s| s.has_tag_name("source")))
+            .and_then(|s| s.attribute("dev"))
+            .map(PathBuf::from);
+        out.push(DomainDisk {
+            target: target.to_string(),
+            spec: spec.to_string(),
+            source,
+        });
+    }
+    Ok(out)
+}
+
+/// The holder record name of a domain's disk.
+pub fn holder_name(domain: &str, target: &str) -> String {
+    format!("libvirt-{domain}-{target}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOMAIN: &str = r#"<domain type='qemu' id='1'>
+  <name>vm1</name>
+  <uuid>6f3a1c2e-1111-2222-3333-444455556666</uuid>
+  <metadata>
+    <other:info xmlns:other="http://example.org/other"><other:disk target="vdz" spec="nope"/></other:info>
+    <iscsimple:disks xmlns:iscsimple="urn:iscsimple:libvirt:1">
+      <iscsimple:disk target="vda" spec="lun1@iqn.2024-01.lab:vm1+vm1-disk"/>
+      <iscsimple:disk target="vdb" spec="lun2@iqn.2024-01.lab:vm1"/>
+    </iscsimple:disks>
+  </metadata>
+  <memory unit='KiB'>65536</memory>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='block' device='disk'>
+      <driver name='qemu' type='raw' cache='none'/>
+      <source dev='/dev/md/vm1-disk'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <disk type='block' device='disk'>
+      <source dev='/dev/disk/by-path/ip-127.0.0.1:3260-iscsi-iqn.2024-01.lab:vm1-lun-2'/>
+      <target dev='vdb' bus='virtio'/>
+    </disk>
+  </devices>
+</domain>"#;
+
+    #[test]
+    fn our_disks_are_found_and_others_ignored() {
+        let d = disks("vm1", DOMAIN).unwrap();
+        assert_eq!(d.len(), 2);
+        assert_eq!(
+            d[0],
+            DomainDisk {
+                target: "vda".into(),
+                spec: "lun1@iqn.2024-01.lab:vm1+vm1-disk".into(),
+                source: Some("/dev/md/vm1-disk".into())
+            }
+        );
+        assert_eq!(d[1].target, "vdb");
+        assert_eq!(
+            d[1].source.as_deref(),
+            Some(std::path::Path::new(
+                "/dev/disk/by-path/ip-127.0.0.1:3260-iscsi-iqn.2024-01.lab:vm1-lun-2"
+            ))
+        );
+    }
+
+    #[test]
+    fn domains_without_our_metadata_have_no_disks() {
+        assert!(disks("x", "<domain><name>x</name></domain>")
+            .unwrap()
+            .is_empty());
+        let other = "<domain><name>x</name><metadata><a:b xmlns:a='urn:x'/></metadata></domain>";
+        assert!(disks("x", other).unwrap().is_empty());
+    }
+
+    #[test]
+    fn malformed_metadata_is_an_error() {
+        let xml = "<domain><metadata><i:disk xmlns:i='urn:iscsimple:libvirt:1' target='vda'/></metadata></domain>";
+        assert_eq!(
+            disks("vm9", xml).unwrap_err().to_string(),
+            "domain vm9: iscsimple metadata: disk vda has no spec attribute"
+        );
+        assert!(disks("vm9", "<domain>").is_err());
+    }
+
+    #[test]
+    fn only_prepare_and_release_act() {
+        assert_eq!(action("prepare", "begin"), Action::Attach);
+        assert_eq!(action("release", "end"), Action::Detach);
+        for (op, sub) in [
+            ("start", "begin"),
+            ("started", "begin"),
+            ("stopped", "end"),
+            ("migrate", "begin"),
+            ("restore", "begin"),
+            ("reconnect", "begin"),
+            ("attach", "begin"),
+        ] {
+            assert_eq!(action(op, sub), Action::Nothing, "{op} {sub}");
+        }
+    }
+}
