@@ -194,6 +194,16 @@ fn rollback_text(r: &[String]) -> String {
     }
 }
 
+/// How to attach.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AttachOptions {
+    /// Build a mirror with its iSCSI leg only and let the local leg join
+    /// later ([`Engine::join_local`]): on an incoming migration the source
+    /// host still writes to the iSCSI disk, and a resync started now would
+    /// copy blocks that are still changing.
+    pub defer_local: bool,
+}
+
 /// One undo action, pushed by the step that made it necessary.
 #[derive(Debug)]
 enum Undo {
@@ -391,9 +401,14 @@ impl<'a> Engine<'a> {
 
     /// Attach `spec`; returns the device to hand to the hypervisor.
     pub fn attach(&self, spec: &Spec) -> Result<PathBuf, DiskError> {
+        self.attach_with(spec, AttachOptions::default())
+    }
+
+    /// Attach with options (see [`AttachOptions`]).
+    pub fn attach_with(&self, spec: &Spec, opts: AttachOptions) -> Result<PathBuf, DiskError> {
         let key = key_of(spec);
         let mut undo: Vec<Undo> = Vec::new();
-        let r = self.attach_steps(spec, &key, &mut undo);
+        let r = self.attach_steps(spec, &key, opts, &mut undo);
         match r {
             Ok(dev) => Ok(dev),
             Err((step, cause)) => {
@@ -414,6 +429,7 @@ impl<'a> Engine<'a> {
         &self,
         spec: &Spec,
         key: &str,
+        opts: AttachOptions,
         undo: &mut Vec<Undo>,
     ) -> Result<PathBuf, (Step, Cause)> {
         // Input first: nothing is touched until the table and volume check out.
@@ -518,6 +534,7 @@ impl<'a> Engine<'a> {
                 label: l.to_string(),
                 kname: None,
                 local: local_path.clone(),
+                local_pending: false,
             }),
         };
         self.store
@@ -602,10 +619,17 @@ impl<'a> Engine<'a> {
                     .save(key, &att)
                     .map_err(|e| (Step::State, e.into()))?;
                 if let (Some(_), Some(v)) = (&iscsi_dev, &local) {
-                    // The iSCSI copy is the source: the local leg joins and is overwritten.
-                    self.mdadm()
-                        .add(label, &v.path, false)
-                        .map_err(|e| (Step::AddLocal, e.into()))?;
+                    if opts.defer_local {
+                        tracing::info!(spec = %spec, local = %v.path.display(), "local leg joins later (incoming migration)");
+                        if let Some(m) = att.mirror.as_mut() {
+                            m.local_pending = true;
+                        }
+                    } else {
+                        // The iSCSI copy is the source: the local leg joins and is overwritten.
+                        self.mdadm()
+                            .add(label, &v.path, false)
+                            .map_err(|e| (Step::AddLocal, e.into()))?;
+                    }
                 }
                 md::label_path(label)
             }
@@ -960,6 +984,61 @@ impl<'a> Engine<'a> {
                         .and_then(|d| std::fs::canonicalize(d).ok())
                         == dev)
         }))
+    }
+
+    /// Let a deferred local leg join its mirror (the resync then copies the
+    /// iSCSI data onto it). Ok(false) when nothing was pending.
+    pub fn join_local(&self, what: &str) -> Result<bool, DiskError> {
+        let fail = |step, cause| DiskError {
+            op: "join",
+            spec: what.to_string(),
+            step,
+            cause: Box::new(cause),
+            rollback: vec![],
+        };
+        let Some((key, _)) = self.find(what).map_err(|e| fail(Step::State, e.into()))? else {
+            return Ok(false);
+        };
+        let _key_lock = self
+            .lock(&format!("attach-{key}"), &format!("attachment {key}"))
+            .map_err(|e| fail(Step::Lock, e.into()))?;
+        let Some(mut a) = self
+            .store
+            .load(&key)
+            .map_err(|e| fail(Step::State, e.into()))?
+        else {
+            return Ok(false);
+        };
+        let spec = a.spec.clone();
+        let fail = |step, cause| DiskError {
+            op: "join",
+            spec: spec.clone(),
+            step,
+            cause: Box::new(cause),
+            rollback: vec![],
+        };
+        let Some(m) = a.mirror.clone().filter(|m| m.local_pending) else {
+            return Ok(false);
+        };
+        let Some(local) = &m.local else {
+            return Ok(false);
+        };
+        let v = volume::resolve(&self.sys, local).map_err(|e| fail(Step::LocalVolume, e.into()))?;
+        volume::check_unused(&self.sys, &v).map_err(|e| fail(Step::LocalVolume, e.into()))?;
+        if let Some(i) = &a.iscsi {
+            volume::check_size(&v, i.size).map_err(|e| fail(Step::Size, e.into()))?;
+        }
+        self.mdadm()
+            .add(&m.label, &v.path, false)
+            .map_err(|e| fail(Step::AddLocal, e.into()))?;
+        if let Some(mm) = a.mirror.as_mut() {
+            mm.local_pending = false;
+        }
+        self.store
+            .save(&key, &a)
+            .map_err(|e| fail(Step::State, e.into()))?;
+        tracing::info!(spec = %a.spec, local = %v.path.display(), "local leg joined; resync from iSCSI started");
+        Ok(true)
     }
 
     /// Detach what `what` names. Not attached: Ok(false).

@@ -60,6 +60,10 @@ pub struct Mirror {
     pub kname: Option<String>,
     /// The local leg's path, unless MISSING.
     pub local: Option<PathBuf>,
+    /// The local leg has not joined yet: on an incoming migration it joins
+    /// only once the domain runs here and the source stopped writing.
+    #[serde(default)]
+    pub local_pending: bool,
 }
 
 /// Where an attach got to.
@@ -311,6 +315,7 @@ mod tests {
                 label: "l1".into(),
                 kname: Some("md127".into()),
                 local: Some("/dev/vg/l1".into()),
+                local_pending: false,
             }),
         }
     }

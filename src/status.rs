@@ -152,6 +152,14 @@ pub fn report(sys: &Sys, store: &Store) -> Result<Report, StateError> {
         });
         if let Some(m) = &a.mirror {
             match &m.local {
+                Some(p) if m.local_pending => legs.push(LegStatus {
+                    role: "local",
+                    device: p.display().to_string(),
+                    state: "pending".into(),
+                    write_mostly: false,
+                    recovery_percent: None,
+                    speed_kib: None,
+                }),
                 Some(p) => {
                     let k = crate::volume::resolve(sys, p).ok().map(|v| v.kname);
                     legs.push(leg("local", p.display().to_string(), k.as_deref(), array));

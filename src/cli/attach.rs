@@ -13,6 +13,10 @@ pub(crate) struct Args {
     /// Print the ordered plan (one command or sysfs write per line) and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Build a mirror with its iSCSI leg only; the local leg joins with
+    /// `iscsimple join` (for a VM migrating in while its source still writes).
+    #[arg(long)]
+    pub defer_local: bool,
 }
 
 pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
@@ -31,7 +35,8 @@ pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
         return Ok(());
     }
     super::require_programs(&runner)?;
-    let dev = engine.attach(&spec).map_err(Failure::from_disk)?;
+    let opts = iscsimple::disk::AttachOptions { defer_local: args.defer_local };
+    let dev = engine.attach_with(&spec, opts).map_err(Failure::from_disk)?;
     println!("{}", dev.display());
     Ok(())
 }

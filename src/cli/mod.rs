@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod attach;
 mod check;
 mod detach;
+mod join;
 mod libvirt_hook;
 mod logging;
 mod parse;
@@ -48,6 +49,8 @@ pub(crate) enum Command {
     Detach(detach::Args),
     /// Show attachments, their sessions and legs, and what the tool does not know.
     Status(status::Args),
+    /// Let a mirror's deferred local leg join (after an incoming migration).
+    Join(join::Args),
     /// libvirt qemu hook: run by /etc/libvirt/hooks/qemu.d/iscsimple with the domain XML on stdin.
     LibvirtHook(libvirt_hook::Args),
     /// Xen hotplug: run by /etc/xen/scripts/block-iscsimple as `add` or `remove`.
@@ -120,6 +123,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Detach(args) => detach::run(args, config),
         Command::Status(args) => status::run(args, config),
         Command::Xen(args) => xen::run(args, config),
+        Command::Join(args) => join::run(args, config),
         Command::LibvirtHook(args) => libvirt_hook::run(args, config),
     };
     match result {

@@ -230,6 +230,11 @@ pub trait Runner: Send + Sync + fmt::Debug {
 
     /// Check that every program in `programs` can be found.
     fn verify(&self, programs: &[Program]) -> Result<(), RunError>;
+
+    /// Start this very binary with `args`, detached: own process group, no
+    /// stdio, not waited for. For watchers that must outlive a hotplug
+    /// script that xl kills by pid.
+    fn spawn_self_detached(&self, args: &[String]) -> Result<u32, RunError>;
 }
 
 #[cfg(test)]

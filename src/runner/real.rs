@@ -54,6 +54,28 @@ fn drain(mut r: impl Read + Send + 'static, tx: mpsc::Sender<()>) -> thread::Joi
 }
 
 impl Runner for RealRunner {
+    fn spawn_self_detached(&self, args: &[String]) -> Result<u32, RunError> {
+        use std::os::unix::process::CommandExt;
+        let exe = PathBuf::from("/proc/self/exe");
+        let path = std::fs::read_link(&exe).unwrap_or(exe);
+        let child = Command::new(&path)
+            .args(args)
+            .env_clear()
+            .env("LC_ALL", "C")
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(|source| RunError::Spawn {
+                path: path.clone(),
+                source,
+            })?;
+        tracing::info!(pid = child.id(), args = ?args, "watcher started");
+        Ok(child.id())
+    }
+
     fn verify(&self, programs: &[Program]) -> Result<(), RunError> {
         programs
             .iter()

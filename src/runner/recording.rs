@@ -53,6 +53,14 @@ impl Runner for RecordingRunner {
         Ok(())
     }
 
+    fn spawn_self_detached(&self, args: &[String]) -> Result<u32, RunError> {
+        self.calls
+            .lock()
+            .expect("lock")
+            .push(format!("iscsimple {}", args.join(" ")));
+        Ok(0)
+    }
+
     fn run(&self, cmd: &Cmd) -> Result<Output, RunError> {
         let shown = cmd.display();
         self.calls.lock().expect("lock").push(shown.clone());

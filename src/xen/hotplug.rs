@@ -18,10 +18,13 @@ use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::disk::{DiskError, Engine};
+use crate::disk::{AttachOptions, DiskError, Engine};
 use crate::spec::{Spec, SpecError};
 use crate::state::{Holder, StateError};
 use crate::xen::xenstore::{Tx, Xenstore, XsError};
+
+/// xl names the receiving domain NAME--incoming until the migration is done.
+pub const INCOMING_SUFFIX: &str = "--incoming";
 
 /// xl kills hotplug scripts after 40 s; every wait fits in this budget.
 pub const BUDGET: Duration = Duration::from_secs(30);
@@ -187,7 +190,16 @@ fn add_inner(
         writable,
     };
     engine.store.save_holder(&be.holder_name(), &holder)?;
-    let dev = match engine.attach(&spec) {
+    // An incoming migration from another host: the source still writes to
+    // the iSCSI disk until it is suspended, so the local leg may join only
+    // once this domain takes over (xl renames it from NAME--incoming then).
+    // From this same host the array already exists and is simply shared.
+    let incoming = xs
+        .read(Tx::NONE, &format!("/local/domain/{}/name", be.domid))?
+        .map(|n| n.ends_with(INCOMING_SUFFIX))
+        .unwrap_or(false);
+    let defer_local = incoming && spec.label.is_some() && engine.find(&spec.to_string())?.is_none();
+    let dev = match engine.attach_with(&spec, AttachOptions { defer_local }) {
         Ok(d) => d,
         Err(e) => {
             // attach rolled itself back; this backend holds nothing then,
@@ -196,6 +208,22 @@ fn add_inner(
             return Err(e.into());
         }
     };
+    if defer_local {
+        let mut args = Vec::new();
+        if let Some(c) = &engine.config.path {
+            args.extend(["--config".to_string(), c.display().to_string()]);
+        }
+        args.extend([
+            "join".to_string(),
+            "--after-xen-domain".to_string(),
+            be.domid.to_string(),
+            spec.to_string(),
+        ]);
+        if let Err(e) = engine.runner.spawn_self_detached(&args) {
+            // The disk works without its local leg; say so and let `iscsimple join` finish it.
+            tracing::error!(spec = %spec, error = %e, "cannot start the local-leg watcher; run `iscsimple join` by hand");
+        }
+    }
     let meta = std::fs::metadata(&dev).map_err(|source| HotplugError::Device {
         path: dev.clone(),
         source,
@@ -217,6 +245,28 @@ fn add_inner(
     })?;
     tracing::info!(spec = %spec, domid = be.domid, devid = be.devid, device = %dev.display(), "xen add done");
     Ok(dev)
+}
+
+/// Wait until domain `domid` has taken over from a migration source: its
+/// name lost the `--incoming` suffix (xl renames it once the source is
+/// suspended for good). Ok(false) when the domain went away or `timeout`
+/// passed.
+pub fn wait_taken_over(xs: &mut Xenstore, domid: u32, timeout: Duration) -> Result<bool, XsError> {
+    let path = format!("/local/domain/{domid}/name");
+    xs.watch(&path, "name")?;
+    let start = std::time::Instant::now();
+    loop {
+        match xs.read(Tx::NONE, &path)? {
+            None => return Ok(false),
+            Some(n) if !n.ends_with(INCOMING_SUFFIX) => return Ok(true),
+            Some(_) => {}
+        }
+        let left = timeout.saturating_sub(start.elapsed());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        xs.next_event(left)?;
+    }
 }
 
 /// `remove`: let go of the backend's attachment; detach it when no other

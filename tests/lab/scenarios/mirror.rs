@@ -128,3 +128,39 @@ fn lab_mirror_missing_legs() {
     vg.remove();
     Snapshot::take().assert_clean();
 }
+
+/// The migration ordering on one host: the mirror comes up with its iSCSI
+/// leg only while "the source" still writes to the LUN, and the local leg
+/// joins afterwards, so it ends equal to everything the source wrote.
+#[test]
+fn lab_mirror_deferred_local_join() {
+    let _lab = Lab::start(Udev::On);
+    let t = Target::start(TargetSpec::new(Kind::Tgt, IQN, &[MIB]));
+    let lun = t.luns[0].clone();
+    let vg = Vg::create("labvg", MIB + 16);
+    let lv = vg.lv("vm1", MIB);
+    data::fill(&lv, 0, MIB, 0xdead);
+    let tool = Tool::new(&format!("[discovery]\nportals = [\"{}\"]\n", t.portal()));
+    tool.labels(&[("vm1-disk", lv.to_str().unwrap())]);
+    let spec = format!("lun1@{IQN}+vm1-disk");
+    let out = tool.run(&["attach", "--defer-local", &spec]);
+    assert!(out.ok(), "{}", out.stderr);
+    let m = Md::by_label("vm1-disk");
+    assert_eq!(m.members().len(), 1, "iSCSI leg only");
+    let st = tool.run(&["status"]);
+    assert!(st.stdout.contains("pending"), "status shows the pending local leg: {}", st.stdout);
+    // "The source" keeps writing to the LUN behind the array's back
+    // (another host's initiator): through the target's backing file.
+    data::fill(&lun.backing, 4, 4, 0x50c);
+    // The destination's array now takes over and the local leg joins.
+    let out = tool.run(&["join", "vm1-disk"]);
+    assert!(out.ok(), "{}", out.stderr);
+    m.wait_synced(Duration::from_secs(120));
+    data::verify(&lv, 4, 4, 0x50c);
+    data::verify(&lv, 0, 4, lun.seed);
+    let st = tool.run(&["status"]);
+    assert!(!st.stdout.contains("pending"), "{}", st.stdout);
+    tool.detach("vm1-disk");
+    vg.remove();
+    Snapshot::take().assert_clean();
+}

@@ -1,0 +1,44 @@
+//! `iscsimple join WHAT [--after-xen-domain DOMID]`: let a mirror's deferred
+//! local leg join (after an incoming migration). With --after-xen-domain it
+//! first waits until that domain has taken over from its migration source;
+//! the Xen hotplug script starts it that way, detached, so xl's kill of the
+//! script does not stop it.
+use std::time::Duration;
+
+use iscsimple::disk::Engine;
+use iscsimple::runner::RealRunner;
+use iscsimple::xen::{hotplug, xenstore::Xenstore};
+
+use super::{load_config, CmdResult, Failure};
+
+/// Arguments of `join`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// The spec, label or device of the mirror.
+    pub what: String,
+    /// Wait until this Xen domain is no longer NAME--incoming first.
+    #[arg(long, value_name = "DOMID")]
+    pub after_xen_domain: Option<u32>,
+    /// How long to wait for that, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub wait: u64,
+}
+
+pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
+    let config = load_config(config)?;
+    let runner = RealRunner::new();
+    let engine = Engine::new(&config, &runner);
+    if let Some(domid) = args.after_xen_domain {
+        let mut xs = Xenstore::open().map_err(Failure::failed)?;
+        if !hotplug::wait_taken_over(&mut xs, domid, Duration::from_secs(args.wait))
+            .map_err(Failure::failed)?
+        {
+            tracing::warn!(domid, what = %args.what, "domain gone or still incoming; local leg not joined");
+            return Ok(());
+        }
+    }
+    if !engine.join_local(&args.what).map_err(Failure::from_disk)? {
+        tracing::info!(what = %args.what, "no local leg waiting to join");
+    }
+    Ok(())
+}
