@@ -561,9 +561,14 @@ impl<'a> Engine<'a> {
 
         // The mirror.
         let device = match &spec.label {
-            None => iscsi_dev
-                .clone()
-                .expect("a spec without label has a target"),
+            None => {
+                // Let udev make its links (by-path, by-id) before a caller
+                // such as libvirt looks for them.
+                self.settle();
+                iscsi_dev
+                    .clone()
+                    .expect("a spec without label has a target")
+            }
             Some(label) => {
                 let label = label.as_str();
                 let mut legs = vec![Leg::Missing];

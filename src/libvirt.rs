@@ -125,8 +125,12 @@ pub fn disks(domain: &str, xml: &str) -> Result<Vec<DomainDisk>, HookError> {
 }
 
 /// The holder record name of a domain's disk.
+///
+/// The domain name is hex-encoded: libvirt allows almost any character in
+/// it, and distinct domains (`web 2`, `web_2`) must never share a record.
 pub fn holder_name(domain: &str, target: &str) -> String {
-    format!("libvirt-{domain}-{target}")
+    let hex: String = domain.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("libvirt-{hex}-{target}")
 }
 
 #[cfg(test)]
@@ -197,6 +201,12 @@ mod tests {
             "domain vm9: iscsimple metadata: disk vda has no spec attribute"
         );
         assert!(disks("vm9", "<domain>").is_err());
+    }
+
+    #[test]
+    fn holder_names_never_collide() {
+        assert_ne!(holder_name("web 2", "vda"), holder_name("web_2", "vda"));
+        assert_eq!(holder_name("web", "vda"), "libvirt-776562-vda");
     }
 
     #[test]

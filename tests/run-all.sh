@@ -24,6 +24,14 @@ lf=$(tail -1 target/lab.log | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\
 lp=${lp:-0}; lf=${lf:-0}
 if [ "$lab_rc" != 0 ] && [ "$lf" = 0 ]; then lf=1; tail -40 target/lab.err; fi
 
-echo "lint: $([ $fail_lint = 0 ] && echo ok || echo FAILED); unit: $up passed, $uf failed; lab: $lp passed, $lf failed"
-echo "$((up + lp)) passed, $((uf + lf + fail_lint)) failed"
-[ "$unit_rc" = 0 ] && [ "$lab_rc" = 0 ] && [ $fail_lint = 0 ]
+# the same scenarios' Xen half: a real Xen dom0 booted in the VM
+LAB_FLAVOR=xen bash tests/lab/lab.sh 2>target/lab-xen.err | tee target/lab-xen.log
+xen_rc=${PIPESTATUS[0]}
+xp=$(tail -1 target/lab-xen.log | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\1/p')
+xf=$(tail -1 target/lab-xen.log | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\2/p')
+xp=${xp:-0}; xf=${xf:-0}
+if [ "$xen_rc" != 0 ] && [ "$xf" = 0 ]; then xf=1; tail -40 target/lab-xen.err; fi
+
+echo "lint: $([ $fail_lint = 0 ] && echo ok || echo FAILED); unit: $up passed, $uf failed; lab: $lp passed, $lf failed; xen lab: $xp passed, $xf failed"
+echo "$((up + lp + xp)) passed, $((uf + lf + xf + fail_lint)) failed"
+[ "$unit_rc" = 0 ] && [ "$lab_rc" = 0 ] && [ "$xen_rc" = 0 ] && [ $fail_lint = 0 ]

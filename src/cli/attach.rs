@@ -35,8 +35,12 @@ pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
         return Ok(());
     }
     super::require_programs(&runner)?;
-    let opts = iscsimple::disk::AttachOptions { defer_local: args.defer_local };
-    let dev = engine.attach_with(&spec, opts).map_err(Failure::from_disk)?;
+    let opts = iscsimple::disk::AttachOptions {
+        defer_local: args.defer_local,
+    };
+    let dev = engine
+        .attach_with(&spec, opts)
+        .map_err(Failure::from_disk)?;
     println!("{}", dev.display());
     Ok(())
 }

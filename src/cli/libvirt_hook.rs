@@ -120,10 +120,10 @@ fn release(engine: &Engine<'_>, name: &str) -> anyhow::Result<()> {
 }
 
 fn detach_all(engine: &Engine<'_>, domain: &str) -> CmdResult {
-    let prefix = iscsimple::lock::file_key(&libvirt::holder_name(domain, ""));
     let mut first_err = None;
-    for (name, _) in engine.store.holders().map_err(Failure::failed)? {
-        if name.starts_with(&prefix) {
+    // By the recorded domain: a name prefix would also match `web-2` for `web`.
+    for (name, h) in engine.store.holders().map_err(Failure::failed)? {
+        if name.starts_with("libvirt-") && h.domain == domain {
             if let Err(e) = release(engine, &name) {
                 tracing::error!(holder = %name, error = %e, "release failed");
                 first_err.get_or_insert(e);

@@ -10,36 +10,51 @@
 # Env: LAB_CACHE (image cache, default /var/tmp/iscsimple/lab),
 #      LAB_TIMEOUT (seconds per scenario VM, default 600), LAB_MEM (MiB, 1024),
 #      LAB_JOBS (VMs at once, default 1), LAB_VERBOSE=1 (show every console),
-#      LAB_PREFIX (test name prefix, default lab_).
+#      LAB_PREFIX (test name prefix, default lab_),
+#      LAB_FLAVOR (plain, the default, or xen: see below).
 # Logs: target/lab/logs/<scenario>.log (full console of each VM).
+#
+# LAB_FLAVOR=xen runs the xen_* scenarios in the dom0 of a real Xen booted in
+# the VM (image from build-xen.sh; LAB_PREFIX defaults to xen_, LAB_MEM to
+# 2048, LAB_TIMEOUT to 900; logs in target/lab/xen/logs). The plain flavour
+# never runs xen_* scenarios and the xen flavour runs nothing else.
 set -uo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 TOP=$(cd "$HERE/../.." && pwd)
 export LAB_CACHE=${LAB_CACHE:-/var/tmp/iscsimple/lab}
-OUT="$TOP/target/lab"
+export LAB_FLAVOR=${LAB_FLAVOR:-plain}
+case "$LAB_FLAVOR" in
+plain) OUT="$TOP/target/lab" BUILD=(build.sh) PREFIX=lab_ MEM=1024 TIMEOUT=600 ;;
+xen)   OUT="$TOP/target/lab/xen" BUILD=(build-xen.sh ${LAB_XEN_CACHE:+"$LAB_XEN_CACHE"})
+       PREFIX=xen_ MEM=2048 TIMEOUT=900 ;;
+*)     echo "lab: unknown LAB_FLAVOR=$LAB_FLAVOR (plain or xen)"; echo "0 passed, 1 failed"; exit 1 ;;
+esac
 LIST=0
 [ "${1:-}" = --list ] && { LIST=1; shift; }
 
 t0=$(date +%s)
-bash "$HERE/build.sh" || { echo "lab: image build failed"; echo "0 passed, 1 failed"; exit 1; }
+bash "$HERE/${BUILD[0]}" "${BUILD[@]:1}" || { echo "lab: image build failed"; echo "0 passed, 1 failed"; exit 1; }
 
 cd "$TOP" || exit 1
 echo "lab: building the binary and the lab scenarios" >&2
 cargo build --release --bin iscsimple >&2 || { echo "0 passed, 1 failed"; exit 1; }
 testbin=$(cargo test --release --features lab --test lab --no-run 2>&1 | tee /dev/stderr \
           | sed -n 's/.*Executable .*(\(.*\))$/\1/p' | tail -1)
-[ -x "$TOP/$testbin" ] && testbin="$TOP/$testbin"
-[ -x "$testbin" ] || { echo "lab: lab test binary not built"; echo "0 passed, 1 failed"; exit 1; }
+[ -n "$testbin" ] && [ -f "$TOP/$testbin" ] && testbin="$TOP/$testbin"
+[ -n "$testbin" ] && [ -f "$testbin" ] && [ -x "$testbin" ] || { echo "lab: lab test binary not built"; echo "0 passed, 1 failed"; exit 1; }
 rm -rf "$OUT/bin" "$OUT/logs"; mkdir -p "$OUT/bin" "$OUT/logs"
 # Stripped copies keep the per-VM overlay small.
 strip -o "$OUT/bin/iscsimple" "$TOP/target/release/iscsimple"
 strip -o "$OUT/bin/lab-tests" "$testbin"
 
-# scenarios are the tests named lab_* (demo.sh runs demo_*)
-prefix=${LAB_PREFIX:-lab_}
+# scenarios are the tests named lab_* (demo.sh runs demo_*); xen_* ones
+# (the test function's name) belong to the xen flavour only
+prefix=${LAB_PREFIX:-$PREFIX}
+flavor_re='(^|::)xen_[^:]*$'
 mapfile -t all < <("$OUT/bin/lab-tests" --list --format terse 2>/dev/null | sed -n 's/: test$//p' \
-                   | grep -E "(^|::)${prefix}")
+                   | grep -E "(^|::)${prefix}" \
+                   | if [ "$LAB_FLAVOR" = xen ]; then grep -E "$flavor_re"; else grep -vE "$flavor_re"; fi)
 scenarios=()
 for s in "${all[@]}"; do
     if [ $# -eq 0 ]; then scenarios+=("$s"); continue; fi
@@ -47,12 +62,24 @@ for s in "${all[@]}"; do
 done
 if [ $LIST = 1 ]; then printf '%s\n' "${scenarios[@]}"; exit 0; fi
 [ ${#scenarios[@]} -gt 0 ] || { echo "lab: no scenario matches: $*"; echo "0 passed, 1 failed"; exit 1; }
-echo "lab: ${#scenarios[@]} scenario(s), image $LAB_CACHE, $(( $(date +%s) - t0 ))s of preparation" >&2
+# lab_libvirt_* scenarios also need the Debian root with libvirtd, attached as a disk
+for s in "${scenarios[@]}"; do
+    case "$s" in *lab_libvirt_*)
+        bash "$HERE/build-libvirt.sh" || { echo "lab: libvirt image build failed"; echo "0 passed, 1 failed"; exit 1; }
+        break;;
+    esac
+done
+echo "lab: ${#scenarios[@]} $LAB_FLAVOR scenario(s), image $LAB_CACHE, $(( $(date +%s) - t0 ))s of preparation" >&2
 
 run_one() {   # run_one NAME -> writes $OUT/logs/NAME.{log,rc,time}
     local name=$1 log="$OUT/logs/$1.log" s e rc
     s=$(date +%s%N)
-    LAB_TEST="$name" LOG="$log" TIMEOUT="${LAB_TIMEOUT:-600}" MEM="${LAB_MEM:-1024}" \
+    local mem=${LAB_MEM:-$MEM} timeout=${LAB_TIMEOUT:-$TIMEOUT} extra=${QEMU_EXTRA:-}
+    case "$name" in *lab_libvirt_*)
+        mem=${LAB_MEM:-2048} timeout=${LAB_TIMEOUT:-900}
+        extra="$extra -drive file=$LAB_CACHE/libvirt/rootfs.ext4,if=virtio,format=raw,snapshot=on";;
+    esac
+    LAB_TEST="$name" LOG="$log" TIMEOUT="$timeout" MEM="$mem" QEMU_EXTRA="$extra" \
         bash "$HERE/run.sh" "$HERE/guest-run.sh" "$OUT/bin/iscsimple" "$OUT/bin/lab-tests" \
         > /dev/null 2>>"$log.host"
     rc=$?

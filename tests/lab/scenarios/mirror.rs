@@ -148,7 +148,11 @@ fn lab_mirror_deferred_local_join() {
     let m = Md::by_label("vm1-disk");
     assert_eq!(m.members().len(), 1, "iSCSI leg only");
     let st = tool.run(&["status"]);
-    assert!(st.stdout.contains("pending"), "status shows the pending local leg: {}", st.stdout);
+    assert!(
+        st.stdout.contains("pending"),
+        "status shows the pending local leg: {}",
+        st.stdout
+    );
     // "The source" keeps writing to the LUN behind the array's back
     // (another host's initiator): through the target's backing file.
     data::fill(&lun.backing, 4, 4, 0x50c);
