@@ -60,8 +60,12 @@ pub enum Action {
     Attach,
     /// Detach every disk after QEMU is gone (`release end`).
     Detach,
-    /// Nothing, quickly (every other op, including the XML filters
-    /// `migrate begin` and `restore begin`, and `reconnect begin`).
+    /// Remember that the domain is migrating in (`migrate begin` on the
+    /// destination, before its `prepare`): a small file, nothing that blocks,
+    /// nothing printed.
+    MarkIncoming,
+    /// Nothing, quickly (every other op, including the XML filter
+    /// `restore begin`, and `reconnect begin`).
     Nothing,
 }
 
@@ -70,6 +74,7 @@ pub fn action(op: &str, subop: &str) -> Action {
     match (op, subop) {
         ("prepare", "begin") => Action::Attach,
         ("release", "end") => Action::Detach,
+        ("migrate", "begin") => Action::MarkIncoming,
         _ => Action::Nothing,
     }
 }
@@ -122,6 +127,46 @@ pub fn disks(domain: &str, xml: &str) -> Result<Vec<DomainDisk>, HookError> {
         });
     }
     Ok(out)
+}
+
+/// Where libvirt keeps the live status of its QEMU domains.
+pub const STATUS_DIR: &str = "/run/libvirt/qemu";
+
+/// The `state` libvirt records for a running domain in its status file
+/// (`<domstatus state='running' reason='migrated' ...>`), if any.
+pub fn status_state(status_dir: &std::path::Path, domain: &str) -> Option<String> {
+    let text = std::fs::read_to_string(status_dir.join(format!("{domain}.xml"))).ok()?;
+    let doc = roxmltree::Document::parse(&text).ok()?;
+    let root = doc.root_element();
+    root.has_tag_name("domstatus")
+        .then(|| root.attribute("state").map(str::to_string))
+        .flatten()
+}
+
+/// Wait until libvirt records domain `domain` as running on this host: an
+/// incoming migration's QEMU runs paused until the source has stopped and
+/// handed over, and libvirt then resumes it and records `running`.
+/// false when the domain went away or `timeout` passed.
+pub fn wait_running(
+    status_dir: &std::path::Path,
+    domain: &str,
+    timeout: std::time::Duration,
+) -> bool {
+    let start = std::time::Instant::now();
+    let mut seen = false;
+    loop {
+        match status_state(status_dir, domain) {
+            Some(s) if s == "running" => return true,
+            Some(_) => seen = true,
+            None if seen => return false,
+            None => {}
+        }
+        if start.elapsed() >= timeout {
+            return false;
+        }
+        // libvirt rewrites the file atomically; a short poll is enough here.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
 }
 
 /// The holder record name of a domain's disk.
@@ -204,6 +249,28 @@ mod tests {
     }
 
     #[test]
+    fn status_state_reads_domstatus() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(status_state(d.path(), "vm1"), None);
+        std::fs::write(
+            d.path().join("vm1.xml"),
+            "<domstatus state='paused' reason='migration' pid='42'><domain/></domstatus>",
+        )
+        .unwrap();
+        assert_eq!(status_state(d.path(), "vm1").as_deref(), Some("paused"));
+        std::fs::write(
+            d.path().join("vm1.xml"),
+            "<domstatus state='running' reason='migrated' pid='42'><domain/></domstatus>",
+        )
+        .unwrap();
+        assert!(wait_running(
+            d.path(),
+            "vm1",
+            std::time::Duration::from_secs(1)
+        ));
+    }
+
+    #[test]
     fn holder_names_never_collide() {
         assert_ne!(holder_name("web 2", "vda"), holder_name("web_2", "vda"));
         assert_eq!(holder_name("web", "vda"), "libvirt-776562-vda");
@@ -211,13 +278,13 @@ mod tests {
 
     #[test]
     fn only_prepare_and_release_act() {
+        assert_eq!(action("migrate", "begin"), Action::MarkIncoming);
         assert_eq!(action("prepare", "begin"), Action::Attach);
         assert_eq!(action("release", "end"), Action::Detach);
         for (op, sub) in [
             ("start", "begin"),
             ("started", "begin"),
             ("stopped", "end"),
-            ("migrate", "begin"),
             ("restore", "begin"),
             ("reconnect", "begin"),
             ("attach", "begin"),

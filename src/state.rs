@@ -232,6 +232,39 @@ impl Store {
         Ok(out)
     }
 
+    fn incoming_path(&self, name: &str) -> PathBuf {
+        self.dir
+            .join("incoming")
+            .join(format!("{}.json", crate::lock::file_key(name)))
+    }
+
+    /// Remember that domain `name` is migrating in.
+    pub fn mark_incoming(&self, name: &str) -> Result<(), StateError> {
+        write_atomic(&self.incoming_path(name), &name)
+    }
+
+    /// Whether domain `name` was marked as migrating in within `max_age`;
+    /// the mark is consumed.
+    pub fn take_incoming(
+        &self,
+        name: &str,
+        max_age: std::time::Duration,
+    ) -> Result<bool, StateError> {
+        let p = self.incoming_path(name);
+        let fresh = match fs::metadata(&p) {
+            Ok(m) => m
+                .modified()
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .map(|age| age <= max_age)
+                .unwrap_or(false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(source) => return Err(StateError::Io { path: p, source }),
+        };
+        remove(&p)?;
+        Ok(fresh)
+    }
+
     /// Record that this tool logged in to `target`.
     pub fn own_session(&self, s: &OwnedSession) -> Result<(), StateError> {
         write_atomic(&self.session_path(&s.target), s)

@@ -52,7 +52,6 @@ mod tests {
         let c = config(d.path());
         for xml in [OURS, PLAIN, "not xml at all"] {
             for (op, sub) in [
-                ("migrate", "begin"),
                 ("restore", "begin"),
                 ("reconnect", "begin"),
                 ("start", "begin"),
@@ -73,6 +72,29 @@ mod tests {
         assert!(
             !d.path().join("run").exists(),
             "nothing recorded by ops that do nothing"
+        );
+    }
+
+    #[test]
+    fn migrate_begin_prints_nothing_and_only_marks_our_domains() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let c = config(d.path());
+        for (name, xml) in [("other", PLAIN), ("vm1", "not xml"), ("vm1", OURS)] {
+            let o = hook(&c, &[name, "migrate", "begin", "-"], xml);
+            assert_eq!(
+                (o.status.code(), o.stdout.as_slice()),
+                (Some(0), &b""[..]),
+                "{name}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        let marks: Vec<_> = std::fs::read_dir(d.path().join("run/incoming"))
+            .expect("marks")
+            .collect();
+        assert_eq!(
+            marks.len(),
+            1,
+            "only the domain with our metadata is marked"
         );
     }
 

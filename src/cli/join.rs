@@ -19,6 +19,12 @@ pub(crate) struct Args {
     /// Wait until this Xen domain is no longer NAME--incoming first.
     #[arg(long, value_name = "DOMID")]
     pub after_xen_domain: Option<u32>,
+    /// Wait until libvirt records this domain as running here first.
+    #[arg(long, value_name = "NAME", conflicts_with = "after_xen_domain")]
+    pub after_libvirt_domain: Option<String>,
+    /// libvirt's QEMU status directory.
+    #[arg(long, value_name = "DIR", default_value = iscsimple::libvirt::STATUS_DIR)]
+    pub libvirt_status_dir: std::path::PathBuf,
     /// How long to wait for that, in seconds.
     #[arg(long, default_value_t = 3600)]
     pub wait: u64,
@@ -34,6 +40,16 @@ pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
             .map_err(Failure::failed)?
         {
             tracing::warn!(domid, what = %args.what, "domain gone or still incoming; local leg not joined");
+            return Ok(());
+        }
+    }
+    if let Some(name) = &args.after_libvirt_domain {
+        if !iscsimple::libvirt::wait_running(
+            &args.libvirt_status_dir,
+            name,
+            Duration::from_secs(args.wait),
+        ) {
+            tracing::warn!(domain = %name, what = %args.what, "domain gone or not running; local leg not joined");
             return Ok(());
         }
     }

@@ -43,6 +43,11 @@ pub(crate) fn run(args: Args, config: Option<&Path>) -> CmdResult {
             tracing::warn!(domain = %args.name, error = %e, "domain XML unusable; releasing recorded disks");
             Vec::new()
         }
+        // migrate begin is an XML filter: it must never fail the migration.
+        Err(e) if action == Action::MarkIncoming => {
+            tracing::warn!(domain = %args.name, error = %e, "domain XML unusable at migrate begin");
+            return Ok(());
+        }
         Err(e) => {
             return Err(Failure::input(
                 e.context(format!("libvirt hook {} {}", args.op, args.subop)),
@@ -53,16 +58,43 @@ pub(crate) fn run(args: Args, config: Option<&Path>) -> CmdResult {
     let runner = RealRunner::new();
     let engine = Engine::new(&config, &runner);
     match action {
+        Action::MarkIncoming if !disks.is_empty() => {
+            // Best effort and quick: this op is an XML filter and must not fail.
+            if let Err(e) = engine.store.mark_incoming(&args.name) {
+                tracing::error!(domain = %args.name, error = %e, "cannot record the incoming migration");
+            }
+            Ok(())
+        }
         Action::Attach if !disks.is_empty() => {
             super::require_programs(&runner)?;
-            attach_all(&engine, &args.name, &disks)
+            let incoming = engine
+                .store
+                .take_incoming(&args.name, INCOMING_MAX_AGE)
+                .map_err(Failure::failed)?;
+            attach_all(&engine, &args.name, &disks, incoming)
         }
-        Action::Detach => detach_all(&engine, &args.name),
+        Action::Detach => {
+            let _ = engine.store.take_incoming(&args.name, INCOMING_MAX_AGE);
+            detach_all(&engine, &args.name)
+        }
         _ => Ok(()),
     }
 }
 
-fn attach_all(engine: &Engine<'_>, domain: &str, disks: &[libvirt::DomainDisk]) -> CmdResult {
+/// A `migrate begin` older than this is not taken as the start of this `prepare`.
+const INCOMING_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Attach every disk. On an incoming migration a mirror that is not
+/// already here comes up with its iSCSI leg only: the source still writes to
+/// the iSCSI disk until libvirt switches over, so a resync started now would
+/// copy blocks that are still changing. A detached watcher joins the local
+/// leg once libvirt records the domain as running here.
+fn attach_all(
+    engine: &Engine<'_>,
+    domain: &str,
+    disks: &[libvirt::DomainDisk],
+    incoming: bool,
+) -> CmdResult {
     let mut done: Vec<String> = Vec::new();
     for d in disks {
         let name = libvirt::holder_name(domain, &d.target);
@@ -77,7 +109,22 @@ fn attach_all(engine: &Engine<'_>, domain: &str, disks: &[libvirt::DomainDisk]) 
                     writable: true,
                 },
             )?;
-            let dev = engine.attach(&spec)?;
+            let defer_local =
+                incoming && spec.label.is_some() && engine.find(&spec.to_string())?.is_none();
+            let dev = engine.attach_with(&spec, iscsimple::disk::AttachOptions { defer_local })?;
+            if defer_local {
+                let mut args = Vec::new();
+                if let Some(c) = &engine.config.path {
+                    args.extend(["--config".to_string(), c.display().to_string()]);
+                }
+                args.extend([
+                    "join".to_string(),
+                    "--after-libvirt-domain".to_string(),
+                    domain.to_string(),
+                    spec.to_string(),
+                ]);
+                engine.runner.spawn_self_detached(&args)?;
+            }
             let want = std::fs::canonicalize(&dev).with_context(|| format!("{}", dev.display()))?;
             match &d.source {
                 Some(src) if std::fs::canonicalize(src).ok().as_ref() == Some(&want) => Ok(()),

@@ -4,6 +4,7 @@ mod chap;
 mod demo;
 mod lab_fixture;
 mod libvirt;
+mod migration;
 mod mirror;
 mod refusals;
 mod seed_flow;
