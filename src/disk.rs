@@ -858,6 +858,15 @@ impl<'a> Engine<'a> {
             iscsi::set_record_secrets(&self.sys, &path, &secrets)
                 .map_err(|e| (Step::Node, e.into()))?;
         }
+        // Recorded before the login: a call killed right after it must still
+        // know that this session is ours to log out.
+        self.store
+            .own_session(&OwnedSession {
+                target: target.to_string(),
+                portal: portal.clone(),
+            })
+            .map_err(|e| (Step::State, e.into()))?;
+        undo.push(Undo::Disown(target.to_string()));
         adm.login(target, &portal)
             .map_err(|e| (Step::Login, e.into()))?;
         let wait = self.config.timeouts.device;
@@ -879,13 +888,6 @@ impl<'a> Engine<'a> {
             target: target.to_string(),
             sid: session.sid,
         });
-        self.store
-            .own_session(&OwnedSession {
-                target: target.to_string(),
-                portal: portal.clone(),
-            })
-            .map_err(|e| (Step::State, e.into()))?;
-        undo.push(Undo::Disown(target.to_string()));
         tracing::info!(target, portal = %portal, sid = session.sid, "logged in");
         Ok(session)
     }

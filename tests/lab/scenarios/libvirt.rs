@@ -169,7 +169,12 @@ impl Setup {
         }
         let mut want: Vec<String> = disks
             .iter()
-            .map(|d| format!("libvirt-{domain}-{}.json", d.target))
+            .map(|d| {
+                format!(
+                    "{}.json",
+                    iscsimple::libvirt::holder_name(domain, &d.target)
+                )
+            })
             .collect();
         want.sort();
         assert_eq!(
@@ -477,7 +482,10 @@ fn lab_libvirt_prefix_names() {
     );
     assert_eq!(
         lv.holders(),
-        ["libvirt-web-2-vda.json"],
+        [format!(
+            "{}.json",
+            iscsimple::libvirt::holder_name("web-2", "vda")
+        )],
         "web-2's holder record stays"
     );
     assert_eq!(

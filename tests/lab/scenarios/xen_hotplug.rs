@@ -249,3 +249,22 @@ fn xen_second_writer_is_refused() {
     assert_nothing_left();
     s.vg.remove();
 }
+
+/// The seed's disk line form, `'iscsimple:SPEC,xvdb,w'` (a script prefix
+/// on the target): xl 4.17 rejects it at parse time, before any script
+/// runs. The README says so; `script=block-iscsimple,...,target=SPEC` (with
+/// or without `iscsimple:` in SPEC) is the form that works.
+#[test]
+fn xen_seed_disk_line_form_is_rejected_by_xl() {
+    let s = setup(&[16]);
+    let legacy = format!("iscsimple:lun0@{IQN}+vm1-disk,xvdb,w");
+    let g = Guest::create("vm9", &[&legacy], &GuestOpts::default());
+    assert!(!g.created.ok(), "xl accepted the seed form");
+    let out = format!("{}{}", g.created.stdout, g.created.stderr);
+    assert!(
+        out.contains("config parsing error in disk specification"),
+        "{out}"
+    );
+    assert_nothing_left();
+    s.vg.remove();
+}
