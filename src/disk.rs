@@ -993,6 +993,20 @@ impl<'a> Engine<'a> {
         }))
     }
 
+    /// Start the detached `iscsimple join WAIT_ARGS... SPEC` watcher that
+    /// lets a deferred local leg join once the hypervisor says the domain
+    /// took over (it must outlive the hotplug script or hook).
+    pub fn spawn_join_watcher(&self, wait_args: &[&str], spec: &Spec) -> Result<u32, RunError> {
+        let mut args = Vec::new();
+        if let Some(c) = &self.config.path {
+            args.extend(["--config".to_string(), c.display().to_string()]);
+        }
+        args.push("join".to_string());
+        args.extend(wait_args.iter().map(|a| (*a).to_string()));
+        args.push(spec.to_string());
+        self.runner.spawn_self_detached(&args)
+    }
+
     /// Let a deferred local leg join its mirror (the resync then copies the
     /// iSCSI data onto it). Ok(false) when nothing was pending.
     pub fn join_local(&self, what: &str) -> Result<bool, DiskError> {

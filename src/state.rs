@@ -163,27 +163,7 @@ impl Store {
 
     /// Every recorded attachment with its key.
     pub fn all(&self) -> Result<Vec<(String, Attachment)>, StateError> {
-        let dir = self.dir.join("attachments");
-        let mut out = Vec::new();
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(source) => return Err(StateError::Io { path: dir, source }),
-        };
-        for e in entries {
-            let e = e.map_err(|source| StateError::Io {
-                path: dir.clone(),
-                source,
-            })?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(key) = name.strip_suffix(".json") {
-                if let Some(a) = read_json::<Attachment>(&e.path())? {
-                    out.push((key.to_string(), a));
-                }
-            }
-        }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(out)
+        list_json(&self.dir.join("attachments"))
     }
 
     fn holder_path(&self, name: &str) -> PathBuf {
@@ -209,27 +189,7 @@ impl Store {
 
     /// Every holder record, by backend name.
     pub fn holders(&self) -> Result<Vec<(String, Holder)>, StateError> {
-        let dir = self.dir.join("holders");
-        let mut out = Vec::new();
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(source) => return Err(StateError::Io { path: dir, source }),
-        };
-        for e in entries {
-            let e = e.map_err(|source| StateError::Io {
-                path: dir.clone(),
-                source,
-            })?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            if let Some(n) = name.strip_suffix(".json") {
-                if let Some(h) = read_json::<Holder>(&e.path())? {
-                    out.push((n.to_string(), h));
-                }
-            }
-        }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(out)
+        list_json(&self.dir.join("holders"))
     }
 
     fn incoming_path(&self, name: &str) -> PathBuf {
@@ -295,6 +255,32 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, Sta
             source,
         }),
     }
+}
+
+/// Every `NAME.json` in `dir` with its parsed content, sorted by name;
+/// empty when `dir` does not exist.
+fn list_json<T: for<'de> Deserialize<'de>>(dir: &Path) -> Result<Vec<(String, T)>, StateError> {
+    let io = |source| StateError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(io(source)),
+    };
+    let mut out = Vec::new();
+    for e in entries {
+        let e = e.map_err(io)?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(key) = name.strip_suffix(".json") {
+            if let Some(v) = read_json::<T>(&e.path())? {
+                out.push((key.to_string(), v));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
 }
 
 fn remove(path: &Path) -> Result<(), StateError> {

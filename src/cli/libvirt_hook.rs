@@ -113,17 +113,7 @@ fn attach_all(
                 incoming && spec.label.is_some() && engine.find(&spec.to_string())?.is_none();
             let dev = engine.attach_with(&spec, iscsimple::disk::AttachOptions { defer_local })?;
             if defer_local {
-                let mut args = Vec::new();
-                if let Some(c) = &engine.config.path {
-                    args.extend(["--config".to_string(), c.display().to_string()]);
-                }
-                args.extend([
-                    "join".to_string(),
-                    "--after-libvirt-domain".to_string(),
-                    domain.to_string(),
-                    spec.to_string(),
-                ]);
-                engine.runner.spawn_self_detached(&args)?;
+                engine.spawn_join_watcher(&["--after-libvirt-domain", domain], &spec)?;
             }
             let want = std::fs::canonicalize(&dev).with_context(|| format!("{}", dev.display()))?;
             match &d.source {

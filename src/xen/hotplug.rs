@@ -209,17 +209,8 @@ fn add_inner(
         }
     };
     if defer_local {
-        let mut args = Vec::new();
-        if let Some(c) = &engine.config.path {
-            args.extend(["--config".to_string(), c.display().to_string()]);
-        }
-        args.extend([
-            "join".to_string(),
-            "--after-xen-domain".to_string(),
-            be.domid.to_string(),
-            spec.to_string(),
-        ]);
-        if let Err(e) = engine.runner.spawn_self_detached(&args) {
+        let domid = be.domid.to_string();
+        if let Err(e) = engine.spawn_join_watcher(&["--after-xen-domain", &domid], &spec) {
             // The disk works without its local leg; say so and let `iscsimple join` finish it.
             tracing::error!(spec = %spec, error = %e, "cannot start the local-leg watcher; run `iscsimple join` by hand");
         }
