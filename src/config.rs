@@ -240,6 +240,15 @@ pub struct Timeouts {
     pub command: Duration,
     /// Waiting for another iscsimple call on the same label or target.
     pub lock: Duration,
+    /// iSCSI session recovery (`node.session.timeo.replacement_timeout`):
+    /// how long I/O waits for a lost target before it fails, so that md
+    /// marks the iSCSI leg faulty and carries on with the local one.
+    pub replacement: Duration,
+    /// NOP-Out ping interval (`node.conn[0].timeo.noop_out_interval`).
+    pub noop_interval: Duration,
+    /// NOP-Out reply timeout (`node.conn[0].timeo.noop_out_timeout`): a
+    /// silent network is noticed after interval + timeout.
+    pub noop_timeout: Duration,
 }
 
 impl Default for Timeouts {
@@ -249,6 +258,9 @@ impl Default for Timeouts {
             device: Duration::from_secs(10),
             command: Duration::from_secs(30),
             lock: Duration::from_secs(30),
+            replacement: Duration::from_secs(15),
+            noop_interval: Duration::from_secs(5),
+            noop_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -598,6 +610,9 @@ struct RawTimeouts {
     device: Option<Spanned<u64>>,
     command: Option<Spanned<u64>>,
     lock: Option<Spanned<u64>>,
+    replacement: Option<Spanned<u64>>,
+    noop_interval: Option<Spanned<u64>>,
+    noop_timeout: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -657,6 +672,13 @@ impl Validator<'_> {
             device: self.timeout("device", raw.timeouts.device, t.device),
             command: self.timeout("command", raw.timeouts.command, t.command),
             lock: self.timeout("lock", raw.timeouts.lock, t.lock),
+            replacement: self.timeout("replacement", raw.timeouts.replacement, t.replacement),
+            noop_interval: self.timeout(
+                "noop_interval",
+                raw.timeouts.noop_interval,
+                t.noop_interval,
+            ),
+            noop_timeout: self.timeout("noop_timeout", raw.timeouts.noop_timeout, t.noop_timeout),
         };
         let md = self.md(raw.md);
         let chap = self.chap(raw.chap);
@@ -1060,7 +1082,7 @@ password_file = "/etc/iscsimple/secret"
     fn unknown_key_is_rejected_with_line() {
         assert_eq!(
             parse_err("[timeouts]\nlogin = 5\nlogn = 3\n"),
-            "/etc/i.toml:3:1: unknown field `logn`, expected one of `login`, `device`, `command`, `lock`"
+            "/etc/i.toml:3:1: unknown field `logn`, expected one of `login`, `device`, `command`, `lock`, `replacement`, `noop_interval`, `noop_timeout`"
         );
         let e = parse_err("label_tabel = \"/x\"\n");
         assert!(

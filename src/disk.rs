@@ -833,6 +833,19 @@ impl<'a> Engine<'a> {
         };
         node("node.session.scan", "manual")?;
         node("node.startup", "manual")?;
+        let timeouts = &self.config.timeouts;
+        node(
+            "node.session.timeo.replacement_timeout",
+            &timeouts.replacement.as_secs().to_string(),
+        )?;
+        node(
+            "node.conn[0].timeo.noop_out_interval",
+            &timeouts.noop_interval.as_secs().to_string(),
+        )?;
+        node(
+            "node.conn[0].timeo.noop_out_timeout",
+            &timeouts.noop_timeout.as_secs().to_string(),
+        )?;
         if let Some(chap) = self
             .config
             .chap_for(t)
@@ -1005,6 +1018,137 @@ impl<'a> Engine<'a> {
         args.extend(wait_args.iter().map(|a| (*a).to_string()));
         args.push(spec.to_string());
         self.runner.spawn_self_detached(&args)
+    }
+
+    /// Bring a mirror's failed iSCSI leg back once its session is logged in
+    /// again: fail and remove the old member, then add the LUN's current
+    /// device write-mostly, so that a full resync copies local → iSCSI.
+    /// Never `--re-add`: on an array without a write-intent bitmap mdadm
+    /// 4.2 accepts it, marks the leg in sync and skips the resync, leaving
+    /// stale blocks on the iSCSI disk. Ok(false) when the leg was healthy.
+    pub fn heal(&self, what: &str) -> Result<bool, DiskError> {
+        let fail = |step, cause| DiskError {
+            op: "heal",
+            spec: what.to_string(),
+            step,
+            cause: Box::new(cause),
+            rollback: vec![],
+        };
+        let Some((key, _)) = self.find(what).map_err(|e| fail(Step::State, e.into()))? else {
+            return Ok(false);
+        };
+        let _key_lock = self
+            .lock(&format!("attach-{key}"), &format!("attachment {key}"))
+            .map_err(|e| fail(Step::Lock, e.into()))?;
+        let Some(mut a) = self
+            .store
+            .load(&key)
+            .map_err(|e| fail(Step::State, e.into()))?
+        else {
+            return Ok(false);
+        };
+        let spec = a.spec.clone();
+        let fail = |step, cause| DiskError {
+            op: "heal",
+            spec: spec.clone(),
+            step,
+            cause: Box::new(cause),
+            rollback: vec![],
+        };
+        let (Some(m), Some(leg)) = (a.mirror.clone(), a.iscsi.clone()) else {
+            return Ok(false);
+        };
+        let Some(kname) = m.kname.clone() else {
+            return Ok(false);
+        };
+        let array = md::read_array(&self.sys, &kname).ok_or_else(|| {
+            fail(
+                Step::Build,
+                MdError::Vanished {
+                    label: m.label.clone(),
+                }
+                .into(),
+            )
+        })?;
+        let member = array.members.iter().find(|x| x.kname == leg.kname);
+        let healthy = member
+            .map(|x| {
+                x.state.iter().any(|f| f == "in_sync") && !x.state.iter().any(|f| f == "faulty")
+            })
+            .unwrap_or(false);
+        let recovering = member.is_some() && array.sync_action == "recover";
+        if healthy || recovering {
+            return Ok(false);
+        }
+        let _target_lock = self
+            .lock(
+                &format!("target-{}", leg.target),
+                &format!("target {}", leg.target),
+            )
+            .map_err(|e| fail(Step::Lock, e.into()))?;
+        let session = iscsi::session_of(&self.sys, &leg.target);
+        let session = match session {
+            Some(s) if s.state == "LOGGED_IN" => s,
+            other => {
+                let state = other
+                    .map(|s| s.state)
+                    .unwrap_or_else(|| "absent".to_string());
+                return Err(fail(
+                    Step::Login,
+                    IscsiError::SessionDown {
+                        target: leg.target.clone(),
+                        state,
+                    }
+                    .into(),
+                ));
+            }
+        };
+        if iscsi::lun_device(&self.sys, &session, leg.lun).is_none() {
+            iscsi::scan_lun(&self.sys, &session, leg.lun)
+                .map_err(|e| fail(Step::Scan, e.into()))?;
+        }
+        let wait = self.config.timeouts.device;
+        let dev = Watcher::new()
+            .wait(wait, || {
+                let d = iscsi::lun_device(&self.sys, &session, leg.lun)?;
+                let b = d.block.clone()?;
+                self.sys.exists(format!("/dev/{b}")).then_some(d)
+            })
+            .ok_or_else(|| {
+                fail(
+                    Step::Device,
+                    IscsiError::NoBlockDevice {
+                        target: leg.target.clone(),
+                        lun: leg.lun,
+                        hctl: leg.hctl.clone(),
+                        waited: wait,
+                    }
+                    .into(),
+                )
+            })?;
+        let new_kname = dev.block.clone().expect("checked above");
+        let mdadm = self.mdadm();
+        if member.is_some() {
+            let old = PathBuf::from(format!("/dev/{}", leg.kname));
+            if self.sys.exists(&old) {
+                let _ = mdadm.fail(&m.label, &old); // already faulty: mdadm says so
+            }
+        }
+        mdadm
+            .remove_failed(&m.label)
+            .map_err(|e| fail(Step::Stop, e.into()))?;
+        mdadm
+            .add(&m.label, &PathBuf::from(format!("/dev/{new_kname}")), true)
+            .map_err(|e| fail(Step::AddLocal, e.into()))?;
+        if let Some(i) = a.iscsi.as_mut() {
+            i.kname = new_kname.clone();
+            i.hctl = dev.hctl.clone();
+        }
+        self.store
+            .save(&key, &a)
+            .map_err(|e| fail(Step::State, e.into()))?;
+        tracing::info!(spec = %a.spec, device = %new_kname, "iSCSI leg re-added; full resync local -> iSCSI started");
+        Ok(true)
     }
 
     /// Let a deferred local leg join its mirror (the resync then copies the

@@ -60,6 +60,14 @@ pub enum IscsiError {
         /// How long we waited.
         waited: Duration,
     },
+    /// The session exists but is not logged in (the target is away).
+    #[error("session to {target} is {state}, not LOGGED_IN: retry once the target is back")]
+    SessionDown {
+        /// Target.
+        target: String,
+        /// Its sysfs state, or "absent".
+        state: String,
+    },
     /// Scanning found no such LUN.
     #[error("target {target} has no LUN {lun}{}", lun_list(.disks))]
     NoLun {

@@ -193,6 +193,32 @@ impl Mdadm<'_> {
         Ok(())
     }
 
+    /// `mdadm /dev/md/LABEL --fail DEV`.
+    pub fn fail(&self, label: &str, dev: &Path) -> Result<(), MdError> {
+        self.runner.run(
+            &self
+                .cmd()
+                .arg(label_path(label).to_string_lossy())
+                .arg("--fail")
+                .arg(dev.to_string_lossy()),
+        )?;
+        Ok(())
+    }
+
+    /// `mdadm /dev/md/LABEL --remove failed` and `--remove detached`: drop
+    /// faulty members and members whose device is gone.
+    pub fn remove_failed(&self, label: &str) -> Result<(), MdError> {
+        for which in ["failed", "detached"] {
+            self.runner.run(
+                &self
+                    .cmd()
+                    .arg(label_path(label).to_string_lossy())
+                    .args(["--remove", which]),
+            )?;
+        }
+        Ok(())
+    }
+
     /// `mdadm --stop /dev/mdN`.
     pub fn stop(&self, kname: &str) -> Result<(), MdError> {
         self.runner

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod attach;
 mod check;
 mod detach;
+mod heal;
 mod join;
 mod libvirt_hook;
 mod logging;
@@ -49,6 +50,8 @@ pub(crate) enum Command {
     Detach(detach::Args),
     /// Show attachments, their sessions and legs, and what the tool does not know.
     Status(status::Args),
+    /// Re-add a mirror's failed iSCSI leg once its session is back (full resync local → iSCSI).
+    Heal(heal::Args),
     /// Let a mirror's deferred local leg join (after an incoming migration).
     Join(join::Args),
     /// libvirt qemu hook: run by /etc/libvirt/hooks/qemu.d/iscsimple with the domain XML on stdin.
@@ -124,6 +127,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Status(args) => status::run(args, config),
         Command::Xen(args) => xen::run(args, config),
         Command::Join(args) => join::run(args, config),
+        Command::Heal(args) => heal::run(args, config),
         Command::LibvirtHook(args) => libvirt_hook::run(args, config),
     };
     match result {

@@ -8,7 +8,7 @@ use crate::fixture::md::Md;
 use crate::fixture::system::Snapshot;
 use crate::fixture::target::{Kind, Target, TargetSpec};
 use crate::fixture::tool::Tool;
-use crate::fixture::{Lab, Udev};
+use crate::fixture::{wait_for, Lab, Udev};
 
 const IQN: &str = "iqn.2024-01.lab.iscsimple:mirror";
 const MIB: u64 = 32;
@@ -164,6 +164,76 @@ fn lab_mirror_deferred_local_join() {
     data::verify(&lv, 0, 4, lun.seed);
     let st = tool.run(&["status"]);
     assert!(!st.stdout.contains("pending"), "{}", st.stdout);
+    tool.detach("vm1-disk");
+    vg.remove();
+    Snapshot::take().assert_clean();
+}
+
+/// The iSCSI target dies under a writing VM: the write waits for the
+/// session's replacement timeout, then succeeds on the local leg; md marks
+/// the iSCSI leg faulty. Once the target is back, `heal` re-adds the leg
+/// (never --re-add) and the full resync makes the iSCSI disk equal again.
+#[test]
+fn lab_mirror_target_dies_then_heal() {
+    let _lab = Lab::start(Udev::On);
+    let t = Target::start(TargetSpec::new(Kind::Tgt, IQN, &[MIB]));
+    let lun = t.luns[0].clone();
+    let vg = Vg::create("labvg", MIB + 16);
+    let lv = vg.lv("vm1", MIB);
+    let tool = Tool::new(&format!(
+        "[discovery]\nportals = [\"{}\"]\n[timeouts]\nreplacement = 5\n",
+        t.portal()
+    ));
+    tool.labels(&[("vm1-disk", lv.to_str().unwrap())]);
+    let dev = tool.attach(&format!("lun1@{IQN}+vm1-disk"));
+    let m = Md::by_label("vm1-disk");
+    m.wait_synced(Duration::from_secs(120));
+    let sd = m
+        .members()
+        .into_iter()
+        .find(|k| k.starts_with("sd"))
+        .expect("iSCSI member");
+
+    t.kill();
+    // No error reaches the writer: the write completes on the local leg.
+    data::fill(&dev, 4, 4, 0xdead_beef);
+    wait_for(
+        "the iSCSI leg to be marked faulty",
+        Duration::from_secs(60),
+        || m.member_state(&sd).contains("faulty"),
+    );
+    data::verify(&dev, 0, 4, lun.seed);
+    data::verify(&dev, 4, 4, 0xdead_beef);
+    let st = tool.run(&["status"]);
+    assert!(st.stdout.contains("faulty"), "{}", st.stdout);
+    // Healing while the target is still down is refused, clearly.
+    let out = tool.run(&["heal", "vm1-disk"]);
+    assert_ne!(out.code, 0, "heal must fail while the session is down");
+    assert!(out.stderr.contains("not LOGGED_IN"), "{}", out.stderr);
+
+    t.up();
+    wait_for("the session to come back", Duration::from_secs(90), || {
+        crate::fixture::initiator::sessions(IQN)
+            .first()
+            .and_then(|s| crate::fixture::read(s.join("state")))
+            .as_deref()
+            == Some("LOGGED_IN")
+    });
+    let out = tool.run(&["heal", "vm1-disk"]);
+    assert!(out.ok(), "heal: {}", out.stderr);
+    m.wait_synced(Duration::from_secs(120));
+    let new_sd = m
+        .members()
+        .into_iter()
+        .find(|k| k.starts_with("sd"))
+        .expect("iSCSI member back");
+    assert!(
+        m.member_state(&new_sd).contains("write_mostly"),
+        "re-added write-mostly"
+    );
+    // The outage's writes are now on the iSCSI disk too.
+    data::verify(&lun.backing, 4, 4, 0xdead_beef);
+    data::equal(&lv, &lun.backing, MIB).expect("legs equal after heal");
     tool.detach("vm1-disk");
     vg.remove();
     Snapshot::take().assert_clean();

@@ -1,0 +1,51 @@
+//! `iscsimple heal [WHAT|--all]`: re-add a mirror's failed iSCSI leg once
+//! its session is back; the resync then copies the local leg onto it.
+use iscsimple::disk::Engine;
+use iscsimple::runner::RealRunner;
+
+use super::{load_config, CmdResult, Failure};
+
+/// Arguments of `heal`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// The spec, label or device of the mirror.
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub what: Option<String>,
+    /// Every attached mirror.
+    #[arg(long)]
+    pub all: bool,
+}
+
+pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
+    let config = load_config(config)?;
+    let runner = RealRunner::new();
+    super::require_programs(&runner)?;
+    let engine = Engine::new(&config, &runner);
+    let targets: Vec<String> = match args.what {
+        Some(w) => vec![w],
+        None => engine
+            .store
+            .all()
+            .map_err(Failure::failed)?
+            .into_iter()
+            .filter(|(_, a)| a.mirror.is_some())
+            .map(|(_, a)| a.spec)
+            .collect(),
+    };
+    let mut first_err = None;
+    for what in targets {
+        match engine.heal(&what) {
+            Ok(true) => {
+                eprintln!("iscsimple: {what}: iSCSI leg re-added, resyncing from the local leg")
+            }
+            Ok(false) => eprintln!("iscsimple: {what}: nothing to heal"),
+            // The first error is printed by main; later ones here.
+            Err(e) if first_err.is_some() => eprintln!("iscsimple: {e}"),
+            Err(e) => first_err = Some(e),
+        }
+    }
+    match first_err {
+        Some(e) => Err(Failure::from_disk(e)),
+        None => Ok(()),
+    }
+}
