@@ -186,6 +186,19 @@ pub struct DiskError {
     pub rollback: Vec<String>,
 }
 
+impl DiskError {
+    /// An error with nothing left to roll back.
+    fn new(op: &'static str, spec: &str, step: Step, cause: Cause) -> DiskError {
+        DiskError {
+            op,
+            spec: spec.to_string(),
+            step,
+            cause: Box::new(cause),
+            rollback: vec![],
+        }
+    }
+}
+
 fn rollback_text(r: &[String]) -> String {
     if r.is_empty() {
         String::new()
@@ -1020,6 +1033,28 @@ impl<'a> Engine<'a> {
         self.runner.spawn_self_detached(&args)
     }
 
+    /// Find the attachment `what` names, take its lock, and read its record
+    /// again under the lock (a concurrent call may have changed or removed
+    /// it meanwhile). None when it is not attached.
+    fn locked(
+        &self,
+        op: &'static str,
+        what: &str,
+    ) -> Result<Option<(String, Attachment, Lock)>, DiskError> {
+        let fail = |step, cause: Cause| DiskError::new(op, what, step, cause);
+        let Some((key, _)) = self.find(what).map_err(|e| fail(Step::State, e.into()))? else {
+            return Ok(None);
+        };
+        let lock = self
+            .lock(&format!("attach-{key}"), &format!("attachment {key}"))
+            .map_err(|e| fail(Step::Lock, e.into()))?;
+        let a = self
+            .store
+            .load(&key)
+            .map_err(|e| fail(Step::State, e.into()))?;
+        Ok(a.map(|a| (key, a, lock)))
+    }
+
     /// Bring a mirror's failed iSCSI leg back once its session is logged in
     /// again: fail and remove the old member, then add the LUN's current
     /// device write-mostly, so that a full resync copies local → iSCSI.
@@ -1027,34 +1062,11 @@ impl<'a> Engine<'a> {
     /// 4.2 accepts it, marks the leg in sync and skips the resync, leaving
     /// stale blocks on the iSCSI disk. Ok(false) when the leg was healthy.
     pub fn heal(&self, what: &str) -> Result<bool, DiskError> {
-        let fail = |step, cause| DiskError {
-            op: "heal",
-            spec: what.to_string(),
-            step,
-            cause: Box::new(cause),
-            rollback: vec![],
-        };
-        let Some((key, _)) = self.find(what).map_err(|e| fail(Step::State, e.into()))? else {
-            return Ok(false);
-        };
-        let _key_lock = self
-            .lock(&format!("attach-{key}"), &format!("attachment {key}"))
-            .map_err(|e| fail(Step::Lock, e.into()))?;
-        let Some(mut a) = self
-            .store
-            .load(&key)
-            .map_err(|e| fail(Step::State, e.into()))?
-        else {
+        let Some((key, mut a, _key_lock)) = self.locked("heal", what)? else {
             return Ok(false);
         };
         let spec = a.spec.clone();
-        let fail = |step, cause| DiskError {
-            op: "heal",
-            spec: spec.clone(),
-            step,
-            cause: Box::new(cause),
-            rollback: vec![],
-        };
+        let fail = |step, cause: Cause| DiskError::new("heal", &spec, step, cause);
         let (Some(m), Some(leg)) = (a.mirror.clone(), a.iscsi.clone()) else {
             return Ok(false);
         };
@@ -1154,34 +1166,11 @@ impl<'a> Engine<'a> {
     /// Let a deferred local leg join its mirror (the resync then copies the
     /// iSCSI data onto it). Ok(false) when nothing was pending.
     pub fn join_local(&self, what: &str) -> Result<bool, DiskError> {
-        let fail = |step, cause| DiskError {
-            op: "join",
-            spec: what.to_string(),
-            step,
-            cause: Box::new(cause),
-            rollback: vec![],
-        };
-        let Some((key, _)) = self.find(what).map_err(|e| fail(Step::State, e.into()))? else {
-            return Ok(false);
-        };
-        let _key_lock = self
-            .lock(&format!("attach-{key}"), &format!("attachment {key}"))
-            .map_err(|e| fail(Step::Lock, e.into()))?;
-        let Some(mut a) = self
-            .store
-            .load(&key)
-            .map_err(|e| fail(Step::State, e.into()))?
-        else {
+        let Some((key, mut a, _key_lock)) = self.locked("join", what)? else {
             return Ok(false);
         };
         let spec = a.spec.clone();
-        let fail = |step, cause| DiskError {
-            op: "join",
-            spec: spec.clone(),
-            step,
-            cause: Box::new(cause),
-            rollback: vec![],
-        };
+        let fail = |step, cause: Cause| DiskError::new("join", &spec, step, cause);
         let Some(m) = a.mirror.clone().filter(|m| m.local_pending) else {
             return Ok(false);
         };
@@ -1208,25 +1197,7 @@ impl<'a> Engine<'a> {
 
     /// Detach what `what` names. Not attached: Ok(false).
     pub fn detach(&self, what: &str) -> Result<bool, DiskError> {
-        let fail = |step, cause| DiskError {
-            op: "detach",
-            spec: what.to_string(),
-            step,
-            cause: Box::new(cause),
-            rollback: vec![],
-        };
-        let Some((key, _)) = self.find(what).map_err(|e| fail(Step::State, e.into()))? else {
-            return Ok(false);
-        };
-        let _key_lock = self
-            .lock(&format!("attach-{key}"), &format!("attachment {key}"))
-            .map_err(|e| fail(Step::Lock, e.into()))?;
-        // Read again under the lock: a concurrent detach may have finished.
-        let Some(a) = self
-            .store
-            .load(&key)
-            .map_err(|e| fail(Step::State, e.into()))?
-        else {
+        let Some((key, a, _key_lock)) = self.locked("detach", what)? else {
             return Ok(false);
         };
         let mut errors = self.detach_recorded(&key, &a);
