@@ -7,6 +7,7 @@ mod libvirt;
 mod migration;
 mod mirror;
 mod refusals;
+mod resilience;
 mod seed_flow;
 mod xen_hotplug;
 mod xen_smoke;
