@@ -31,11 +31,7 @@ fn mirror(kind: Kind, udev: Udev) {
     assert_eq!(m.attr("metadata_version"), "none");
     m.wait_synced(Duration::from_secs(120));
     lab.settle();
-    let sd = m
-        .members()
-        .into_iter()
-        .find(|k| k.starts_with("sd"))
-        .expect("iSCSI member");
+    let sd = m.iscsi_member().expect("iSCSI member");
     let lk = kname(&lv);
     assert!(
         m.member_state(&sd).contains("write_mostly"),
@@ -188,11 +184,7 @@ fn lab_mirror_target_dies_then_heal() {
     let dev = tool.attach(&format!("lun1@{IQN}+vm1-disk"));
     let m = Md::by_label("vm1-disk");
     m.wait_synced(Duration::from_secs(120));
-    let sd = m
-        .members()
-        .into_iter()
-        .find(|k| k.starts_with("sd"))
-        .expect("iSCSI member");
+    let sd = m.iscsi_member().expect("iSCSI member");
 
     t.kill();
     // No error reaches the writer: the write completes on the local leg.
@@ -222,11 +214,7 @@ fn lab_mirror_target_dies_then_heal() {
     let out = tool.run(&["heal", "vm1-disk"]);
     assert!(out.ok(), "heal: {}", out.stderr);
     m.wait_synced(Duration::from_secs(120));
-    let new_sd = m
-        .members()
-        .into_iter()
-        .find(|k| k.starts_with("sd"))
-        .expect("iSCSI member back");
+    let new_sd = m.iscsi_member().expect("iSCSI member back");
     assert!(
         m.member_state(&new_sd).contains("write_mostly"),
         "re-added write-mostly"

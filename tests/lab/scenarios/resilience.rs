@@ -33,11 +33,7 @@ fn lab_network_cut_shorter_than_timeout() {
     let dev = tool.attach(&format!("lun1@{IQN}+vm1-disk"));
     let m = Md::by_label("vm1-disk");
     m.wait_synced(Duration::from_secs(120));
-    let sd = m
-        .members()
-        .into_iter()
-        .find(|k| k.starts_with("sd"))
-        .expect("iSCSI member");
+    let sd = m.iscsi_member().expect("iSCSI member");
 
     ns.cut();
     let writer = {
