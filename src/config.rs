@@ -249,6 +249,9 @@ pub struct Timeouts {
     /// NOP-Out reply timeout (`node.conn[0].timeo.noop_out_timeout`): a
     /// silent network is noticed after interval + timeout.
     pub noop_timeout: Duration,
+    /// How often `iscsimple watch` looks at sessions when no md event
+    /// wakes it (a leg failing wakes it at once).
+    pub watch: Duration,
 }
 
 impl Default for Timeouts {
@@ -261,17 +264,31 @@ impl Default for Timeouts {
             replacement: Duration::from_secs(15),
             noop_interval: Duration::from_secs(5),
             noop_timeout: Duration::from_secs(5),
+            watch: Duration::from_secs(2),
         }
     }
 }
 
 /// `[md]`: resync tuning applied per array.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MdTuning {
     /// `md/sync_speed_min` in KiB/s; `None` keeps the kernel default.
     pub sync_speed_min: Option<u32>,
     /// `md/sync_speed_max` in KiB/s; `None` keeps the kernel default.
     pub sync_speed_max: Option<u32>,
+    /// Keep a write-intent bitmap file under `state_dir` where the platform
+    /// supports it, so a heal copies only what changed during an outage.
+    pub bitmap: bool,
+}
+
+impl Default for MdTuning {
+    fn default() -> Self {
+        MdTuning {
+            sync_speed_min: None,
+            sync_speed_max: None,
+            bitmap: true,
+        }
+    }
 }
 
 /// Which targets a `[[chap]]` entry applies to.
@@ -613,6 +630,7 @@ struct RawTimeouts {
     replacement: Option<Spanned<u64>>,
     noop_interval: Option<Spanned<u64>>,
     noop_timeout: Option<Spanned<u64>>,
+    watch: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -620,6 +638,7 @@ struct RawTimeouts {
 struct RawMd {
     sync_speed_min: Option<Spanned<u32>>,
     sync_speed_max: Option<Spanned<u32>>,
+    bitmap: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -679,6 +698,7 @@ impl Validator<'_> {
                 t.noop_interval,
             ),
             noop_timeout: self.timeout("noop_timeout", raw.timeouts.noop_timeout, t.noop_timeout),
+            watch: self.timeout("watch", raw.timeouts.watch, t.watch),
         };
         let md = self.md(raw.md);
         let chap = self.chap(raw.chap);
@@ -746,6 +766,7 @@ impl Validator<'_> {
         let tuning = MdTuning {
             sync_speed_min: speed("sync_speed_min", raw.sync_speed_min),
             sync_speed_max: speed("sync_speed_max", raw.sync_speed_max),
+            bitmap: raw.bitmap.unwrap_or(true),
         };
         if let (Some(min), Some(max), Some(span)) =
             (tuning.sync_speed_min, tuning.sync_speed_max, min_span)
@@ -1082,7 +1103,7 @@ password_file = "/etc/iscsimple/secret"
     fn unknown_key_is_rejected_with_line() {
         assert_eq!(
             parse_err("[timeouts]\nlogin = 5\nlogn = 3\n"),
-            "/etc/i.toml:3:1: unknown field `logn`, expected one of `login`, `device`, `command`, `lock`, `replacement`, `noop_interval`, `noop_timeout`"
+            "/etc/i.toml:3:1: unknown field `logn`, expected one of `login`, `device`, `command`, `lock`, `replacement`, `noop_interval`, `noop_timeout`, `watch`"
         );
         let e = parse_err("label_tabel = \"/x\"\n");
         assert!(

@@ -5,6 +5,7 @@
 //! check sizes → `mdadm --build … missing --write-mostly ISCSI` → `--add
 //! LOCAL`. Every step that changes the host pushes its undo; a failure runs
 //! them backwards, so the host ends as it was before the call.
+use std::cell::RefCell;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,10 +14,13 @@ use crate::config::{Config, ConfigError};
 use crate::iscsi::{self, IscsiError, Iscsiadm, ScsiDev, Session};
 use crate::labels::{LabelTable, LabelTableError, LocalDevice};
 use crate::lock::{file_key, Lock, LockError};
-use crate::md::{self, Leg, MdError, Mdadm};
+use crate::md::{self, Bitmap, Leg, MdError, Mdadm};
 use crate::runner::{Cmd, Program, RunError, Runner};
 use crate::spec::{Spec, TargetName};
-use crate::state::{Attachment, IscsiLeg, Mirror, OwnedSession, Phase, StateError, Store};
+use crate::state::{
+    self, Attachment, Durable, IscsiLeg, LocalNewer, Mirror, OpenRecord, OwnedSession, Phase,
+    StateError, Store,
+};
 use crate::sysfs::Sys;
 use crate::uevent::Watcher;
 use crate::volume::{self, VolumeError};
@@ -129,6 +133,10 @@ pub enum Cause {
         /// The attachment holding it, if known.
         by: Option<String>,
     },
+    /// The local volume holds newer data than the iSCSI disk, but this
+    /// attach would not use that volume as its source.
+    #[error(transparent)]
+    LocalIsNewer(Box<NewerConflict>),
     /// The LUN is already attached under another spec.
     #[error("LUN {lun} of {target} is already attached as {by}")]
     LunInUse {
@@ -139,6 +147,22 @@ pub enum Cause {
         /// The other attachment's spec.
         by: String,
     },
+}
+
+/// An attach that would lose a local leg's newer data.
+#[derive(Debug, thiserror::Error)]
+#[error("the local leg {} of {label} holds writes the iSCSI disk lacks (recorded in {}: {reason}); {what}; put it back in the label table, or delete that file to accept the iSCSI copy", local.display(), record.display())]
+pub struct NewerConflict {
+    /// The label.
+    pub label: String,
+    /// The local volume with the newer data.
+    pub local: PathBuf,
+    /// The record file.
+    pub record: PathBuf,
+    /// Why it was recorded.
+    pub reason: String,
+    /// What this attach would do instead.
+    pub what: String,
 }
 
 fn held_by(by: &Option<String>) -> String {
@@ -159,6 +183,7 @@ impl Cause {
                 | Cause::BothMissing
                 | Cause::LabelInUse { .. }
                 | Cause::LunInUse { .. }
+                | Cause::LocalIsNewer(_)
                 | Cause::Volume(_)
                 | Cause::Iscsi(IscsiError::AuthFailed { .. })
                 | Cause::Iscsi(IscsiError::NotDisk { .. })
@@ -239,6 +264,8 @@ enum Undo {
         label: String,
         kname: Option<String>,
     },
+    RestoreOpen(String, Option<OpenRecord>),
+    RestoreNewer(String, Option<LocalNewer>),
 }
 
 /// The engine: configuration, a runner and where to read and keep state.
@@ -252,6 +279,38 @@ pub struct Engine<'a> {
     pub sys: Sys,
     /// State and locks.
     pub store: Store,
+    /// Records that survive a reboot.
+    pub durable: Durable,
+    /// What a caller should tell the person (also logged): which leg an
+    /// attach trusted, a detach that leaves the iSCSI copy stale.
+    pub notices: RefCell<Vec<String>>,
+}
+
+/// What the legs of a mirror say now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Both legs in sync, nothing running.
+    InSync,
+    /// The local leg holds writes the iSCSI leg lacks.
+    LocalNewer {
+        /// Why (the iSCSI leg's state).
+        reason: String,
+        /// The iSCSI leg is faulty or gone and no resync runs: heal it.
+        heal: bool,
+    },
+    /// Anything else: a resync from the iSCSI leg, a deferred local leg.
+    Other(String),
+}
+
+/// What `heal` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Healed {
+    /// Nothing to do: the leg is in sync or already resyncing.
+    Nothing,
+    /// Re-added with the write-intent bitmap: only dirty regions are copied.
+    Incremental,
+    /// Added as a new leg: a full resync local → iSCSI.
+    Full,
 }
 
 /// The state key of a spec: its label, or `lunN@target`.
@@ -271,7 +330,20 @@ impl<'a> Engine<'a> {
             runner,
             sys: Sys::default(),
             store: Store::new(&config.run_dir),
+            durable: Durable::new(&config.state_dir),
+            notices: RefCell::new(Vec::new()),
         }
+    }
+
+    /// Tell the caller something (and log it; the CLI prints notices).
+    fn notice(&self, spec: &str, msg: String) {
+        tracing::info!(spec, notice = %msg, "notice");
+        self.notices.borrow_mut().push(msg);
+    }
+
+    /// Take the notices gathered so far.
+    pub fn take_notices(&self) -> Vec<String> {
+        std::mem::take(&mut *self.notices.borrow_mut())
     }
 
     fn iscsiadm(&self) -> Iscsiadm<'_> {
@@ -471,6 +543,15 @@ impl<'a> Engine<'a> {
             _ => None,
         };
 
+        // Read before any cleanup below: it tells whether the last use of
+        // the label ended cleanly.
+        let open = match &spec.label {
+            Some(l) => self
+                .durable
+                .open(l.as_str())
+                .map_err(|e| (Step::State, e.into()))?,
+            None => None,
+        };
         // Already attached (a rerun): hand out the same device.
         if let Some(a) = self.store.load(key).map_err(|e| (Step::State, e.into()))? {
             if a.phase == Phase::Attached && a.spec == spec.to_string() {
@@ -538,6 +619,8 @@ impl<'a> Engine<'a> {
             }
         }
 
+        let trust_local = self.choose_source(spec, local.as_ref(), open.as_ref(), opts, undo)?;
+
         let mut att = Attachment {
             spec: spec.to_string(),
             phase: Phase::Attaching,
@@ -548,6 +631,7 @@ impl<'a> Engine<'a> {
                 kname: None,
                 local: local_path.clone(),
                 local_pending: false,
+                bitmap: None,
             }),
         };
         self.store
@@ -586,10 +670,36 @@ impl<'a> Engine<'a> {
                 let label = label.as_str();
                 let mut legs = vec![Leg::Missing];
                 match (&iscsi_dev, &local) {
+                    // The local copy is the source: the iSCSI leg joins later.
+                    (Some(_), Some(v)) if trust_local => legs.push(Leg::Normal(v.path.clone())),
                     (Some(d), _) => legs.push(Leg::WriteMostly(d.clone())),
                     (None, Some(v)) => legs.push(Leg::Normal(v.path.clone())),
                     (None, None) => unreachable!("checked above"),
                 }
+                self.durable
+                    .set_open(&OpenRecord {
+                        label: label.to_string(),
+                        spec: spec.to_string(),
+                        boot_id: state::boot_id(),
+                        since: state::now(),
+                    })
+                    .map_err(|e| (Step::State, e.into()))?;
+                undo.push(Undo::RestoreOpen(label.to_string(), open.clone()));
+                if iscsi_dev.is_none() {
+                    // Every write from now on reaches the local leg only.
+                    self.ensure_newer(
+                        label,
+                        spec,
+                        local.as_ref().map(|v| v.path.clone()),
+                        "iSCSI leg MISSING",
+                        undo,
+                    )?;
+                }
+                let size = att.iscsi.as_ref().map(|i| i.size).unwrap_or(0);
+                let bitmap = match (&iscsi_dev, &local) {
+                    (Some(_), Some(_)) if !opts.defer_local => self.bitmap_for(spec, label, size),
+                    _ => None,
+                };
                 if let Some(stale) = self.sys.link_name(md::label_path(label)) {
                     // A link left by an array stopped without udev would confuse mdadm.
                     md::remove_stale_nodes(&self.sys, label, &stale)
@@ -604,9 +714,26 @@ impl<'a> Engine<'a> {
                         label: label.to_string(),
                         kname: None,
                     });
-                    self.mdadm()
-                        .build(label, &legs)
-                        .map_err(|e| (Step::Build, e.into()))?;
+                    let built = self.mdadm().build(label, &legs, bitmap.as_ref());
+                    match (built, &bitmap) {
+                        (Ok(()), Some(b)) => {
+                            if let Some(m) = att.mirror.as_mut() {
+                                m.bitmap = Some(b.file.clone());
+                            }
+                        }
+                        (Ok(()), None) => {}
+                        (Err(e), Some(b)) => {
+                            // Kernels built without bitmap file support refuse it here.
+                            tracing::warn!(spec = %spec, error = %e, "mdadm --build with a write-intent bitmap failed; building without (a heal will resync fully)");
+                            self.stop_array(label, self.find_array(label, &legs).as_deref())
+                                .map_err(|e| (Step::Build, e.into()))?;
+                            remove_file(&b.file).map_err(|e| (Step::Build, e.into()))?;
+                            self.mdadm()
+                                .build(label, &legs, None)
+                                .map_err(|e| (Step::Build, e.into()))?;
+                        }
+                        (Err(e), None) => return Err((Step::Build, e.into())),
+                    }
                 }
                 self.settle();
                 let kname = self.find_array(label, &legs).ok_or_else(|| {
@@ -642,6 +769,11 @@ impl<'a> Engine<'a> {
                         if let Some(m) = att.mirror.as_mut() {
                             m.local_pending = true;
                         }
+                    } else if trust_local {
+                        // The local copy is the source: the iSCSI leg joins write-mostly and is overwritten.
+                        self.mdadm()
+                            .add(label, iscsi_dev.as_ref().expect("matched"), true)
+                            .map_err(|e| (Step::AddLocal, e.into()))?;
                     } else {
                         // The iSCSI copy is the source: the local leg joins and is overwritten.
                         self.mdadm()
@@ -659,6 +791,271 @@ impl<'a> Engine<'a> {
             .map_err(|e| (Step::State, e.into()))?;
         tracing::info!(spec = %spec, device = %device.display(), "attached");
         Ok(device)
+    }
+
+    /// Which copy this attach builds from, per what this host recorded:
+    /// true for the local leg (it holds writes the iSCSI disk lacks), false
+    /// for the seed's rule (the iSCSI copy overwrites the local one). Tells
+    /// the caller about an earlier use of the label that did not end cleanly.
+    fn choose_source(
+        &self,
+        spec: &Spec,
+        local: Option<&volume::Volume>,
+        open: Option<&OpenRecord>,
+        opts: AttachOptions,
+        undo: &mut Vec<Undo>,
+    ) -> Result<bool, (Step, Cause)> {
+        let Some(label) = &spec.label else {
+            return Ok(false);
+        };
+        let label = label.as_str();
+        let shown = spec.to_string();
+        let newer = self
+            .durable
+            .newer(label)
+            .map_err(|e| (Step::State, e.into()))?;
+        let mut trust_local = false;
+        if let Some(n) = &newer {
+            let same = local
+                .map(|v| self.same_file(&v.path, &n.local))
+                .unwrap_or(false);
+            if opts.defer_local {
+                // The migrating VM runs on the iSCSI disk elsewhere: that is its disk now.
+                self.notice(
+                    &shown,
+                    format!(
+                        "dropping the record that the local leg {} of {label} is newer ({}): an incoming migration brings the running VM's disk",
+                        n.local.display(),
+                        n.reason
+                    ),
+                );
+                self.durable
+                    .clear_newer(label)
+                    .map_err(|e| (Step::State, e.into()))?;
+                undo.push(Undo::RestoreNewer(label.to_string(), newer.clone()));
+            } else if spec.target.is_some() {
+                if !same {
+                    return Err((
+                        Step::LocalVolume,
+                        Cause::LocalIsNewer(Box::new(NewerConflict {
+                            label: label.to_string(),
+                            local: n.local.clone(),
+                            record: self.durable.path("newer", label),
+                            reason: n.reason.clone(),
+                            what: match local {
+                                None => "the label table makes that leg MISSING".to_string(),
+                                Some(v) => {
+                                    format!("the label table now names {}", v.path.display())
+                                }
+                            },
+                        })),
+                    ));
+                }
+                trust_local = true;
+            }
+        }
+        let why = match (&newer, trust_local) {
+            (Some(n), true) => format!(
+                "trusting the local leg {}: {} ({}); resyncing local -> iSCSI",
+                n.local.display(),
+                n.reason,
+                when(n.since)
+            ),
+            _ if spec.target.is_none() => {
+                "the iSCSI leg is MISSING: the local leg is used alone".to_string()
+            }
+            _ if local.is_none() => {
+                "the local leg is MISSING: the iSCSI disk is used alone".to_string()
+            }
+            _ => "trusting the iSCSI disk (no record of its leg failing); the local leg is resynced from it".to_string(),
+        };
+        if let Some(o) = open {
+            let what = if o.boot_id != state::boot_id() {
+                format!(
+                    "the last attach of {label} ({}, {}) was never detached: the host went down with it",
+                    o.spec,
+                    when(o.since)
+                )
+            } else {
+                format!(
+                    "an earlier attach or detach of {label} ({}) did not finish",
+                    when(o.since)
+                )
+            };
+            self.notice(&shown, format!("{what}; {why}"));
+        } else if trust_local {
+            self.notice(&shown, why);
+        }
+        Ok(trust_local)
+    }
+
+    /// Record that the local leg of `label` is newer, unless already recorded.
+    fn ensure_newer(
+        &self,
+        label: &str,
+        spec: &Spec,
+        local: Option<PathBuf>,
+        reason: &str,
+        undo: &mut Vec<Undo>,
+    ) -> Result<(), (Step, Cause)> {
+        let Some(local) = local else { return Ok(()) };
+        let prior = self
+            .durable
+            .newer(label)
+            .map_err(|e| (Step::State, e.into()))?;
+        if prior.is_none() {
+            self.durable
+                .set_newer(&LocalNewer {
+                    label: label.to_string(),
+                    spec: spec.to_string(),
+                    local,
+                    since: state::now(),
+                    reason: reason.to_string(),
+                })
+                .map_err(|e| (Step::State, e.into()))?;
+            undo.push(Undo::RestoreNewer(label.to_string(), None));
+        }
+        Ok(())
+    }
+
+    /// The write-intent bitmap for a new mirror, when configured and the
+    /// platform supports it (a stale file from an earlier array is removed:
+    /// md would trust its clean bits).
+    fn bitmap_for(&self, spec: &Spec, label: &str, size: u64) -> Option<Bitmap> {
+        if !self.config.md.bitmap {
+            return None;
+        }
+        let file = self.durable.bitmap(label);
+        if let Err(why) = md::bitmap_support(&self.mdadm(), &self.durable.bitmap_dir()) {
+            tracing::info!(spec = %spec, why, "no write-intent bitmap: a heal resyncs the whole disk");
+            return None;
+        }
+        if let Err(e) = remove_file(&file) {
+            tracing::warn!(spec = %spec, error = %e, "cannot remove a stale bitmap file; no bitmap");
+            return None;
+        }
+        Some(Bitmap::for_size(file, size))
+    }
+
+    fn same_file(&self, a: &Path, b: &Path) -> bool {
+        let c = |p: &Path| std::fs::canonicalize(self.sys.path(p)).ok();
+        a == b || (c(a).is_some() && c(a) == c(b))
+    }
+
+    /// What the legs of an attachment's mirror say now; None when it is not
+    /// a two-legged mirror whose array exists.
+    pub fn health(&self, a: &Attachment) -> Option<Health> {
+        let m = a.mirror.as_ref()?;
+        let local = m.local.as_ref()?;
+        let array = md::read_array(&self.sys, m.kname.as_deref()?)?;
+        let flags = |kname: &str| {
+            array
+                .members
+                .iter()
+                .find(|x| x.kname == kname)
+                .map(|x| x.state.clone())
+        };
+        let ok = |f: &Option<Vec<String>>| {
+            f.as_ref()
+                .map(|f| f.iter().any(|x| x == "in_sync") && !f.iter().any(|x| x == "faulty"))
+                .unwrap_or(false)
+        };
+        // By device number: without udev LVM's links end at /dev/mapper nodes.
+        let local_kname = volume::resolve(&self.sys, local)
+            .ok()
+            .map(|v| v.kname)
+            .or_else(|| {
+                let p = std::fs::canonicalize(self.sys.path(local)).ok()?;
+                Some(p.file_name()?.to_string_lossy().into_owned())
+            });
+        if m.local_pending {
+            return Some(Health::Other("local leg joins later".to_string()));
+        }
+        let local_ok = ok(&local_kname.as_deref().and_then(flags));
+        let Some(leg) = &a.iscsi else {
+            return Some(if local_ok {
+                Health::LocalNewer {
+                    reason: "iSCSI leg MISSING".to_string(),
+                    heal: false,
+                }
+            } else {
+                Health::Other("local leg not in sync".to_string())
+            });
+        };
+        let iscsi = flags(&leg.kname);
+        let iscsi_ok = ok(&iscsi);
+        Some(match (local_ok, iscsi_ok) {
+            (true, true) if array.degraded == 0 && array.sync_action == "idle" => Health::InSync,
+            (true, false) => {
+                let faulty = iscsi
+                    .as_ref()
+                    .map(|f| f.iter().any(|x| x == "faulty"))
+                    .unwrap_or(true);
+                let recovering = !faulty && array.sync_action == "recover";
+                Health::LocalNewer {
+                    reason: if recovering {
+                        "iSCSI leg resyncing from the local leg".to_string()
+                    } else if iscsi.is_some() {
+                        "iSCSI leg faulty".to_string()
+                    } else {
+                        "iSCSI leg removed".to_string()
+                    },
+                    heal: !recovering,
+                }
+            }
+            (false, true) => Health::Other("local leg resyncing from the iSCSI disk".to_string()),
+            _ => Health::Other(format!("array {} {}", array.kname, array.sync_action)),
+        })
+    }
+
+    /// Keep the local-is-newer record in line with `health`: written
+    /// (fsynced) as soon as the local leg holds writes the iSCSI leg lacks,
+    /// removed once both are in sync. True when the record changed.
+    fn record_health(&self, a: &Attachment, health: &Health) -> Result<bool, StateError> {
+        let (Some(m), Some(local)) = (
+            a.mirror.as_ref(),
+            a.mirror.as_ref().and_then(|m| m.local.clone()),
+        ) else {
+            return Ok(false);
+        };
+        let had = self.durable.newer(&m.label)?;
+        match (health, had) {
+            (Health::LocalNewer { reason, .. }, None) => {
+                self.durable.set_newer(&LocalNewer {
+                    label: m.label.clone(),
+                    spec: a.spec.clone(),
+                    local,
+                    since: state::now(),
+                    reason: reason.clone(),
+                })?;
+                tracing::warn!(spec = %a.spec, reason, "the local leg now holds writes the iSCSI disk lacks: recorded");
+                Ok(true)
+            }
+            (Health::InSync, Some(_)) => {
+                self.durable.clear_newer(&m.label)?;
+                tracing::info!(spec = %a.spec, "iSCSI leg back in sync: local-is-newer record cleared");
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Look at one attachment's mirror and keep its records in line (what
+    /// `watch` does on every event). None when it is not attached or not a
+    /// two-legged mirror.
+    pub fn reconcile(&self, what: &str) -> Result<Option<Health>, DiskError> {
+        let Some((_key, a, _lock)) = self.locked("watch", what)? else {
+            return Ok(None);
+        };
+        if a.phase != Phase::Attached {
+            return Ok(None);
+        }
+        let Some(h) = self.health(&a) else {
+            return Ok(None);
+        };
+        self.record_health(&a, &h)
+            .map_err(|e| DiskError::new("watch", &a.spec, Step::State, e.into()))?;
+        Ok(Some(h))
     }
 
     /// Login (or reuse the session), scan the LUN, wait for its disk.
@@ -741,6 +1138,7 @@ impl<'a> Engine<'a> {
             d.block = Some(kname.clone());
         }
         let size = self.sys.block_size(&kname).unwrap_or(0);
+        let wwid = self.sys.read(format!("/sys/block/{kname}/device/wwid"));
         tracing::info!(target, lun, device = %kname, size, "LUN ready");
         Ok(IscsiLeg {
             target: target.to_string(),
@@ -750,6 +1148,7 @@ impl<'a> Engine<'a> {
             kname,
             scanned,
             size,
+            wwid,
         })
     }
 
@@ -975,7 +1374,18 @@ impl<'a> Engine<'a> {
                 }
                 Undo::StopArray { label, kname } => self
                     .stop_array(label, kname.as_deref())
+                    .and_then(|()| remove_file(&self.durable.bitmap(label)))
                     .map_err(|e| e.to_string()),
+                Undo::RestoreOpen(label, prior) => match prior {
+                    Some(o) => self.durable.set_open(o),
+                    None => self.durable.clear_open(label),
+                }
+                .map_err(|e| e.to_string()),
+                Undo::RestoreNewer(label, prior) => match prior {
+                    Some(n) => self.durable.set_newer(n),
+                    None => self.durable.clear_newer(label),
+                }
+                .map_err(|e| e.to_string()),
             };
             if let Err(e) = r {
                 tracing::error!(undo = ?u, error = %e, "undo failed");
@@ -1056,22 +1466,24 @@ impl<'a> Engine<'a> {
     }
 
     /// Bring a mirror's failed iSCSI leg back once its session is logged in
-    /// again: fail and remove the old member, then add the LUN's current
-    /// device write-mostly, so that a full resync copies local → iSCSI.
-    /// Never `--re-add`: on an array without a write-intent bitmap mdadm
-    /// 4.2 accepts it, marks the leg in sync and skips the resync, leaving
-    /// stale blocks on the iSCSI disk. Ok(false) when the leg was healthy.
-    pub fn heal(&self, what: &str) -> Result<bool, DiskError> {
+    /// again. With a write-intent bitmap and the same disk (same SCSI wwid):
+    /// `--remove`, then `--re-add --write-mostly`, and md copies only the
+    /// regions written during the outage. Otherwise: fail and remove the old
+    /// member, then `--add --write-mostly`, a full resync local → iSCSI.
+    /// Never `--re-add` without a bitmap: mdadm 4.2 accepts it, marks the
+    /// leg in sync and skips the resync, leaving stale blocks on the iSCSI
+    /// disk.
+    pub fn heal(&self, what: &str) -> Result<Healed, DiskError> {
         let Some((key, mut a, _key_lock)) = self.locked("heal", what)? else {
-            return Ok(false);
+            return Ok(Healed::Nothing);
         };
         let spec = a.spec.clone();
         let fail = |step, cause: Cause| DiskError::new("heal", &spec, step, cause);
         let (Some(m), Some(leg)) = (a.mirror.clone(), a.iscsi.clone()) else {
-            return Ok(false);
+            return Ok(Healed::Nothing);
         };
         let Some(kname) = m.kname.clone() else {
-            return Ok(false);
+            return Ok(Healed::Nothing);
         };
         let array = md::read_array(&self.sys, &kname).ok_or_else(|| {
             fail(
@@ -1082,16 +1494,15 @@ impl<'a> Engine<'a> {
                 .into(),
             )
         })?;
-        let member = array.members.iter().find(|x| x.kname == leg.kname);
-        let healthy = member
-            .map(|x| {
-                x.state.iter().any(|f| f == "in_sync") && !x.state.iter().any(|f| f == "faulty")
-            })
-            .unwrap_or(false);
-        let recovering = member.is_some() && array.sync_action == "recover";
-        if healthy || recovering {
-            return Ok(false);
+        let health = self.health(&a);
+        if let Some(h) = &health {
+            self.record_health(&a, h)
+                .map_err(|e| fail(Step::State, e.into()))?;
         }
+        if !matches!(health, Some(Health::LocalNewer { heal: true, .. })) {
+            return Ok(Healed::Nothing);
+        }
+        let member = array.members.iter().find(|x| x.kname == leg.kname);
         let _target_lock = self
             .lock(
                 &format!("target-{}", leg.target),
@@ -1139,6 +1550,15 @@ impl<'a> Engine<'a> {
                 )
             })?;
         let new_kname = dev.block.clone().expect("checked above");
+        let new_dev = PathBuf::from(format!("/dev/{new_kname}"));
+        let wwid = self.sys.read(format!("/sys/block/{new_kname}/device/wwid"));
+        let same_disk = leg.wwid.is_some() && wwid == leg.wwid;
+        let bitmap_on = m.bitmap.is_some()
+            && self
+                .sys
+                .read(format!("/sys/block/{kname}/md/bitmap/location"))
+                .as_deref()
+                == Some("file");
         let mdadm = self.mdadm();
         if member.is_some() {
             let old = PathBuf::from(format!("/dev/{}", leg.kname));
@@ -1149,18 +1569,34 @@ impl<'a> Engine<'a> {
         mdadm
             .remove_failed(&m.label)
             .map_err(|e| fail(Step::Stop, e.into()))?;
-        mdadm
-            .add(&m.label, &PathBuf::from(format!("/dev/{new_kname}")), true)
-            .map_err(|e| fail(Step::AddLocal, e.into()))?;
+        let mut how = Healed::Full;
+        if bitmap_on && same_disk {
+            match mdadm.re_add_write_mostly(&m.label, &new_dev) {
+                Ok(()) => how = Healed::Incremental,
+                Err(e) => {
+                    tracing::warn!(spec = %a.spec, error = %e, "--re-add refused; adding the leg anew (full resync)")
+                }
+            }
+        } else {
+            tracing::info!(spec = %a.spec, bitmap_on, same_disk, "full resync: no bitmap, or not the same disk");
+        }
+        if how == Healed::Full {
+            mdadm
+                .add(&m.label, &new_dev, true)
+                .map_err(|e| fail(Step::AddLocal, e.into()))?;
+        }
         if let Some(i) = a.iscsi.as_mut() {
             i.kname = new_kname.clone();
             i.hctl = dev.hctl.clone();
+            if wwid.is_some() {
+                i.wwid = wwid;
+            }
         }
         self.store
             .save(&key, &a)
             .map_err(|e| fail(Step::State, e.into()))?;
-        tracing::info!(spec = %a.spec, device = %new_kname, "iSCSI leg re-added; full resync local -> iSCSI started");
-        Ok(true)
+        tracing::info!(spec = %a.spec, device = %new_kname, how = ?how, "iSCSI leg back; resync local -> iSCSI started");
+        Ok(how)
     }
 
     /// Let a deferred local leg join its mirror (the resync then copies the
@@ -1223,8 +1659,33 @@ impl<'a> Engine<'a> {
     fn detach_recorded(&self, key: &str, a: &Attachment) -> Vec<(Step, Cause)> {
         let mut errors = Vec::new();
         if let Some(m) = &a.mirror {
-            if let Err(e) = self.stop_array(&m.label, m.kname.as_deref()) {
+            // Before the array goes: does the local leg hold writes the
+            // iSCSI disk lacks? Then the record must outlive the array.
+            match self.health(a) {
+                Some(h) => {
+                    if let Err(e) = self.record_health(a, &h) {
+                        errors.push((Step::State, e.into()));
+                        return errors;
+                    }
+                    if let Health::LocalNewer { reason, .. } = &h {
+                        self.notice(&a.spec, format!(
+                            "detached while degraded ({reason}): the local leg {} holds writes the iSCSI disk lacks. Attach it again on this host to copy them over; attaching it on another host now would use the stale iSCSI copy and lose them",
+                            m.local.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+                        ));
+                    }
+                }
+                None if a.phase == Phase::Attached && a.iscsi.is_some() && m.local.is_some() => {
+                    tracing::warn!(spec = %a.spec, "array not found at detach: cannot tell which leg is newer");
+                }
+                None => {}
+            }
+            let kname = m.kname.clone().or_else(|| self.array_of(a));
+            if let Err(e) = self.stop_array(&m.label, kname.as_deref()) {
                 errors.push((Step::Stop, e.into()));
+            } else if let Some(b) = &m.bitmap {
+                if let Err(e) = remove_file(b) {
+                    errors.push((Step::Stop, e.into()));
+                }
             }
         }
         if let Some(target) = target_of(a) {
@@ -1241,11 +1702,41 @@ impl<'a> Engine<'a> {
             }
         }
         if errors.is_empty() {
+            if let Some(m) = &a.mirror {
+                if let Err(e) = self.durable.clear_open(&m.label) {
+                    errors.push((Step::State, e.into()));
+                }
+            }
+        }
+        if errors.is_empty() {
             if let Err(e) = self.store.remove(key) {
                 errors.push((Step::State, e.into()));
             }
         }
         errors
+    }
+
+    /// The array holding an attachment's legs, for a record written before
+    /// the array's name was known (a crash right after `mdadm --build`).
+    fn array_of(&self, a: &Attachment) -> Option<String> {
+        let m = a.mirror.as_ref()?;
+        if let Some(arr) = md::by_label(&self.sys, &m.label) {
+            return Some(arr.kname);
+        }
+        let mut legs = Vec::new();
+        if let Some(i) = &a.iscsi {
+            legs.push(Leg::WriteMostly(PathBuf::from(format!("/dev/{}", i.kname))));
+        }
+        if let Some(l) = &m.local {
+            legs.push(Leg::Normal(l.clone()));
+        }
+        if legs.is_empty() {
+            return None;
+        }
+        // Any array holding one of our legs is ours (the legs were checked
+        // unused before the build).
+        legs.iter()
+            .find_map(|l| self.find_array(&m.label, std::slice::from_ref(l)))
     }
 
     /// Delete the LUN's SCSI device (if this tool scanned it) and log out
@@ -1308,6 +1799,28 @@ impl<'a> Engine<'a> {
     }
 }
 
+/// Remove a file; gone already is fine.
+fn remove_file(path: &Path) -> Result<(), MdError> {
+    if !path.exists() {
+        return Ok(());
+    }
+    crate::crash::point("remove file", path);
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(MdError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// A record's time for people: RFC 3339, UTC.
+fn when(since: u64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_secs(since);
+    format!("since {}", humantime::format_rfc3339_seconds(t))
+}
+
 /// The target an attachment uses: from its recorded leg, else from its spec.
 fn target_of(a: &Attachment) -> Option<String> {
     a.iscsi.as_ref().map(|i| i.target.clone()).or_else(|| {
@@ -1316,4 +1829,117 @@ fn target_of(a: &Attachment) -> Option<String> {
             .ok()
             .and_then(|s| s.target.map(|t| t.to_string()))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runner::recording::RecordingRunner;
+    use std::fs;
+
+    /// A fake host: sysfs for one array md127 with members dm-0 (local) and
+    /// sda (iSCSI) in the given states, /dev links, state dirs.
+    fn host(local: &str, iscsi: Option<&str>, action: &str) -> (tempfile::TempDir, Config) {
+        let d = tempfile::tempdir().expect("tempdir");
+        let r = d.path();
+        let md = r.join("sys/block/md127/md");
+        fs::create_dir_all(&md).expect("mkdir");
+        fs::write(md.join("array_state"), "clean\n").expect("w");
+        fs::write(md.join("sync_action"), format!("{action}\n")).expect("w");
+        let degraded = u8::from(iscsi.map(|s| !s.contains("in_sync")).unwrap_or(true));
+        fs::write(md.join("degraded"), format!("{degraded}\n")).expect("w");
+        fs::create_dir_all(md.join("dev-dm-0")).expect("mkdir");
+        fs::write(md.join("dev-dm-0/state"), format!("{local}\n")).expect("w");
+        if let Some(s) = iscsi {
+            fs::create_dir_all(md.join("dev-sda")).expect("mkdir");
+            fs::write(md.join("dev-sda/state"), format!("{s}\n")).expect("w");
+        }
+        fs::create_dir_all(r.join("dev/labvg")).expect("mkdir");
+        fs::write(r.join("dev/dm-0"), "").expect("w");
+        std::os::unix::fs::symlink("../dm-0", r.join("dev/labvg/vm1")).expect("link");
+        let config = Config {
+            state_dir: r.join("var/lib/iscsimple"),
+            run_dir: r.join("run/iscsimple"),
+            ..Config::default()
+        };
+        (d, config)
+    }
+
+    fn attachment() -> Attachment {
+        Attachment {
+            spec: "lun1@iqn.2024-01.lab:t+vm1".into(),
+            phase: Phase::Attached,
+            device: Some("/dev/md/vm1".into()),
+            iscsi: Some(IscsiLeg {
+                target: "iqn.2024-01.lab:t".into(),
+                lun: 1,
+                portal: "127.0.0.1:3260".into(),
+                hctl: "0:0:0:1".into(),
+                kname: "sda".into(),
+                scanned: true,
+                size: 1 << 24,
+                wwid: None,
+            }),
+            mirror: Some(Mirror {
+                label: "vm1".into(),
+                kname: Some("md127".into()),
+                local: Some("/dev/labvg/vm1".into()),
+                local_pending: false,
+                bitmap: None,
+            }),
+        }
+    }
+
+    fn engine<'a>(root: &Path, config: &'a Config, runner: &'a RecordingRunner) -> Engine<'a> {
+        Engine {
+            sys: Sys::new(root),
+            ..Engine::new(config, runner)
+        }
+    }
+
+    #[test]
+    fn health_follows_the_legs_and_keeps_the_record() {
+        let runner = RecordingRunner::new();
+        let a = attachment();
+        let newer = |c: &Config| c.state_dir.join("newer/vm1.json").exists();
+
+        let (d, c) = host("in_sync", Some("faulty,write_mostly"), "idle");
+        let e = engine(d.path(), &c, &runner);
+        let h = e.health(&a).expect("health");
+        assert_eq!(
+            h,
+            Health::LocalNewer {
+                reason: "iSCSI leg faulty".into(),
+                heal: true
+            }
+        );
+        assert!(e.record_health(&a, &h).expect("record"));
+        assert!(newer(&c), "recorded");
+
+        let (d, c2) = host("in_sync", None, "idle");
+        let e = engine(d.path(), &c2, &runner);
+        assert!(matches!(
+            e.health(&a),
+            Some(Health::LocalNewer { heal: true, .. })
+        ));
+
+        let (d, c3) = host("in_sync", Some("write_mostly"), "recover");
+        let e = engine(d.path(), &c3, &runner);
+        assert!(matches!(
+            e.health(&a),
+            Some(Health::LocalNewer { heal: false, .. })
+        ));
+
+        let (d, c4) = host("spare", Some("in_sync,write_mostly"), "recover");
+        let e = engine(d.path(), &c4, &runner);
+        assert!(matches!(e.health(&a), Some(Health::Other(_))));
+
+        // Back in sync: the record goes.
+        let (d, mut c5) = host("in_sync", Some("in_sync,write_mostly"), "idle");
+        c5.state_dir = c.state_dir.clone();
+        let e = engine(d.path(), &c5, &runner);
+        assert_eq!(e.health(&a), Some(Health::InSync));
+        assert!(e.record_health(&a, &Health::InSync).expect("clear"));
+        assert!(!newer(&c5), "cleared");
+    }
 }

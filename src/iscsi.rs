@@ -242,12 +242,21 @@ pub fn lun_device(sys: &Sys, session: &Session, lun: u32) -> Option<ScsiDev> {
 pub fn scan_lun(sys: &Sys, session: &Session, lun: u32) -> Result<(), IscsiError> {
     let path = sys.path(format!("/sys/class/scsi_host/host{}/scan", session.host));
     tracing::debug!(host = session.host, lun, "scanning LUN");
+    crate::crash::point("scan", &path);
     fs::write(&path, format!("- - {lun}")).map_err(|source| IscsiError::Io { path, source })
 }
 
 /// Flush a SCSI disk's cache and remove the device from the kernel.
 pub fn delete_device(sys: &Sys, dev: &ScsiDev) -> Result<(), IscsiError> {
-    if let Some(b) = &dev.block {
+    // An offline device (its session failed past the replacement timeout)
+    // cannot take a flush: fsync fails with EIO and nothing could reach the
+    // target anyway. md has already failed such a leg.
+    let state = sys.read(format!("/sys/bus/scsi/devices/{}/state", dev.hctl));
+    let reachable = !matches!(state.as_deref(), Some("transport-offline" | "offline"));
+    if !reachable {
+        tracing::warn!(hctl = %dev.hctl, state = ?state, "SCSI device offline: deleting it without a flush");
+    }
+    if let Some(b) = dev.block.as_ref().filter(|_| reachable) {
         let node = sys.path(format!("/dev/{b}"));
         // fsync on a block device writes back its dirty pages and sends a cache flush.
         if let Ok(f) = fs::OpenOptions::new().write(true).open(&node) {
@@ -258,6 +267,7 @@ pub fn delete_device(sys: &Sys, dev: &ScsiDev) -> Result<(), IscsiError> {
         }
     }
     let path = sys.path(format!("/sys/bus/scsi/devices/{}/delete", dev.hctl));
+    crate::crash::point("delete SCSI device", &path);
     match fs::write(&path, "1") {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -519,6 +529,7 @@ pub fn restore_record(sys: &Sys, record: &Path, content: &str) -> Result<(), Isc
 }
 
 fn write_record(record: &Path, content: &str) -> std::io::Result<()> {
+    crate::crash::point("node record write", record);
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = record.with_extension("iscsimple-tmp");
     let mut f = fs::OpenOptions::new()

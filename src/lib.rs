@@ -15,6 +15,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod crash;
 pub mod disk;
 pub mod iscsi;
 pub mod labels;
@@ -28,4 +29,5 @@ pub mod status;
 pub mod sysfs;
 pub mod uevent;
 pub mod volume;
+pub mod watch;
 pub mod xen;

@@ -158,14 +158,21 @@ impl Mdadm<'_> {
         Cmd::new(Program::Mdadm).timeout(self.timeout)
     }
 
-    /// `mdadm --build /dev/md/LABEL --level=1 --raid-devices=2 LEGS...`.
-    pub fn build(&self, label: &str, legs: &[Leg]) -> Result<(), MdError> {
+    /// `mdadm --build /dev/md/LABEL --level=1 --raid-devices=2
+    /// [--bitmap=FILE --bitmap-chunk=KIB] LEGS...`. mdadm creates the bitmap
+    /// file (it must not exist: a stale one would hide differences).
+    pub fn build(&self, label: &str, legs: &[Leg], bitmap: Option<&Bitmap>) -> Result<(), MdError> {
         let mut c = self.cmd().args([
             "--build",
             &label_path(label).to_string_lossy(),
             "--level=1",
             "--raid-devices=2",
         ]);
+        if let Some(b) = bitmap {
+            c = c
+                .arg(format!("--bitmap={}", b.file.display()))
+                .arg(format!("--bitmap-chunk={}", b.chunk_kib));
+        }
         // --write-mostly flags every device after it: normal legs go first.
         let mut legs = legs.to_vec();
         legs.sort_by_key(|l| matches!(l, Leg::WriteMostly(_)));
@@ -191,6 +198,28 @@ impl Mdadm<'_> {
         }
         self.runner.run(&c.arg(dev.to_string_lossy()))?;
         Ok(())
+    }
+
+    /// `mdadm /dev/md/LABEL --re-add --write-mostly DEV`: with a
+    /// write-intent bitmap md then copies only the regions written while
+    /// the device was out. Only for the same device that left the array.
+    pub fn re_add_write_mostly(&self, label: &str, dev: &Path) -> Result<(), MdError> {
+        self.runner.run(
+            &self
+                .cmd()
+                .arg(label_path(label).to_string_lossy())
+                .args(["--re-add", "--write-mostly"])
+                .arg(dev.to_string_lossy()),
+        )?;
+        Ok(())
+    }
+
+    /// mdadm's version as (major, minor), from `mdadm --version`.
+    pub fn version(&self) -> Result<(u32, u32), MdError> {
+        let out = self.runner.run(&self.cmd().arg("--version"))?;
+        // "mdadm - v4.2 - 2021-12-30" (on stderr in 4.2)
+        let text = format!("{} {}", out.stdout, out.stderr);
+        Ok(parse_version(&text).unwrap_or((0, 0)))
     }
 
     /// `mdadm /dev/md/LABEL --fail DEV`.
@@ -227,6 +256,83 @@ impl Mdadm<'_> {
     }
 }
 
+/// A write-intent bitmap file for `mdadm --build`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bitmap {
+    /// The file (on a filesystem that maps blocks).
+    pub file: PathBuf,
+    /// KiB of array per bit.
+    pub chunk_kib: u64,
+}
+
+impl Bitmap {
+    /// A bitmap of at most ~64Ki bits for an array of `size` bytes, chunks
+    /// of 64 KiB or more: small enough to keep in memory and cheap to
+    /// update, fine enough that a short outage dirties a small fraction.
+    pub fn for_size(file: PathBuf, size: u64) -> Bitmap {
+        let want = (size / 1024 / 65536).max(64);
+        Bitmap {
+            file,
+            chunk_kib: want.next_power_of_two(),
+        }
+    }
+}
+
+/// `vX.Y` in mdadm's version text.
+fn parse_version(text: &str) -> Option<(u32, u32)> {
+    let v = text.split_whitespace().find_map(|w| w.strip_prefix('v'))?;
+    let mut it = v.split('.');
+    let major = it.next()?.parse().ok()?;
+    let minor = it
+        .next()
+        .map(|m| {
+            m.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+        })
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    Some((major, minor))
+}
+
+/// Why write-intent bitmap files cannot be used here, or Ok when they can.
+/// mdadm 4.4 dropped bitmap files; the kernel maps the file's blocks with
+/// bmap (FIBMAP), which tmpfs and other filesystems without a block map
+/// lack (RUN_ARRAY then fails with EINVAL).
+pub fn bitmap_support(mdadm: &Mdadm<'_>, dir: &Path) -> Result<(), String> {
+    let v = mdadm.version().map_err(|e| e.to_string())?;
+    if v >= (4, 4) || v == (0, 0) {
+        return Err(format!("mdadm {}.{} has no bitmap file support", v.0, v.1));
+    }
+    maps_blocks(dir).map_err(|e| format!("{}: no block map for bitmap files ({e})", dir.display()))
+}
+
+/// Whether files in `dir` have a block map (FIBMAP on a probe file).
+fn maps_blocks(dir: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    fs::create_dir_all(dir)?;
+    let probe = dir.join(".fibmap-probe");
+    let result = (|| {
+        let mut f = fs::File::create(&probe)?;
+        f.write_all(&[0u8; 4096])?;
+        f.sync_all()?;
+        let mut block: libc::c_int = 0;
+        // FIBMAP: _IO(0x00, 1). SAFETY: the fd is open for the call's
+        // duration and `block` is a valid c_int the kernel reads and writes.
+        let r = unsafe { libc::ioctl(f.as_raw_fd(), 1, &mut block as *mut libc::c_int) };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if block == 0 {
+            return Err(std::io::Error::other("block 0 (not mapped)"));
+        }
+        Ok(())
+    })();
+    let _ = fs::remove_file(&probe);
+    result
+}
+
 /// Apply resync speed limits (KiB/s) to one array.
 pub fn set_speed_limits(
     sys: &Sys,
@@ -237,6 +343,7 @@ pub fn set_speed_limits(
     for (attr, v) in [("sync_speed_min", min), ("sync_speed_max", max)] {
         if let Some(v) = v {
             let path = sys.path(format!("/sys/block/{kname}/md/{attr}"));
+            crate::crash::point("md speed limit", &path);
             fs::write(&path, v.to_string()).map_err(|source| MdError::Io { path, source })?;
         }
     }
@@ -290,6 +397,7 @@ pub fn ensure_label_link(sys: &Sys, label: &str, kname: &str) -> Result<(), MdEr
         path: link.clone(),
         source,
     };
+    crate::crash::point("md label link", &link);
     fs::create_dir_all(link.parent().expect("has parent")).map_err(io)?;
     let _ = fs::remove_file(&link);
     std::os::unix::fs::symlink(format!("../{kname}"), &link).map_err(io)
@@ -307,8 +415,12 @@ mod tests {
             runner: &r,
             timeout: Duration::from_secs(5),
         };
-        m.build("vm1", &[Leg::Missing, Leg::WriteMostly("/dev/sdb".into())])
-            .expect("build");
+        m.build(
+            "vm1",
+            &[Leg::Missing, Leg::WriteMostly("/dev/sdb".into())],
+            None,
+        )
+        .expect("build");
         m.add("vm1", Path::new("/dev/vg/vm1"), false).expect("add");
         m.stop("md127").expect("stop");
         assert_eq!(
@@ -319,6 +431,52 @@ mod tests {
                 "mdadm --stop /dev/md127",
             ]
         );
+    }
+
+    #[test]
+    fn bitmap_build_and_re_add() {
+        let r = RecordingRunner::new();
+        let m = Mdadm {
+            runner: &r,
+            timeout: Duration::from_secs(5),
+        };
+        let b = Bitmap::for_size("/var/lib/iscsimple/bitmaps/vm1.bitmap".into(), 1 << 30);
+        assert_eq!(b.chunk_kib, 64);
+        assert_eq!(Bitmap::for_size("/b".into(), 1 << 40).chunk_kib, 16384);
+        m.build(
+            "vm1",
+            &[Leg::Normal("/dev/vg/vm1".into()), Leg::Missing],
+            Some(&b),
+        )
+        .expect("build");
+        m.re_add_write_mostly("vm1", Path::new("/dev/sdb"))
+            .expect("re-add");
+        assert_eq!(
+            r.calls(),
+            vec![
+                "mdadm --build /dev/md/vm1 --level=1 --raid-devices=2 --bitmap=/var/lib/iscsimple/bitmaps/vm1.bitmap --bitmap-chunk=64 /dev/vg/vm1 missing",
+                "mdadm /dev/md/vm1 --re-add --write-mostly /dev/sdb",
+            ]
+        );
+    }
+
+    #[test]
+    fn mdadm_version_text() {
+        assert_eq!(parse_version("mdadm - v4.2 - 2021-12-30"), Some((4, 2)));
+        assert_eq!(parse_version("mdadm - v4.4-rc1 - 2024"), Some((4, 4)));
+        assert_eq!(
+            parse_version("mdadm - v3.4 - 28th January 2016\n"),
+            Some((3, 4))
+        );
+        assert_eq!(parse_version("nothing"), None);
+    }
+
+    #[test]
+    fn tmpfs_has_no_block_map() {
+        // /dev/shm is tmpfs on every Linux host this runs on.
+        let d = Path::new("/dev/shm").join(format!("iscsimple-probe-{}", std::process::id()));
+        assert!(maps_blocks(&d).is_err());
+        let _ = fs::remove_dir_all(&d);
     }
 
     #[test]

@@ -49,6 +49,10 @@ pub struct IscsiLeg {
     pub scanned: bool,
     /// Size in bytes.
     pub size: u64,
+    /// The disk's SCSI identity (`device/wwid`), to re-add only the same
+    /// disk incrementally.
+    #[serde(default)]
+    pub wwid: Option<String>,
 }
 
 /// The md mirror of an attachment.
@@ -64,6 +68,9 @@ pub struct Mirror {
     /// only once the domain runs here and the source stopped writing.
     #[serde(default)]
     pub local_pending: bool,
+    /// The write-intent bitmap file, when the array has one.
+    #[serde(default)]
+    pub bitmap: Option<PathBuf>,
 }
 
 /// Where an attach got to.
@@ -241,6 +248,128 @@ impl Store {
     }
 }
 
+/// The local leg of a label holds writes its iSCSI leg lacks (the iSCSI
+/// leg failed, or was MISSING): the next attach must copy local → iSCSI,
+/// not the seed's iSCSI → local. Kept under the persistent state directory
+/// so that it survives a detach, a crash and a reboot.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LocalNewer {
+    /// The label.
+    pub label: String,
+    /// The spec attached when it was recorded.
+    pub spec: String,
+    /// The local leg holding the newer data.
+    pub local: PathBuf,
+    /// Seconds since the epoch when it was recorded.
+    pub since: u64,
+    /// Why (`iSCSI leg faulty`, `iSCSI leg MISSING`, ...).
+    pub reason: String,
+}
+
+/// A labelled attachment that is (or was, if the host crashed) in use:
+/// written before the array is built, removed at the end of a clean detach.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OpenRecord {
+    /// The label.
+    pub label: String,
+    /// The spec.
+    pub spec: String,
+    /// The kernel's boot id when it was written.
+    pub boot_id: String,
+    /// Seconds since the epoch.
+    pub since: u64,
+}
+
+/// Facts about labels that must survive a reboot (`state_dir`, by default
+/// `/var/lib/iscsimple`): `newer/LABEL.json`, `open/LABEL.json`, and the
+/// md write-intent bitmap files `bitmaps/LABEL.bitmap`.
+#[derive(Debug, Clone)]
+pub struct Durable {
+    dir: PathBuf,
+}
+
+impl Durable {
+    /// Records kept under `dir`.
+    pub fn new(dir: &Path) -> Durable {
+        Durable {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    /// The file of a record kind for `label`.
+    pub fn path(&self, kind: &str, label: &str) -> PathBuf {
+        self.dir
+            .join(kind)
+            .join(format!("{}.json", crate::lock::file_key(label)))
+    }
+
+    /// The local-is-newer record of `label`.
+    pub fn newer(&self, label: &str) -> Result<Option<LocalNewer>, StateError> {
+        read_json(&self.path("newer", label))
+    }
+
+    /// Record (fsynced) that the local leg of `label` is newer.
+    pub fn set_newer(&self, n: &LocalNewer) -> Result<(), StateError> {
+        write_atomic(&self.path("newer", &n.label), n)
+    }
+
+    /// Forget it (the iSCSI leg is back in sync).
+    pub fn clear_newer(&self, label: &str) -> Result<(), StateError> {
+        remove(&self.path("newer", label))
+    }
+
+    /// Every local-is-newer record.
+    pub fn all_newer(&self) -> Result<Vec<(String, LocalNewer)>, StateError> {
+        list_json(&self.dir.join("newer"))
+    }
+
+    /// The open record of `label`.
+    pub fn open(&self, label: &str) -> Result<Option<OpenRecord>, StateError> {
+        read_json(&self.path("open", label))
+    }
+
+    /// Record that `label` is in use.
+    pub fn set_open(&self, o: &OpenRecord) -> Result<(), StateError> {
+        write_atomic(&self.path("open", &o.label), o)
+    }
+
+    /// A clean detach ended.
+    pub fn clear_open(&self, label: &str) -> Result<(), StateError> {
+        remove(&self.path("open", label))
+    }
+
+    /// Every open record.
+    pub fn all_open(&self) -> Result<Vec<(String, OpenRecord)>, StateError> {
+        list_json(&self.dir.join("open"))
+    }
+
+    /// Directory of the write-intent bitmap files.
+    pub fn bitmap_dir(&self) -> PathBuf {
+        self.dir.join("bitmaps")
+    }
+
+    /// The write-intent bitmap file of `label`.
+    pub fn bitmap(&self, label: &str) -> PathBuf {
+        self.bitmap_dir()
+            .join(format!("{}.bitmap", crate::lock::file_key(label)))
+    }
+}
+
+/// Seconds since the epoch, for records.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The kernel's boot id (changes at every boot).
+pub fn boot_id() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, StateError> {
     match fs::read(path) {
         Ok(b) => serde_json::from_slice(&b)
@@ -284,6 +413,9 @@ fn list_json<T: for<'de> Deserialize<'de>>(dir: &Path) -> Result<Vec<(String, T)
 }
 
 fn remove(path: &Path) -> Result<(), StateError> {
+    if path.exists() {
+        crate::crash::point("state remove", path);
+    }
     match fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -307,6 +439,7 @@ pub fn write_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), StateErr
     let mut f = File::create(&tmp).map_err(io)?;
     f.write_all(&body).map_err(io)?;
     f.sync_all().map_err(io)?;
+    crate::crash::point("state write", path);
     fs::rename(&tmp, path).map_err(io)?;
     File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
     Ok(())
@@ -329,12 +462,14 @@ mod tests {
                 kname: "sda".into(),
                 scanned: true,
                 size: 1 << 26,
+                wwid: None,
             }),
             mirror: Some(Mirror {
                 label: "l1".into(),
                 kname: Some("md127".into()),
                 local: Some("/dev/vg/l1".into()),
                 local_pending: false,
+                bitmap: None,
             }),
         }
     }

@@ -38,9 +38,8 @@ pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
     let opts = iscsimple::disk::AttachOptions {
         defer_local: args.defer_local,
     };
-    let dev = engine
-        .attach_with(&spec, opts)
-        .map_err(Failure::from_disk)?;
-    println!("{}", dev.display());
+    let dev = engine.attach_with(&spec, opts);
+    super::print_notices(&engine, &spec.to_string());
+    println!("{}", dev.map_err(Failure::from_disk)?.display());
     Ok(())
 }

@@ -44,7 +44,9 @@ pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
         return Ok(());
     }
     super::require_programs(&runner)?;
-    if !engine.detach(&args.what).map_err(Failure::from_disk)? {
+    let r = engine.detach(&args.what);
+    super::print_notices(&engine, &args.what);
+    if !r.map_err(Failure::from_disk)? {
         eprintln!("iscsimple: {} is not attached; nothing to do", args.what);
     }
     Ok(())

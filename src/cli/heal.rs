@@ -1,6 +1,6 @@
 //! `iscsimple heal [WHAT|--all]`: re-add a mirror's failed iSCSI leg once
 //! its session is back; the resync then copies the local leg onto it.
-use iscsimple::disk::Engine;
+use iscsimple::disk::{Engine, Healed};
 use iscsimple::runner::RealRunner;
 
 use super::{load_config, CmdResult, Failure};
@@ -35,10 +35,13 @@ pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
     let mut first_err = None;
     for what in targets {
         match engine.heal(&what) {
-            Ok(true) => {
-                eprintln!("iscsimple: {what}: iSCSI leg re-added, resyncing from the local leg")
-            }
-            Ok(false) => eprintln!("iscsimple: {what}: nothing to heal"),
+            Ok(Healed::Incremental) => eprintln!(
+                "iscsimple: {what}: iSCSI leg re-added with the write-intent bitmap: resyncing the regions written while it was out"
+            ),
+            Ok(Healed::Full) => eprintln!(
+                "iscsimple: {what}: iSCSI leg re-added: full resync from the local leg (no bitmap)"
+            ),
+            Ok(Healed::Nothing) => eprintln!("iscsimple: {what}: nothing to heal"),
             // The first error is printed by main; later ones here.
             Err(e) if first_err.is_some() => eprintln!("iscsimple: {e}"),
             Err(e) => first_err = Some(e),

@@ -16,6 +16,7 @@ mod libvirt_hook;
 mod logging;
 mod parse;
 mod status;
+mod watch;
 mod xen;
 
 /// Attach iSCSI LUNs, optionally mirrored with a local volume, for Xen and KVM hosts.
@@ -52,6 +53,8 @@ pub(crate) enum Command {
     Status(status::Args),
     /// Re-add a mirror's failed iSCSI leg once its session is back (full resync local → iSCSI).
     Heal(heal::Args),
+    /// Watch the mirrors: record the moment an iSCSI leg fails, heal it when its session is back, log each change.
+    Watch(watch::Args),
     /// Let a mirror's deferred local leg join (after an incoming migration).
     Join(join::Args),
     /// libvirt qemu hook: run by /etc/libvirt/hooks/qemu.d/iscsimple with the domain XML on stdin.
@@ -100,6 +103,13 @@ pub(crate) fn load_config(
     iscsimple::config::Config::load(path).map_err(Failure::input)
 }
 
+/// Print what the engine wants the person to know, one line each.
+pub(crate) fn print_notices(engine: &iscsimple::disk::Engine<'_>, what: &str) {
+    for n in engine.take_notices() {
+        eprintln!("iscsimple: {what}: {n}");
+    }
+}
+
 /// Fail early, naming the program and the directories searched.
 pub(crate) fn require_programs(runner: &iscsimple::runner::RealRunner) -> CmdResult {
     use iscsimple::runner::{Program, Runner};
@@ -128,6 +138,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Xen(args) => xen::run(args, config),
         Command::Join(args) => join::run(args, config),
         Command::Heal(args) => heal::run(args, config),
+        Command::Watch(args) => watch::run(args, config),
         Command::LibvirtHook(args) => libvirt_hook::run(args, config),
     };
     match result {

@@ -94,6 +94,7 @@ impl Runner for RealRunner {
                 Arg::Plain(s) | Arg::Secret(s) => s.as_str(),
             })
             .collect();
+        crate::crash::point("run", &shown);
         let start = Instant::now();
         // A clean environment: the caller's (xl, libvirt, udev) may hold anything.
         let mut child = Command::new(&path)

@@ -38,7 +38,7 @@ bash "$HERE/${BUILD[0]}" "${BUILD[@]:1}" || { echo "lab: image build failed"; ec
 
 cd "$TOP" || exit 1
 echo "lab: building the binary and the lab scenarios" >&2
-cargo build --release --bin iscsimple >&2 || { echo "0 passed, 1 failed"; exit 1; }
+cargo build --release --bin iscsimple --features crashpoints >&2 || { echo "0 passed, 1 failed"; exit 1; }
 testbin=$(cargo test --release --features lab --test lab --no-run 2>&1 | tee /dev/stderr \
           | sed -n 's/.*Executable .*(\(.*\))$/\1/p' | tail -1)
 [ -n "$testbin" ] && [ -f "$TOP/$testbin" ] && testbin="$TOP/$testbin"

@@ -1,14 +1,22 @@
-//! Issue 7 (resilience), first pieces: what a short outage of the network
-//! to the target does to a mirrored disk.
-use std::time::Duration;
+//! Resilience: the target or the network to it fails under a mirrored disk;
+//! healing; the local leg's newer data survives a detach.
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::fixture::data;
+use crate::fixture::initiator;
 use crate::fixture::lvm::Vg;
+use crate::fixture::md;
 use crate::fixture::md::Md;
 use crate::fixture::net::Netns;
 use crate::fixture::system::Snapshot;
+use crate::fixture::system::{Daemon, Ext4};
 use crate::fixture::target::{Kind, Target, TargetSpec};
 use crate::fixture::tool::Tool;
+use crate::fixture::tool::{bin, syslog};
+use crate::fixture::{must, wait_for};
 use crate::fixture::{Lab, Udev};
 
 const IQN: &str = "iqn.2024-01.lab.iscsimple:resilience";
@@ -60,4 +68,324 @@ fn lab_network_cut_shorter_than_timeout() {
     tool.detach("vm1-disk");
     vg.remove();
     Snapshot::take().assert_clean();
+}
+
+const BIG: u64 = 128;
+const SPEC: &str = "lun1@iqn.2024-01.lab.iscsimple:resilience+vm1-disk";
+const NEWER: &str = "/var/lib/iscsimple/newer/vm1-disk.json";
+
+fn session_logged_in() -> bool {
+    crate::fixture::initiator::sessions(IQN)
+        .first()
+        .and_then(|s| crate::fixture::read(s.join("state")))
+        .as_deref()
+        == Some("LOGGED_IN")
+}
+
+/// The target dies (tgtd SIGKILL) while a writer writes a checksummed
+/// pattern through the mirror: no error reaches the writer, md fails the
+/// iSCSI leg, `watch` records at once that the local leg is newer, and when
+/// the target is back it re-adds the leg with the write-intent bitmap:
+/// only the dirty regions are copied. A second outage is healed by hand
+/// (`heal`), and a full resync of the same array is timed for comparison.
+#[test]
+fn lab_target_dies_under_writer_watch_heals_with_bitmap() {
+    let _lab = Lab::start(Udev::On);
+    // The persistent state on a filesystem that maps blocks (as on a host).
+    let state = Ext4::mount("/var/lib/iscsimple", 64);
+    let t = Target::start(TargetSpec::new(Kind::Tgt, IQN, &[BIG]));
+    let lun = t.luns[0].clone();
+    let vg = Vg::create("labvg", BIG + 16);
+    let lv = vg.lv("vm1", BIG);
+    let tool = Tool::new(&format!(
+        "[discovery]\nportals = [\"{}\"]\n[timeouts]\nreplacement = 5\nnoop_interval = 2\nnoop_timeout = 2\nwatch = 1\n",
+        t.portal()
+    ));
+    tool.labels(&[("vm1-disk", lv.to_str().unwrap())]);
+    let dev = tool.attach(SPEC);
+    let m = Md::by_label("vm1-disk");
+    m.wait_synced(Duration::from_secs(180));
+    assert_eq!(
+        m.attr("bitmap/location"),
+        "file",
+        "write-intent bitmap file in use"
+    );
+    assert!(Path::new("/var/lib/iscsimple/bitmaps/vm1-disk.bitmap").exists());
+    let sd = m.iscsi_member().expect("iSCSI member");
+    let watch = Daemon::start(
+        &bin(),
+        &["--config", tool.config.to_str().unwrap(), "watch"],
+    );
+
+    // A writer loops over MiB 64..68, each round with its own seed.
+    let stop = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (dev, stop, rounds) = (dev.clone(), stop.clone(), rounds.clone());
+        std::thread::spawn(move || {
+            let mut r = 0;
+            while !stop.load(Ordering::SeqCst) {
+                data::fill(&dev, 64, 4, 0x5eed_0000 + r);
+                r += 1;
+                rounds.store(r, Ordering::SeqCst);
+            }
+            r - 1
+        })
+    };
+    wait_for("the writer's first round", Duration::from_secs(30), || {
+        rounds.load(Ordering::SeqCst) >= 1
+    });
+    t.kill();
+    let killed = Instant::now();
+    wait_for("md to fail the iSCSI leg", Duration::from_secs(60), || {
+        m.member_state(&sd).contains("faulty")
+    });
+    let failed_after = killed.elapsed();
+    let recorded = wait_for(
+        "watch to record that the local leg is newer",
+        Duration::from_secs(10),
+        || Path::new(NEWER).exists(),
+    );
+    let at_fault = rounds.load(Ordering::SeqCst);
+    wait_for(
+        "two more rounds on the local leg",
+        Duration::from_secs(60),
+        || rounds.load(Ordering::SeqCst) >= at_fault + 2,
+    );
+    stop.store(true, Ordering::SeqCst);
+    let last = writer.join().expect("no error reached the writer");
+    println!(
+        "leg failed {:.1}s after the kill; record written {:.2}s after md failed it; writer did {} rounds",
+        failed_after.as_secs_f64(),
+        recorded.as_secs_f64(),
+        last + 1
+    );
+    data::verify(&dev, 64, 4, 0x5eed_0000 + last);
+    data::verify(&lv, 64, 4, 0x5eed_0000 + last);
+    data::verify(&dev, 0, 64, lun.seed);
+
+    // Target back: watch re-adds the leg, only dirty regions are copied.
+    let before = md::sectors_written(&sd);
+    t.up();
+    wait_for(
+        "watch to heal and clear the record",
+        Duration::from_secs(120),
+        || !Path::new(NEWER).exists(),
+    );
+    m.wait_synced(Duration::from_secs(120));
+    let sd2 = m.iscsi_member().expect("iSCSI member back");
+    let written = md::sectors_written(&sd2) - if sd2 == sd { before } else { 0 };
+    println!("watch heal wrote {} KiB to the iSCSI leg", written / 2);
+    assert!(
+        written / 2 <= 16 * 1024,
+        "only the dirty regions are copied: {} KiB",
+        written / 2
+    );
+    assert!(m.member_state(&sd2).contains("write_mostly"));
+    data::equal(&lv, &lun.backing, BIG).expect("legs equal after the watch heal");
+    let log = syslog();
+    assert!(
+        log.contains("the local leg now holds writes the iSCSI disk lacks"),
+        "{log}"
+    );
+    assert!(log.contains("iSCSI leg re-added"), "{log}");
+    assert!(log.contains("back in sync"), "{log}");
+    watch.stop();
+
+    // Second outage, healed by hand.
+    t.kill();
+    data::fill(&dev, 32, 4, 0xfeed);
+    wait_for("md to fail the iSCSI leg", Duration::from_secs(60), || {
+        m.member_state(&sd2).contains("faulty")
+    });
+    let out = tool.run(&["heal", "vm1-disk"]);
+    assert_ne!(out.code, 0, "heal must fail while the session is down");
+    assert!(out.stderr.contains("not LOGGED_IN"), "{}", out.stderr);
+    assert!(Path::new(NEWER).exists(), "heal recorded the degraded leg");
+    t.up();
+    wait_for(
+        "the session to come back",
+        Duration::from_secs(90),
+        session_logged_in,
+    );
+    let before = md::sectors_written(&sd2);
+    let start = Instant::now();
+    let out = tool.run(&["heal", "vm1-disk"]);
+    assert!(
+        out.ok() && out.stderr.contains("write-intent bitmap"),
+        "{}",
+        out.stderr
+    );
+    m.wait_synced(Duration::from_secs(120));
+    let incremental = start.elapsed();
+    let sd3 = m.iscsi_member().expect("iSCSI member back");
+    let inc_written = md::sectors_written(&sd3) - if sd3 == sd2 { before } else { 0 };
+    data::verify(&lun.backing, 32, 4, 0xfeed);
+    data::equal(&lv, &lun.backing, BIG).expect("legs equal after heal");
+
+    // The same array resynced in full, for comparison.
+    let mddev = m.dev();
+    let mddev = mddev.to_str().unwrap();
+    let sdp = format!("/dev/{sd3}");
+    must("/usr/sbin/mdadm", &[mddev, "--fail", &sdp]);
+    must("/usr/sbin/mdadm", &[mddev, "--remove", &sdp]);
+    let before = md::sectors_written(&sd3);
+    let start = Instant::now();
+    must("/usr/sbin/mdadm", &[mddev, "--add", "--write-mostly", &sdp]);
+    m.wait_synced(Duration::from_secs(300));
+    let full = start.elapsed();
+    let full_written = md::sectors_written(&sd3) - before;
+    println!(
+        "heal with bitmap: {:.2}s, {} KiB written; full resync: {:.2}s, {} KiB written; ratio {:.3}",
+        incremental.as_secs_f64(),
+        inc_written / 2,
+        full.as_secs_f64(),
+        full_written / 2,
+        incremental.as_secs_f64() / full.as_secs_f64()
+    );
+    assert!(
+        full_written / 2 >= BIG * 1024,
+        "a full resync writes the whole disk"
+    );
+    assert!(
+        inc_written * 8 < full_written,
+        "the bitmap heal copies a fraction"
+    );
+    data::equal(&lv, &lun.backing, BIG).expect("legs equal");
+
+    tool.run(&["watch", "--once"]);
+    assert!(!Path::new(NEWER).exists(), "no record once in sync");
+    tool.detach("vm1-disk");
+    assert!(!Path::new("/var/lib/iscsimple/bitmaps/vm1-disk.bitmap").exists());
+    assert!(!Path::new("/var/lib/iscsimple/open/vm1-disk.json").exists());
+    vg.remove();
+    state.remove();
+    Snapshot::take().assert_clean();
+}
+
+/// The iSCSI leg fails, the VM writes (local leg only), the disk is
+/// detached: the record survives the detach and the next attach builds the
+/// array from the local leg and resyncs it onto the iSCSI disk. The seed's
+/// commands on a copy of the same local volume show they would have lost
+/// those writes. A label table that would drop the newer leg is refused.
+#[test]
+fn lab_degraded_detach_then_attach_local_wins() {
+    let _lab = Lab::start(Udev::On);
+    let t = Target::start(TargetSpec::new(Kind::Tgt, IQN, &[MIB]));
+    let lun = t.luns[0].clone();
+    let vg = Vg::create("labvg", 2 * MIB + 16);
+    let lv = vg.lv("vm1", MIB);
+    let copy = vg.lv("seedcopy", MIB);
+    let tool = Tool::new(&format!(
+        "[discovery]\nportals = [\"{}\"]\n[timeouts]\nreplacement = 5\n",
+        t.portal()
+    ));
+    tool.labels(&[("vm1-disk", lv.to_str().unwrap())]);
+    let dev = tool.attach(SPEC);
+    let m = Md::by_label("vm1-disk");
+    m.wait_synced(Duration::from_secs(120));
+    let sd = m.iscsi_member().expect("iSCSI member");
+    t.kill();
+    data::fill(&dev, 8, 4, 0xbeef);
+    wait_for("md to fail the iSCSI leg", Duration::from_secs(60), || {
+        m.member_state(&sd).contains("faulty")
+    });
+    let out = tool.run(&["detach", "vm1-disk"]);
+    assert!(out.ok(), "detach while the target is down: {}", out.stderr);
+    assert!(
+        out.stderr.contains("detached while degraded") && out.stderr.contains("another host"),
+        "detach warns: {}",
+        out.stderr
+    );
+    assert!(Path::new(NEWER).exists(), "record kept after detach");
+    Snapshot::take().assert_clean();
+    data::verify(&lv, 8, 4, 0xbeef);
+    data::verify(&lun.backing, 8, 4, lun.seed); // the iSCSI disk is stale
+    t.up();
+
+    // What the seed's commands do with the same data (on a copy of the local volume).
+    must(
+        "/usr/bin/dd",
+        &[
+            &format!("if={}", lv.display()),
+            &format!("of={}", copy.display()),
+            "bs=1M",
+            "oflag=direct",
+        ],
+    );
+    initiator::discover(&t.portal());
+    assert!(initiator::login(IQN, &t.portal()).ok());
+    let seed_sd = wait_disk(IQN, 1);
+    must(
+        "/usr/sbin/mdadm",
+        &[
+            "--build",
+            "/dev/md/seed",
+            "--level=1",
+            "--raid-devices=2",
+            "missing",
+            "--write-mostly",
+            &format!("/dev/{seed_sd}"),
+        ],
+    );
+    must(
+        "/usr/sbin/mdadm",
+        &["/dev/md/seed", "--add", copy.to_str().unwrap()],
+    );
+    Md::by_label("seed").wait_synced(Duration::from_secs(120));
+    must("/usr/sbin/mdadm", &["--stop", "/dev/md/seed"]);
+    assert!(
+        data::check(&copy, 8, 4, 0xbeef).is_some(),
+        "the seed's rule copied the stale iSCSI disk over the newer local data"
+    );
+    data::verify(&copy, 8, 4, lun.seed);
+    initiator::logout(IQN, &t.portal());
+    crate::fixture::cmd::sh("rm -f /dev/md/seed");
+    wait_for("the seed's session to go", Duration::from_secs(30), || {
+        initiator::sessions(IQN).is_empty()
+    });
+
+    // A table that would drop the newer leg is refused, nothing changes.
+    tool.labels(&[("vm1-disk", "MISSING")]);
+    let line = tool.attach_fails(SPEC, 2);
+    assert!(
+        line.contains("holds writes the iSCSI disk lacks") && line.contains(NEWER),
+        "{line}"
+    );
+    tool.labels(&[("vm1-disk", copy.to_str().unwrap())]);
+    let line = tool.attach_fails(SPEC, 2);
+    assert!(line.contains("now names"), "{line}");
+    Snapshot::take().assert_clean();
+
+    // iscsimple: the local leg wins.
+    tool.labels(&[("vm1-disk", lv.to_str().unwrap())]);
+    let out = tool.run(&["attach", SPEC]);
+    assert!(out.ok(), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("trusting the local leg"),
+        "attach says which leg it trusts: {}",
+        out.stderr
+    );
+    let m = Md::by_label("vm1-disk");
+    m.wait_synced(Duration::from_secs(120));
+    let sd = m.iscsi_member().expect("iSCSI member");
+    assert!(m.member_state(&sd).contains("write_mostly"));
+    data::verify(&m.dev(), 8, 4, 0xbeef);
+    data::verify(&lun.backing, 8, 4, 0xbeef);
+    data::equal(&lv, &lun.backing, MIB).expect("legs equal");
+    assert!(Path::new(NEWER).exists(), "cleared only once seen in sync");
+    tool.run(&["watch", "--once"]);
+    assert!(!Path::new(NEWER).exists(), "cleared once in sync");
+    tool.detach("vm1-disk");
+    vg.remove();
+    Snapshot::take().assert_clean();
+}
+
+fn wait_disk(iqn: &str, lun: u32) -> String {
+    let mut d = None;
+    wait_for("the LUN's disk", Duration::from_secs(30), || {
+        d = initiator::disk(iqn, lun);
+        d.is_some()
+    });
+    d.expect("disk")
 }

@@ -1,0 +1,33 @@
+//! `iscsimple watch [--once]`: the long-running healer (see
+//! `etc/iscsimple-watch.service`).
+use iscsimple::disk::Engine;
+use iscsimple::runner::RealRunner;
+use iscsimple::watch::{MdEvents, Watch};
+
+use super::{load_config, CmdResult};
+
+/// Arguments of `watch`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Args {
+    /// Look once, act, and exit (for a timer or a test).
+    #[arg(long)]
+    pub once: bool,
+}
+
+pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
+    let config = load_config(config)?;
+    let runner = RealRunner::new();
+    super::require_programs(&runner)?;
+    let engine = Engine::new(&config, &runner);
+    let mut watch = Watch::default();
+    let mut events = MdEvents::open();
+    tracing::info!(interval = ?config.timeouts.watch, "watching mirrors");
+    loop {
+        events.arm();
+        watch.tick(&engine);
+        if args.once {
+            return Ok(());
+        }
+        events.wait(config.timeouts.watch);
+    }
+}

@@ -1,0 +1,48 @@
+//! Kill points for the lab's crash-convergence test.
+//!
+//! Built with the `crashpoints` feature (the lab's binary only), every step
+//! that changes the host calls [`point`] first. `ISCSIMPLE_CRASH_LOG=FILE`
+//! appends one line per point reached, so a test can enumerate them;
+//! `ISCSIMPLE_CRASH_AT=N` SIGKILLs the process at the N-th point, as a crash
+//! or power loss at that instant would. Without the feature [`point`] is empty.
+use std::fmt::Debug;
+
+#[cfg(feature = "crashpoints")]
+mod imp {
+    use std::fmt::Debug;
+    use std::io::Write;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    static COUNT: AtomicU32 = AtomicU32::new(0);
+
+    pub(super) fn point(step: &str, detail: &dyn Debug) {
+        let n = COUNT.fetch_add(1, Ordering::SeqCst) + 1;
+        let at = std::env::var("ISCSIMPLE_CRASH_AT")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok());
+        let kill = at == Some(n);
+        if let Ok(log) = std::env::var("ISCSIMPLE_CRASH_LOG") {
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+            {
+                let mark = if kill { " KILLED" } else { "" };
+                let _ = writeln!(f, "{n} {step} {detail:?}{mark}");
+                let _ = f.sync_all();
+            }
+        }
+        if kill {
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// A step that changes the host is about to run (see the module docs).
+#[inline]
+pub fn point(step: &str, detail: impl Debug) {
+    #[cfg(feature = "crashpoints")]
+    imp::point(step, &detail);
+    #[cfg(not(feature = "crashpoints"))]
+    let _ = (step, detail);
+}
