@@ -14,11 +14,20 @@
 #      LAB_FLAVOR (plain, the default, or xen: see below).
 # Logs: target/lab/logs/<scenario>.log (full console of each VM).
 #
+# A scenario whose name contains _reboot proves something survives a power
+# loss: it gets a fresh sparse 512 MiB raw disk, target/lab/disks/<scenario>.img
+# (with :: written .), attached as a virtio disk after any other drive (see
+# tests/lab/fixture/persist.rs), and is booted twice with it: LAB_BOOT=1, then
+# LAB_BOOT=2 if boot 1 passed. It passes when both boots pass and counts as one
+# scenario; its log holds boot 1's console then boot 2's. The disk is removed
+# when the scenario passes and kept for inspection when it fails.
+#
 # LAB_FLAVOR=xen runs the xen_* scenarios in the dom0 of a real Xen booted in
 # the VM (image from build-xen.sh; LAB_PREFIX defaults to xen_, LAB_MEM to
 # 2048, LAB_TIMEOUT to 900; logs in target/lab/xen/logs). The plain flavour
 # never runs xen_* scenarios and the xen flavour runs nothing else.
 set -uo pipefail
+unset LAB_BOOT   # set per boot for _reboot scenarios only (run.sh exports LAB_*)
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 TOP=$(cd "$HERE/../.." && pwd)
@@ -43,7 +52,7 @@ testbin=$(cargo test --release --features lab --test lab --no-run 2>&1 | tee /de
           | sed -n 's/.*Executable .*(\(.*\))$/\1/p' | tail -1)
 [ -n "$testbin" ] && [ -f "$TOP/$testbin" ] && testbin="$TOP/$testbin"
 [ -n "$testbin" ] && [ -f "$testbin" ] && [ -x "$testbin" ] || { echo "lab: lab test binary not built"; echo "0 passed, 1 failed"; exit 1; }
-rm -rf "$OUT/bin" "$OUT/logs"; mkdir -p "$OUT/bin" "$OUT/logs"
+rm -rf "$OUT/bin" "$OUT/logs" "$OUT/disks"; mkdir -p "$OUT/bin" "$OUT/logs" "$OUT/disks"
 # Stripped copies keep the per-VM overlay small.
 strip -o "$OUT/bin/iscsimple" "$TOP/target/release/iscsimple"
 strip -o "$OUT/bin/lab-tests" "$testbin"
@@ -71,18 +80,49 @@ for s in "${scenarios[@]}"; do
 done
 echo "lab: ${#scenarios[@]} $LAB_FLAVOR scenario(s), image $LAB_CACHE, $(( $(date +%s) - t0 ))s of preparation" >&2
 
-run_one() {   # run_one NAME -> writes $OUT/logs/NAME.{log,rc,time}
-    local name=$1 log="$OUT/logs/$1.log" s e rc
-    s=$(date +%s%N)
+disk_of() {   # disk_of NAME -> the persistent disk of _reboot scenario NAME (no colons for qemu)
+    echo "$OUT/disks/${1//::/.}.img"
+}
+
+boot() {      # boot NAME LOG HOSTLOG [VAR=VALUE...] -> one VM running scenario NAME
+    local name=$1 log=$2 hostlog=$3; shift 3
     local mem=${LAB_MEM:-$MEM} timeout=${LAB_TIMEOUT:-$TIMEOUT} extra=${QEMU_EXTRA:-}
     case "$name" in *lab_libvirt_*)
         mem=${LAB_MEM:-2048} timeout=${LAB_TIMEOUT:-900}
         extra="$extra -drive file=$LAB_CACHE/libvirt/rootfs.ext4,if=virtio,format=raw,snapshot=on";;
     esac
-    LAB_TEST="$name" LOG="$log" TIMEOUT="$timeout" MEM="$mem" QEMU_EXTRA="$extra" \
+    case "$name" in *_reboot*)
+        extra="$extra -drive file=$(disk_of "$name"),if=virtio,format=raw";;
+    esac
+    env "$@" LAB_TEST="$name" LOG="$log" TIMEOUT="$timeout" MEM="$mem" QEMU_EXTRA="$extra" \
         bash "$HERE/run.sh" "$HERE/guest-run.sh" "$OUT/bin/iscsimple" "$OUT/bin/lab-tests" \
-        > /dev/null 2>>"$log.host"
-    rc=$?
+        > /dev/null 2>>"$hostlog"
+}
+
+run_one() {   # run_one NAME -> writes $OUT/logs/NAME.{log,log.host,log.rc,log.ms}
+    local name=$1 log="$OUT/logs/$1.log" s e rc b disk
+    s=$(date +%s%N)
+    case "$name" in
+    *_reboot*)
+        # two boots on one fresh disk; the log is boot 1's console then boot 2's
+        disk=$(disk_of "$name")
+        rm -f "$disk"; truncate -s 512M "$disk"
+        : > "$log"
+        for b in 1 2; do
+            echo "lab: $name: boot $b of 2" >> "$log.host"
+            boot "$name" "$log.boot$b" "$log.host" LAB_BOOT=$b
+            rc=$?
+            { echo "==== lab.sh: $name boot $b of 2 (LAB_BOOT=$b, disk $disk): guest exit $rc"
+              cat "$log.boot$b" 2>/dev/null; } >> "$log"
+            rm -f "$log.boot$b"
+            [ "$rc" = 0 ] || break
+        done
+        if [ "$rc" = 0 ]; then rm -f "$disk"
+        else echo "lab: $name: failed in boot $b of 2; disk kept: $disk" >> "$log.host"; fi ;;
+    *)
+        boot "$name" "$log" "$log.host"
+        rc=$? ;;
+    esac
     e=$(date +%s%N)
     echo "$rc" > "$log.rc"
     echo "$(( (e - s) / 1000000 ))" > "$log.ms"

@@ -9,6 +9,8 @@
 #
 # The console goes to $LOG (default: stdout). Exit status: the guest script's,
 # read from the "@@LAB-EXIT=N@@" line; 124 = timeout, 125 = VM ended without it.
+# (/init prints it before powering off; a scenario that cuts the power itself,
+# fixture/persist.rs power_loss(), prints it before the reset.)
 # Env: LAB_CACHE, TIMEOUT (s, default 600), MEM (MiB, 1024), SMP (2),
 #      APPEND (kernel args), QEMU_EXTRA (extra qemu args, word-split), LOG.
 #      Every LAB_* variable is exported to the guest (/lab/env).

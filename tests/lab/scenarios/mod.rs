@@ -6,6 +6,7 @@ mod lab_fixture;
 mod libvirt;
 mod migration;
 mod mirror;
+mod persist;
 mod refusals;
 mod resilience;
 mod seed_flow;
