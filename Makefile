@@ -26,7 +26,7 @@ lab: deps
 
 lint:
 	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets --features lab -- -D warnings
+	$(CARGO) clippy --all-targets --features lab,crashpoints -- -D warnings
 
 demo: deps
 	bash tests/lab/demo.sh

@@ -1634,6 +1634,7 @@ impl<'a> Engine<'a> {
     /// Detach what `what` names. Not attached: Ok(false).
     pub fn detach(&self, what: &str) -> Result<bool, DiskError> {
         let Some((key, a, _key_lock)) = self.locked("detach", what)? else {
+            self.forget_partial(what)?;
             return Ok(false);
         };
         let mut errors = self.detach_recorded(&key, &a);
@@ -1652,6 +1653,31 @@ impl<'a> Engine<'a> {
                 .map(|(s, c)| format!("{s}: {c}"))
                 .collect(),
         })
+    }
+
+    /// Nothing recorded for `what`: if it is a spec, remove what an attach
+    /// killed while writing its first record may have left (the temporary
+    /// file of that write).
+    fn forget_partial(&self, what: &str) -> Result<(), DiskError> {
+        let Ok(spec) = what.parse::<Spec>() else {
+            return Ok(());
+        };
+        let key = key_of(&spec);
+        let fail = |step, cause: Cause| DiskError::new("detach", what, step, cause);
+        let _lock = self
+            .lock(&format!("attach-{key}"), &format!("attachment {key}"))
+            .map_err(|e| fail(Step::Lock, e.into()))?;
+        if self
+            .store
+            .load(&key)
+            .map_err(|e| fail(Step::State, e.into()))?
+            .is_none()
+        {
+            self.store
+                .remove(&key)
+                .map_err(|e| fail(Step::State, e.into()))?;
+        }
+        Ok(())
     }
 
     /// Undo a recorded attachment, best effort: every step is tried, every

@@ -412,18 +412,21 @@ fn list_json<T: for<'de> Deserialize<'de>>(dir: &Path) -> Result<Vec<(String, T)
     Ok(out)
 }
 
+/// Remove a state file and the temporary file a write killed before its
+/// rename may have left next to it.
 fn remove(path: &Path) -> Result<(), StateError> {
-    if path.exists() {
-        crate::crash::point("state remove", path);
+    for p in [path.with_extension("tmp"), path.to_path_buf()] {
+        if !p.exists() {
+            continue;
+        }
+        crate::crash::point("state remove", &p);
+        match fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(StateError::Io { path: p, source }),
+        }
     }
-    match fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(StateError::Io {
-            path: path.to_path_buf(),
-            source,
-        }),
-    }
+    Ok(())
 }
 
 /// Write `value` as JSON to `path` so that a crash leaves the old or the new file, never half of one.

@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use crate::iscsi;
 use crate::md;
-use crate::state::{Phase, StateError, Store};
+use crate::state::{Durable, Phase, StateError, Store};
 use crate::sysfs::Sys;
 
 /// The state of one leg.
@@ -63,6 +63,27 @@ pub struct Report {
     pub unknown_sessions: Vec<SessionStatus>,
     /// md arrays no attachment made (kernel names).
     pub unknown_arrays: Vec<String>,
+    /// iSCSI SCSI disks no attachment uses (`H:C:T:L sdX`), e.g. left by a
+    /// killed call; `detach SPEC` removes them.
+    pub unknown_disks: Vec<String>,
+    /// Labels whose local leg holds writes the iSCSI disk lacks.
+    pub local_newer: Vec<NewerStatus>,
+    /// Labels whose last attachment was never cleanly detached and that are
+    /// not attached now.
+    pub unclean: Vec<String>,
+}
+
+/// A local-is-newer record.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct NewerStatus {
+    /// The label.
+    pub label: String,
+    /// The local volume with the newer data.
+    pub local: String,
+    /// Why.
+    pub reason: String,
+    /// Seconds since the epoch when recorded.
+    pub since: u64,
 }
 
 fn session_status(s: &iscsi::Session) -> SessionStatus {
@@ -121,8 +142,10 @@ fn leg(
 }
 
 /// Build the report.
-pub fn report(sys: &Sys, store: &Store) -> Result<Report, StateError> {
+pub fn report(sys: &Sys, store: &Store, durable: &Durable) -> Result<Report, StateError> {
     let sessions = iscsi::sessions(sys);
+    let mut used_disks = Vec::new();
+    let mut labels = Vec::new();
     let arrays = md::arrays(sys);
     let mut used_targets = Vec::new();
     let mut used_arrays = Vec::new();
@@ -137,8 +160,12 @@ pub fn report(sys: &Sys, store: &Store) -> Result<Report, StateError> {
             used_arrays.push(x.kname.clone());
         }
         let mut legs = Vec::new();
+        if let Some(m) = &a.mirror {
+            labels.push(m.label.clone());
+        }
         let session = a.iscsi.as_ref().and_then(|i| {
             used_targets.push(i.target.clone());
+            used_disks.push(i.hctl.clone());
             legs.push(leg(
                 "iscsi",
                 format!("/dev/{}", i.kname),
@@ -196,10 +223,35 @@ pub fn report(sys: &Sys, store: &Store) -> Result<Report, StateError> {
         .map(|a| a.kname)
         .filter(|k| !used_arrays.contains(k))
         .collect();
+    let unknown_disks = sessions
+        .iter()
+        .flat_map(|s| iscsi::host_devices(sys, s.host))
+        .filter(|d| !used_disks.contains(&d.hctl))
+        .map(|d| format!("{} {}", d.hctl, d.block.as_deref().unwrap_or("-")))
+        .collect();
+    let local_newer = durable
+        .all_newer()?
+        .into_iter()
+        .map(|(_, n)| NewerStatus {
+            label: n.label,
+            local: n.local.display().to_string(),
+            reason: n.reason,
+            since: n.since,
+        })
+        .collect();
+    let unclean = durable
+        .all_open()?
+        .into_iter()
+        .map(|(_, o)| o.label)
+        .filter(|l| !labels.contains(l))
+        .collect();
     Ok(Report {
         attachments,
         unknown_sessions,
         unknown_arrays,
+        unknown_disks,
+        local_newer,
+        unclean,
     })
 }
 
@@ -250,6 +302,20 @@ impl Report {
         }
         for u in &self.unknown_arrays {
             s.push_str(&format!("unknown array {u}\n"));
+        }
+        for u in &self.unknown_disks {
+            s.push_str(&format!("unknown SCSI disk {u}\n"));
+        }
+        for n in &self.local_newer {
+            s.push_str(&format!(
+                "local leg newer: {} on {} ({}): its next attach resyncs local -> iSCSI\n",
+                n.label, n.local, n.reason
+            ));
+        }
+        for l in &self.unclean {
+            s.push_str(&format!(
+                "not detached cleanly: {l} (host crash or killed call)\n"
+            ));
         }
         s
     }

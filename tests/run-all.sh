@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.." || exit 1
 mkdir -p target
 fail_lint=0
 if ! cargo fmt --check >&2; then echo "lint: cargo fmt --check failed"; fail_lint=1; fi
-if ! cargo clippy --all-targets --features lab -- -D warnings >&2; then echo "lint: clippy failed"; fail_lint=1; fi
+if ! cargo clippy --all-targets --features lab,crashpoints -- -D warnings >&2; then echo "lint: clippy failed"; fail_lint=1; fi
 
 cargo test 2>&1 | tee target/unit.log
 unit_rc=${PIPESTATUS[0]}

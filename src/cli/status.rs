@@ -1,5 +1,5 @@
 //! `iscsimple status [--json]`.
-use iscsimple::state::Store;
+use iscsimple::state::{Durable, Store};
 use iscsimple::status;
 use iscsimple::sysfs::Sys;
 
@@ -15,8 +15,12 @@ pub(crate) struct Args {
 
 pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
     let config = load_config(config)?;
-    let r =
-        status::report(&Sys::default(), &Store::new(&config.run_dir)).map_err(Failure::failed)?;
+    let r = status::report(
+        &Sys::default(),
+        &Store::new(&config.run_dir),
+        &Durable::new(&config.state_dir),
+    )
+    .map_err(Failure::failed)?;
     if args.json {
         println!(
             "{}",

@@ -1,8 +1,10 @@
 #!/bin/bash
 # tests/lab/lab.sh [--list] [FILTER...] -- run the lab scenarios, one VM each.
 #
-# Builds (or reuses) the lab image, builds the iscsimple binary and the lab
-# test binary (tests/lab/main.rs) on the host, then boots one qemu TCG VM per
+# Builds (or reuses) the lab image, builds the iscsimple binary (with the
+# `crashpoints` feature: kill points the crash scenarios use, inert unless
+# ISCSIMPLE_CRASH_* is set) and the lab test binary (tests/lab/main.rs) on
+# the host, then boots one qemu TCG VM per
 # scenario whose name contains one of the FILTERs (all when none) and runs it
 # there as root. Prints one line per scenario, the guest's log for failures,
 # and a closing "N passed, N failed" line; exits 1 if any scenario failed.
@@ -48,7 +50,7 @@ bash "$HERE/${BUILD[0]}" "${BUILD[@]:1}" || { echo "lab: image build failed"; ec
 cd "$TOP" || exit 1
 echo "lab: building the binary and the lab scenarios" >&2
 cargo build --release --bin iscsimple --features crashpoints >&2 || { echo "0 passed, 1 failed"; exit 1; }
-testbin=$(cargo test --release --features lab --test lab --no-run 2>&1 | tee /dev/stderr \
+testbin=$(cargo test --release --features lab,crashpoints --test lab --no-run 2>&1 | tee /dev/stderr \
           | sed -n 's/.*Executable .*(\(.*\))$/\1/p' | tail -1)
 [ -n "$testbin" ] && [ -f "$TOP/$testbin" ] && testbin="$TOP/$testbin"
 [ -n "$testbin" ] && [ -f "$testbin" ] && [ -x "$testbin" ] || { echo "lab: lab test binary not built"; echo "0 passed, 1 failed"; exit 1; }

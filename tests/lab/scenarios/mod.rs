@@ -1,6 +1,7 @@
 //! One file per behaviour.
 mod attach;
 mod chap;
+mod crash;
 mod demo;
 mod lab_fixture;
 mod libvirt;

@@ -10,7 +10,8 @@ use crate::fixture::initiator;
 use crate::fixture::lvm::Vg;
 use crate::fixture::md;
 use crate::fixture::md::Md;
-use crate::fixture::net::Netns;
+use crate::fixture::net::{Netns, SERVICE_ADDR};
+use crate::fixture::persist;
 use crate::fixture::system::Snapshot;
 use crate::fixture::system::{Daemon, Ext4};
 use crate::fixture::target::{Kind, Target, TargetSpec};
@@ -388,4 +389,208 @@ fn wait_disk(iqn: &str, lun: u32) -> String {
         d.is_some()
     });
     d.expect("disk")
+}
+
+/// An HA target in the spirit of seed 003 (DRBD + heartbeat): the service
+/// address moves between two nodes (network namespaces) serving the same
+/// IQN from the same data, while the VM writes through the mirror. A quick
+/// failover (pause shorter than the replacement timeout) is ridden out by
+/// the session; a long one fails the iSCSI leg, the VM carries on locally,
+/// and `watch` heals the leg (incrementally: same SCSI identity on both
+/// nodes) once the second node serves. No write fails, every block checks.
+#[test]
+fn lab_failover_target_moves_while_writing() {
+    let _lab = Lab::start(Udev::On);
+    let state = Ext4::mount("/var/lib/iscsimple", 64);
+    let a = Netns::create_with("labha", 1, SERVICE_ADDR);
+    let b = Netns::create_with("labhb", 2, SERVICE_ADDR);
+    a.take();
+    let t = Target::start_in(
+        TargetSpec::new(Kind::Tgt, IQN, &[MIB]).scsi_ids(),
+        Some(a.clone()),
+    );
+    let lun = t.luns[0].clone();
+    let vg = Vg::create("labvg", MIB + 16);
+    let lv = vg.lv("vm1", MIB);
+    let tool = Tool::new(&format!(
+        "[discovery]\nportals = [\"{}\"]\n[timeouts]\nreplacement = 6\nnoop_interval = 2\nnoop_timeout = 2\nwatch = 1\n",
+        t.portal()
+    ));
+    tool.labels(&[("vm1-disk", lv.to_str().unwrap())]);
+    let dev = tool.attach(SPEC);
+    let m = Md::by_label("vm1-disk");
+    m.wait_synced(Duration::from_secs(120));
+    let sd = m.iscsi_member().expect("iSCSI member");
+    let watch = Daemon::start(
+        &bin(),
+        &["--config", tool.config.to_str().unwrap(), "watch"],
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let rounds = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (dev, stop, rounds) = (dev.clone(), stop.clone(), rounds.clone());
+        std::thread::spawn(move || {
+            let mut r = 0;
+            while !stop.load(Ordering::SeqCst) {
+                data::fill(&dev, r % 8, 4, 0xfa11_0000 + r);
+                r += 1;
+                rounds.store(r, Ordering::SeqCst);
+            }
+            r
+        })
+    };
+    let more_rounds = |n: u64| {
+        let now = rounds.load(Ordering::SeqCst);
+        wait_for("the writer to go on", Duration::from_secs(120), || {
+            rounds.load(Ordering::SeqCst) >= now + n
+        });
+    };
+    more_rounds(2);
+
+    // Quick failover A -> B: the session rides it out, no leg fails.
+    t.node_down();
+    std::thread::sleep(Duration::from_secs(2));
+    let t = t.fail_over_to(&b);
+    wait_for(
+        "the session back on node B",
+        Duration::from_secs(30),
+        session_logged_in,
+    );
+    more_rounds(2);
+    assert!(
+        !m.member_state(&sd).contains("faulty"),
+        "a failover shorter than the timeout fails nothing"
+    );
+    assert!(!Path::new(NEWER).exists());
+
+    // Long failover B -> A (tens of seconds): the leg fails, the VM goes on.
+    t.node_down();
+    wait_for("md to fail the iSCSI leg", Duration::from_secs(60), || {
+        m.member_state(&sd).contains("faulty")
+    });
+    wait_for(
+        "watch to record the failure",
+        Duration::from_secs(10),
+        || Path::new(NEWER).exists(),
+    );
+    more_rounds(2);
+    std::thread::sleep(Duration::from_secs(5));
+    let t = t.fail_over_to(&a);
+    wait_for(
+        "watch to heal the leg and clear the record",
+        Duration::from_secs(120),
+        || !Path::new(NEWER).exists(),
+    );
+    more_rounds(2);
+    stop.store(true, Ordering::SeqCst);
+    let n = writer.join().expect("no write failed");
+    m.wait_synced(Duration::from_secs(120));
+    watch.stop();
+    // Each MiB holds the last round that wrote it.
+    for mib in 0..(8 + 3).min(MIB) {
+        let last = (0..n).rev().find(|r| mib >= r % 8 && mib < r % 8 + 4);
+        if let Some(r) = last {
+            data::verify(&dev, mib, 1, 0xfa11_0000 + r);
+        }
+    }
+    data::equal(&lv, &lun.backing, MIB).expect("legs equal after the failovers");
+    let log = syslog();
+    assert!(log.contains("iSCSI leg re-added"), "{log}");
+    println!("writer did {n} rounds through two failovers");
+    tool.detach("vm1-disk");
+    t.stop();
+    vg.remove();
+    state.remove();
+    a.delete();
+    b.delete();
+    Snapshot::take().assert_clean();
+}
+
+/// The host loses power while the iSCSI leg is failed and the VM has
+/// written to the local leg only; `/var/lib` is on a disk that survives.
+/// After the reboot the record is there, and the next attach says the last
+/// attachment was never detached, trusts the local leg and resyncs it onto
+/// the iSCSI disk.
+#[test]
+fn lab_reboot_power_loss_while_degraded_keeps_local_is_newer() {
+    let config = |portal: &str| {
+        format!("[discovery]\nportals = [\"{portal}\"]\n[timeouts]\nreplacement = 5\nwatch = 1\n")
+    };
+    let spec = || TargetSpec::new(Kind::Tgt, IQN, &[MIB]);
+    // The whole "host disk": target data, the VG's image and /var/lib/iscsimple.
+    let host_disk = || {
+        persist::mount("/var/tmp");
+        std::fs::create_dir_all("/var/tmp/state").expect("mkdir");
+        std::fs::create_dir_all("/var/lib/iscsimple").expect("mkdir");
+        must(
+            "/usr/bin/mount",
+            &["-o", "bind", "/var/tmp/state", "/var/lib/iscsimple"],
+        );
+    };
+    match persist::boot() {
+        1 => {
+            host_disk();
+            let _lab = Lab::start(Udev::On);
+            let t = Target::start(spec());
+            let vg = Vg::create("labvg", MIB + 16);
+            let lv = vg.lv("vm1", MIB);
+            let tool = Tool::new(&config(&t.portal()));
+            tool.labels(&[("vm1-disk", lv.to_str().unwrap())]);
+            let dev = tool.attach(SPEC);
+            let m = Md::by_label("vm1-disk");
+            m.wait_synced(Duration::from_secs(120));
+            let sd = m.iscsi_member().expect("iSCSI member");
+            let _watch = Daemon::start(
+                &bin(),
+                &["--config", tool.config.to_str().unwrap(), "watch"],
+            );
+            t.kill();
+            data::fill(&dev, 2, 4, 0x0dd_ba11);
+            wait_for("md to fail the iSCSI leg", Duration::from_secs(60), || {
+                m.member_state(&sd).contains("faulty")
+            });
+            wait_for("the record", Duration::from_secs(10), || {
+                Path::new(NEWER).exists()
+            });
+            data::verify(&lv, 2, 4, 0x0dd_ba11);
+            println!("boot 1: degraded, local leg newer, recorded; power loss");
+            persist::power_loss();
+        }
+        _ => {
+            host_disk();
+            assert!(
+                Path::new(NEWER).exists(),
+                "the record survived the power loss"
+            );
+            assert!(Path::new("/var/lib/iscsimple/open/vm1-disk.json").exists());
+            let _lab = Lab::start(Udev::On);
+            let t = Target::reopen(spec());
+            let lun = t.luns[0].clone();
+            data::verify(&lun.backing, 2, 4, lun.seed); // the iSCSI disk is stale
+            let vg = Vg::reopen("labvg");
+            let lv = std::path::PathBuf::from("/dev/labvg/vm1");
+            let tool = Tool::new(&config(&t.portal()));
+            tool.labels(&[("vm1-disk", lv.to_str().unwrap())]);
+            let out = tool.run(&["attach", SPEC]);
+            assert!(out.ok(), "{}", out.stderr);
+            assert!(
+                out.stderr
+                    .contains("was never detached: the host went down with it")
+                    && out.stderr.contains("trusting the local leg"),
+                "attach says what it found and which leg it trusts: {}",
+                out.stderr
+            );
+            let m = Md::by_label("vm1-disk");
+            m.wait_synced(Duration::from_secs(120));
+            data::verify(&m.dev(), 2, 4, 0x0dd_ba11);
+            data::verify(&lun.backing, 2, 4, 0x0dd_ba11);
+            data::equal(&lv, &lun.backing, MIB).expect("legs equal");
+            tool.run(&["watch", "--once"]);
+            assert!(!Path::new(NEWER).exists(), "cleared once in sync");
+            tool.detach("vm1-disk");
+            assert!(!Path::new("/var/lib/iscsimple/open/vm1-disk.json").exists());
+            vg.remove();
+            Snapshot::take().assert_clean();
+        }
+    }
 }

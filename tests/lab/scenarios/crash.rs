@@ -1,0 +1,200 @@
+//! Crash convergence: the process is SIGKILLed at each step of attach and
+//! of detach that changes the host (the binary's kill points, enumerated by
+//! a first uninterrupted run, not picked by hand), then the same command or
+//! the opposite one runs again; the host must end as after an uninterrupted
+//! run, with nothing leaked (sessions, SCSI disks, arrays, /dev/md links,
+//! state files).
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::fixture::cmd::Out;
+use crate::fixture::initiator;
+use crate::fixture::lvm::Vg;
+use crate::fixture::md::Md;
+use crate::fixture::system::Snapshot;
+use crate::fixture::target::{Kind, Target, TargetSpec};
+use crate::fixture::tool::Tool;
+use crate::fixture::{Lab, Udev};
+
+const IQN: &str = "iqn.2024-01.lab.iscsimple:crash";
+const SPEC: &str = "lun1@iqn.2024-01.lab.iscsimple:crash+vm1-disk";
+const LOG: &str = "/run/crash-points.log";
+const MIB: u64 = 16;
+
+/// Run the tool with its kill points logged, killed at the `at`-th one.
+fn run_killed(tool: &Tool, args: &[&str], at: Option<usize>) -> (Out, Vec<String>) {
+    let _ = fs::remove_file(LOG);
+    std::env::set_var("ISCSIMPLE_CRASH_LOG", LOG);
+    match at {
+        Some(n) => std::env::set_var("ISCSIMPLE_CRASH_AT", n.to_string()),
+        None => std::env::remove_var("ISCSIMPLE_CRASH_AT"),
+    }
+    let out = tool.run(args);
+    std::env::remove_var("ISCSIMPLE_CRASH_AT");
+    std::env::remove_var("ISCSIMPLE_CRASH_LOG");
+    let points = fs::read_to_string(LOG)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    (out, points)
+}
+
+/// Every state file the tool keeps (run and persistent), locks aside.
+fn state_files() -> Vec<String> {
+    let mut v = Vec::new();
+    for dir in ["/run/iscsimple", "/var/lib/iscsimple"] {
+        let mut stack = vec![Path::new(dir).to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    if !p.ends_with("locks") {
+                        stack.push(p);
+                    }
+                } else {
+                    v.push(p.display().to_string());
+                }
+            }
+        }
+    }
+    v.sort();
+    v
+}
+
+/// What "attached" means on this host: devices, the array's members, state.
+fn attached() -> (Snapshot, Vec<String>, Vec<String>) {
+    let m = Md::by_label("vm1-disk");
+    let mut members = m.members();
+    members.sort();
+    (Snapshot::take().devices(), members, state_files())
+}
+
+/// Each attach starts from the same host: no node record for the target
+/// (so discovery and node creation are among the steps).
+fn forget_nodes() {
+    initiator::iscsiadm(&["-m", "node", "-o", "delete", "-T", IQN]);
+}
+
+fn setup() -> (Target, Vg, Tool) {
+    let t = Target::start(TargetSpec::new(Kind::Tgt, IQN, &[MIB]));
+    let vg = Vg::create("labvg", MIB + 16);
+    let lv = vg.lv("vm1", MIB);
+    let tool = Tool::new(&format!("[discovery]\nportals = [\"{}\"]\n", t.portal()));
+    tool.labels(&[("vm1-disk", lv.to_str().unwrap())]);
+    (t, vg, tool)
+}
+
+fn assert_killed(out: &Out, points: &[String], k: usize) -> String {
+    let last = points.last().cloned().unwrap_or_default();
+    assert!(
+        out.code == -1 && last.ends_with("KILLED") && points.len() == k,
+        "kill point {k} not reached: exit {}, points {points:#?}",
+        out.code
+    );
+    last
+}
+
+#[test]
+fn lab_crash_at_every_attach_step_converges() {
+    let _lab = Lab::start(Udev::On);
+    let (_t, vg, tool) = setup();
+    forget_nodes();
+    let clean = Snapshot::take().devices();
+    let (out, points) = run_killed(&tool, &["attach", SPEC], None);
+    assert!(out.ok(), "{}", out.stderr);
+    let reference = attached();
+    tool.detach(SPEC);
+    assert_eq!(Snapshot::take().devices(), clean);
+    println!(
+        "{} kill points in attach:\n{}",
+        points.len(),
+        points.join("\n")
+    );
+    assert!(points.len() >= 10, "attach has many steps: {points:?}");
+    for k in 1..=points.len() {
+        // Killed, then attach again: the same end state as one clean attach.
+        forget_nodes();
+        let (out, p) = run_killed(&tool, &["attach", SPEC], Some(k));
+        let at = assert_killed(&out, &p, k);
+        // Whatever the kill left is visible in status.
+        if Snapshot::take().devices() != clean {
+            let st = tool.run(&["status"]).stdout;
+            assert!(
+                st.contains("(attaching)") || st.contains("unknown"),
+                "status shows what a kill at {at} left: {st}"
+            );
+        }
+        tool.attach(SPEC);
+        assert_eq!(attached(), reference, "attach after a kill at {at}");
+        tool.detach(SPEC);
+        assert_eq!(
+            Snapshot::take().devices(),
+            clean,
+            "detach after the rerun ({at})"
+        );
+        assert_eq!(state_files(), Vec::<String>::new(), "state after {at}");
+        // Killed, then detach: nothing left.
+        forget_nodes();
+        let (out, p) = run_killed(&tool, &["attach", SPEC], Some(k));
+        assert_killed(&out, &p, k);
+        let out = tool.run(&["detach", SPEC]);
+        assert!(out.ok(), "detach after a kill at {at}: {}", out.stderr);
+        assert_eq!(
+            Snapshot::take().devices(),
+            clean,
+            "detach after a kill at {at}"
+        );
+        assert_eq!(state_files(), Vec::<String>::new(), "state after {at}");
+    }
+    vg.remove();
+    Snapshot::take().assert_clean();
+}
+
+#[test]
+fn lab_crash_at_every_detach_step_converges() {
+    let _lab = Lab::start(Udev::On);
+    let (_t, vg, tool) = setup();
+    forget_nodes();
+    let clean = Snapshot::take().devices();
+    tool.attach(SPEC);
+    Md::by_label("vm1-disk").wait_synced(Duration::from_secs(60));
+    let reference = attached();
+    let (out, points) = run_killed(&tool, &["detach", SPEC], None);
+    assert!(out.ok(), "{}", out.stderr);
+    assert_eq!(Snapshot::take().devices(), clean);
+    println!(
+        "{} kill points in detach:\n{}",
+        points.len(),
+        points.join("\n")
+    );
+    assert!(points.len() >= 4, "detach has several steps: {points:?}");
+    for k in 1..=points.len() {
+        // Killed, then detach again: nothing left.
+        tool.attach(SPEC);
+        Md::by_label("vm1-disk").wait_synced(Duration::from_secs(60));
+        let (out, p) = run_killed(&tool, &["detach", SPEC], Some(k));
+        let at = assert_killed(&out, &p, k);
+        let out = tool.run(&["detach", SPEC]);
+        assert!(out.ok(), "detach after a kill at {at}: {}", out.stderr);
+        assert_eq!(Snapshot::take().devices(), clean, "after a kill at {at}");
+        assert_eq!(state_files(), Vec::<String>::new(), "state after {at}");
+        // Killed, then attach: attached as after one clean attach.
+        tool.attach(SPEC);
+        Md::by_label("vm1-disk").wait_synced(Duration::from_secs(60));
+        let (out, p) = run_killed(&tool, &["detach", SPEC], Some(k));
+        assert_killed(&out, &p, k);
+        tool.attach(SPEC);
+        Md::by_label("vm1-disk").wait_synced(Duration::from_secs(60));
+        assert_eq!(
+            attached(),
+            reference,
+            "attach after a detach killed at {at}"
+        );
+        tool.detach(SPEC);
+        assert_eq!(Snapshot::take().devices(), clean);
+    }
+    vg.remove();
+    Snapshot::take().assert_clean();
+}
