@@ -1785,6 +1785,13 @@ impl<'a> Engine<'a> {
             .owned_session(target)
             .map_err(|e| (Step::State, e.into()))?
             .is_some();
+        if !owned {
+            // Under the target lock: only a write killed before its rename
+            // (so before any login) can have left something to remove.
+            self.store
+                .disown_session(target)
+                .map_err(|e| (Step::State, e.into()))?;
+        }
         let session = iscsi::session_of(&self.sys, target);
         if let Some(s) = &session {
             let dev = iscsi::host_devices(&self.sys, s.host)
