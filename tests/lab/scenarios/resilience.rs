@@ -1,8 +1,6 @@
 //! Resilience: the target or the network to it fails under a mirrored disk;
 //! healing; the local leg's newer data survives a detach.
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::fixture::data;
@@ -12,11 +10,11 @@ use crate::fixture::md;
 use crate::fixture::md::Md;
 use crate::fixture::net::{Netns, SERVICE_ADDR};
 use crate::fixture::persist;
+use crate::fixture::system::Ext4;
 use crate::fixture::system::Snapshot;
-use crate::fixture::system::{Daemon, Ext4};
 use crate::fixture::target::{Kind, Target, TargetSpec};
+use crate::fixture::tool::syslog;
 use crate::fixture::tool::Tool;
-use crate::fixture::tool::{bin, syslog};
 use crate::fixture::{must, wait_for};
 use crate::fixture::{Lab, Udev};
 
@@ -32,17 +30,14 @@ fn lab_network_cut_shorter_than_timeout() {
     let ns = Netns::create("labtgt", 1);
     let t = Target::start_in(TargetSpec::new(Kind::Tgt, IQN, &[MIB]), Some(ns.clone()));
     let lun = t.luns[0].clone();
-    let vg = Vg::create("labvg", MIB + 16);
-    let lv = vg.lv("vm1", MIB);
-    let tool = Tool::new(&format!(
-        "[discovery]\nportals = [\"{}\"]\n[timeouts]\nreplacement = 15\n",
-        t.portal()
-    ));
-    tool.labels(&[("vm1-disk", lv.to_str().unwrap())]);
-    let dev = tool.attach(&format!("lun1@{IQN}+vm1-disk"));
-    let m = Md::by_label("vm1-disk");
-    m.wait_synced(Duration::from_secs(120));
-    let sd = m.iscsi_member().expect("iSCSI member");
+    let Mirrored {
+        vg,
+        lv,
+        tool,
+        dev,
+        m,
+        sd,
+    } = mirrored(&t, "replacement = 15", 0);
 
     ns.cut();
     let writer = {
@@ -75,6 +70,41 @@ const BIG: u64 = 128;
 const SPEC: &str = "lun1@iqn.2024-01.lab.iscsimple:resilience+vm1-disk";
 const NEWER: &str = "/var/lib/iscsimple/newer/vm1-disk.json";
 
+/// A mirrored disk on `t`'s first LUN with a local LV of the same size,
+/// attached and in sync; `timeouts` is the config's `[timeouts]` body;
+/// the VG keeps `spare` MiB free for other LVs.
+struct Mirrored {
+    vg: Vg,
+    lv: std::path::PathBuf,
+    tool: Tool,
+    dev: std::path::PathBuf,
+    m: Md,
+    sd: String,
+}
+
+fn mirrored(t: &Target, timeouts: &str, spare: u64) -> Mirrored {
+    let mib = t.luns[0].mib;
+    let vg = Vg::create("labvg", mib + spare + 16);
+    let lv = vg.lv("vm1", mib);
+    let tool = Tool::new(&format!(
+        "[discovery]\nportals = [\"{}\"]\n[timeouts]\n{timeouts}\n",
+        t.portal()
+    ));
+    tool.labels(&[("vm1-disk", lv.to_str().unwrap())]);
+    let dev = tool.attach(SPEC);
+    let m = Md::by_label("vm1-disk");
+    m.wait_synced(Duration::from_secs(180));
+    let sd = m.iscsi_member().expect("iSCSI member");
+    Mirrored {
+        vg,
+        lv,
+        tool,
+        dev,
+        m,
+        sd,
+    }
+}
+
 fn session_logged_in() -> bool {
     crate::fixture::initiator::sessions(IQN)
         .first()
@@ -96,46 +126,29 @@ fn lab_target_dies_under_writer_watch_heals_with_bitmap() {
     let state = Ext4::mount("/var/lib/iscsimple", 64);
     let t = Target::start(TargetSpec::new(Kind::Tgt, IQN, &[BIG]));
     let lun = t.luns[0].clone();
-    let vg = Vg::create("labvg", BIG + 16);
-    let lv = vg.lv("vm1", BIG);
-    let tool = Tool::new(&format!(
-        "[discovery]\nportals = [\"{}\"]\n[timeouts]\nreplacement = 5\nnoop_interval = 2\nnoop_timeout = 2\nwatch = 1\n",
-        t.portal()
-    ));
-    tool.labels(&[("vm1-disk", lv.to_str().unwrap())]);
-    let dev = tool.attach(SPEC);
-    let m = Md::by_label("vm1-disk");
-    m.wait_synced(Duration::from_secs(180));
+    let Mirrored {
+        vg,
+        lv,
+        tool,
+        dev,
+        m,
+        sd,
+    } = mirrored(
+        &t,
+        "replacement = 5\nnoop_interval = 2\nnoop_timeout = 2\nwatch = 1",
+        0,
+    );
     assert_eq!(
         m.attr("bitmap/location"),
         "file",
         "write-intent bitmap file in use"
     );
     assert!(Path::new("/var/lib/iscsimple/bitmaps/vm1-disk.bitmap").exists());
-    let sd = m.iscsi_member().expect("iSCSI member");
-    let watch = Daemon::start(
-        &bin(),
-        &["--config", tool.config.to_str().unwrap(), "watch"],
-    );
+    let watch = tool.watch();
 
     // A writer loops over MiB 64..68, each round with its own seed.
-    let stop = Arc::new(AtomicBool::new(false));
-    let rounds = Arc::new(AtomicU64::new(0));
-    let writer = {
-        let (dev, stop, rounds) = (dev.clone(), stop.clone(), rounds.clone());
-        std::thread::spawn(move || {
-            let mut r = 0;
-            while !stop.load(Ordering::SeqCst) {
-                data::fill(&dev, 64, 4, 0x5eed_0000 + r);
-                r += 1;
-                rounds.store(r, Ordering::SeqCst);
-            }
-            r - 1
-        })
-    };
-    wait_for("the writer's first round", Duration::from_secs(30), || {
-        rounds.load(Ordering::SeqCst) >= 1
-    });
+    let writer = data::Writer::start(&dev, |r| (64, 4, 0x5eed_0000 + r));
+    writer.wait_rounds(1);
     t.kill();
     let killed = Instant::now();
     wait_for("md to fail the iSCSI leg", Duration::from_secs(60), || {
@@ -147,14 +160,8 @@ fn lab_target_dies_under_writer_watch_heals_with_bitmap() {
         Duration::from_secs(10),
         || Path::new(NEWER).exists(),
     );
-    let at_fault = rounds.load(Ordering::SeqCst);
-    wait_for(
-        "two more rounds on the local leg",
-        Duration::from_secs(60),
-        || rounds.load(Ordering::SeqCst) >= at_fault + 2,
-    );
-    stop.store(true, Ordering::SeqCst);
-    let last = writer.join().expect("no error reached the writer");
+    writer.wait_rounds(2);
+    let last = writer.finish() - 1;
     println!(
         "leg failed {:.1}s after the kill; record written {:.2}s after md failed it; writer did {} rounds",
         failed_after.as_secs_f64(),
@@ -274,18 +281,15 @@ fn lab_degraded_detach_then_attach_local_wins() {
     let _lab = Lab::start(Udev::On);
     let t = Target::start(TargetSpec::new(Kind::Tgt, IQN, &[MIB]));
     let lun = t.luns[0].clone();
-    let vg = Vg::create("labvg", 2 * MIB + 16);
-    let lv = vg.lv("vm1", MIB);
+    let Mirrored {
+        vg,
+        lv,
+        tool,
+        dev,
+        m,
+        sd,
+    } = mirrored(&t, "replacement = 5", MIB);
     let copy = vg.lv("seedcopy", MIB);
-    let tool = Tool::new(&format!(
-        "[discovery]\nportals = [\"{}\"]\n[timeouts]\nreplacement = 5\n",
-        t.portal()
-    ));
-    tool.labels(&[("vm1-disk", lv.to_str().unwrap())]);
-    let dev = tool.attach(SPEC);
-    let m = Md::by_label("vm1-disk");
-    m.wait_synced(Duration::from_secs(120));
-    let sd = m.iscsi_member().expect("iSCSI member");
     t.kill();
     data::fill(&dev, 8, 4, 0xbeef);
     wait_for("md to fail the iSCSI leg", Duration::from_secs(60), || {
@@ -410,42 +414,21 @@ fn lab_failover_target_moves_while_writing() {
         Some(a.clone()),
     );
     let lun = t.luns[0].clone();
-    let vg = Vg::create("labvg", MIB + 16);
-    let lv = vg.lv("vm1", MIB);
-    let tool = Tool::new(&format!(
-        "[discovery]\nportals = [\"{}\"]\n[timeouts]\nreplacement = 6\nnoop_interval = 2\nnoop_timeout = 2\nwatch = 1\n",
-        t.portal()
-    ));
-    tool.labels(&[("vm1-disk", lv.to_str().unwrap())]);
-    let dev = tool.attach(SPEC);
-    let m = Md::by_label("vm1-disk");
-    m.wait_synced(Duration::from_secs(120));
-    let sd = m.iscsi_member().expect("iSCSI member");
-    let watch = Daemon::start(
-        &bin(),
-        &["--config", tool.config.to_str().unwrap(), "watch"],
+    let Mirrored {
+        vg,
+        lv,
+        tool,
+        dev,
+        m,
+        sd,
+    } = mirrored(
+        &t,
+        "replacement = 6\nnoop_interval = 2\nnoop_timeout = 2\nwatch = 1",
+        0,
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    let rounds = Arc::new(AtomicU64::new(0));
-    let writer = {
-        let (dev, stop, rounds) = (dev.clone(), stop.clone(), rounds.clone());
-        std::thread::spawn(move || {
-            let mut r = 0;
-            while !stop.load(Ordering::SeqCst) {
-                data::fill(&dev, r % 8, 4, 0xfa11_0000 + r);
-                r += 1;
-                rounds.store(r, Ordering::SeqCst);
-            }
-            r
-        })
-    };
-    let more_rounds = |n: u64| {
-        let now = rounds.load(Ordering::SeqCst);
-        wait_for("the writer to go on", Duration::from_secs(120), || {
-            rounds.load(Ordering::SeqCst) >= now + n
-        });
-    };
-    more_rounds(2);
+    let watch = tool.watch();
+    let writer = data::Writer::start(&dev, |r| (r % 8, 4, 0xfa11_0000 + r));
+    writer.wait_rounds(2);
 
     // Quick failover A -> B: the session rides it out, no leg fails.
     t.node_down();
@@ -456,7 +439,7 @@ fn lab_failover_target_moves_while_writing() {
         Duration::from_secs(30),
         session_logged_in,
     );
-    more_rounds(2);
+    writer.wait_rounds(2);
     assert!(
         !m.member_state(&sd).contains("faulty"),
         "a failover shorter than the timeout fails nothing"
@@ -473,7 +456,7 @@ fn lab_failover_target_moves_while_writing() {
         Duration::from_secs(10),
         || Path::new(NEWER).exists(),
     );
-    more_rounds(2);
+    writer.wait_rounds(2);
     std::thread::sleep(Duration::from_secs(5));
     let t = t.fail_over_to(&a);
     wait_for(
@@ -481,9 +464,8 @@ fn lab_failover_target_moves_while_writing() {
         Duration::from_secs(120),
         || !Path::new(NEWER).exists(),
     );
-    more_rounds(2);
-    stop.store(true, Ordering::SeqCst);
-    let n = writer.join().expect("no write failed");
+    writer.wait_rounds(2);
+    let n = writer.finish();
     m.wait_synced(Duration::from_secs(120));
     watch.stop();
     // Each MiB holds the last round that wrote it.
@@ -540,10 +522,7 @@ fn lab_reboot_power_loss_while_degraded_keeps_local_is_newer() {
             let m = Md::by_label("vm1-disk");
             m.wait_synced(Duration::from_secs(120));
             let sd = m.iscsi_member().expect("iSCSI member");
-            let _watch = Daemon::start(
-                &bin(),
-                &["--config", tool.config.to_str().unwrap(), "watch"],
-            );
+            let _watch = tool.watch();
             t.kill();
             data::fill(&dev, 2, 4, 0x0dd_ba11);
             wait_for("md to fail the iSCSI leg", Duration::from_secs(60), || {
