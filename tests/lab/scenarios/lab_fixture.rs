@@ -44,7 +44,10 @@ fn login_with(t: &Target, settings: &[(&str, &str)]) -> Vec<PathBuf> {
                 ini::disk(t.iqn(), l.number).map(|d| sd = d).is_some()
             });
             let p = PathBuf::from(format!("/dev/{sd}"));
-            wait_for("LUN disk node", Duration::from_secs(15), || p.exists());
+            // The node can exist before the disk is live (open: ENXIO).
+            wait_for("LUN disk node to open", Duration::from_secs(15), || {
+                fs::File::open(&p).is_ok()
+            });
             assert_eq!(
                 data::size(&p),
                 l.mib * data::MIB,

@@ -173,7 +173,35 @@ fn lab_target_dies_under_writer_watch_heals_with_bitmap() {
     data::verify(&dev, 0, 64, lun.seed);
 
     // Target back: watch re-adds the leg, only dirty regions are copied.
+    // The copy is slowed to ~2 MB/s (md does not count skipped clean
+    // chunks against the limit) so that sampling md's recovery position
+    // shows where the copying happens: in the dirty region at 64 MiB.
     let before = md::sectors_written(&sd);
+    crate::fixture::cmd::write(format!("{}/sync_speed_max", m.sys().display()), "2000");
+    let sampler = {
+        let sys = m.sys();
+        std::thread::spawn(move || {
+            let mut at = Vec::new();
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(120) {
+                let action = crate::fixture::read(sys.join("sync_action")).unwrap_or_default();
+                let done = crate::fixture::read(sys.join("sync_completed")).unwrap_or_default();
+                if action == "recover" {
+                    if let Some(s) = done
+                        .split('/')
+                        .next()
+                        .and_then(|d| d.trim().parse::<u64>().ok())
+                    {
+                        at.push(s / 2048); // MiB
+                    }
+                } else if !at.is_empty() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            at
+        })
+    };
     t.up();
     wait_for(
         "watch to heal and clear the record",
@@ -181,6 +209,15 @@ fn lab_target_dies_under_writer_watch_heals_with_bitmap() {
         || !Path::new(NEWER).exists(),
     );
     m.wait_synced(Duration::from_secs(120));
+    crate::fixture::cmd::write(format!("{}/sync_speed_max", m.sys().display()), "system");
+    let mut at = sampler.join().expect("sampler");
+    println!("recovery positions sampled during the watch heal (MiB): {at:?}");
+    at.sort_unstable();
+    let median = at.get(at.len() / 2).copied().unwrap_or(0);
+    assert!(
+        (62..=68).contains(&median),
+        "the copying happens in the dirty region at 64..68 MiB, median sample {median} MiB: {at:?}"
+    );
     let sd2 = m.iscsi_member().expect("iSCSI member back");
     let written = md::sectors_written(&sd2) - if sd2 == sd { before } else { 0 };
     println!("watch heal wrote {} KiB to the iSCSI leg", written / 2);
