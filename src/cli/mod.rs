@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 mod attach;
 mod check;
 mod detach;
+mod doctor;
 mod heal;
 mod join;
 mod libvirt_hook;
@@ -45,6 +46,8 @@ pub(crate) enum Command {
     Parse(parse::Args),
     /// Validate the configuration file and the label table.
     Check(check::Args),
+    /// Check the host (iscsid, initiator name, kernel modules, mdadm and LVM policy, duplicate UUIDs, hooks) and print the exact fix for each problem.
+    Doctor(doctor::Args),
     /// Attach a disk spec and print the device to hand to the hypervisor.
     Attach(attach::Args),
     /// Detach a spec, label or device: stop the array, remove the SCSI device, log out when unused.
@@ -132,6 +135,7 @@ pub(crate) fn main() -> ExitCode {
     let result = match cli.command {
         Command::Parse(args) => parse::run(args),
         Command::Check(args) => check::run(args, config),
+        Command::Doctor(args) => doctor::run(args, config),
         Command::Attach(args) => attach::run(args, config),
         Command::Detach(args) => detach::run(args, config),
         Command::Status(args) => status::run(args, config),
