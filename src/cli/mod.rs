@@ -148,7 +148,13 @@ pub(crate) fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("iscsimple: {}", one_line(&f.error));
+            let line = one_line(&f.error);
+            // Under xl or libvirt stderr lands in their logs; the journal
+            // gets the reason too.
+            if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                tracing::error!(code = f.code, "{line}");
+            }
+            eprintln!("iscsimple: {line}");
             ExitCode::from(f.code)
         }
     }
