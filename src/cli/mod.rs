@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod assets;
 mod attach;
 mod check;
 mod detach;
@@ -64,6 +65,9 @@ pub(crate) enum Command {
     LibvirtHook(libvirt_hook::Args),
     /// Xen hotplug: run by /etc/xen/scripts/block-iscsimple as `add` or `remove`.
     Xen(xen::Args),
+    /// Write the man pages and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateAssets(assets::Args),
 }
 
 /// A failed command: the error and the exit code it maps to.
@@ -144,6 +148,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Heal(args) => heal::run(args, config),
         Command::Watch(args) => watch::run(args, config),
         Command::LibvirtHook(args) => libvirt_hook::run(args, config),
+        Command::GenerateAssets(args) => assets::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
