@@ -104,13 +104,14 @@ pub(super) fn initiator_name(d: &Doctor<'_>) -> Finding {
         ));
     }
     // iscsid keeps the name it read at start: a file changed since then
-    // does not count until it restarts.
-    for h in d.sys.list("/sys/class/iscsi_host") {
+    // does not count until it restarts. Its sessions show the name it uses
+    // (the kernel prints "(null)" where iscsid set none).
+    for h in d.sys.list("/sys/class/iscsi_session") {
         if let Some(used) = d
             .sys
-            .read(format!("/sys/class/iscsi_host/{h}/initiatorname"))
+            .read(format!("/sys/class/iscsi_session/{h}/initiatorname"))
         {
-            if !used.is_empty() && !used.eq_ignore_ascii_case(name) {
+            if !used.is_empty() && used != "(null)" && !used.eq_ignore_ascii_case(name) {
                 return Finding::fail(
                     C,
                     vec![format!(
@@ -385,7 +386,7 @@ fn hook(
                     let me = std::env::current_exe()
                         .map(|p| p.display().to_string())
                         .unwrap_or_else(|_| "iscsimple".into());
-                    fix.push(format!("install -m 755 {me} {t}"));
+                    fix.push(format!("cp {me} {t} && chmod 755 {t}"));
                     format!("{path} runs {t}, which is missing or not executable")
                 }
                 (_, t) => {

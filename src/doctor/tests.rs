@@ -117,7 +117,7 @@ fn initiator_name_problems() {
     // iscsid still uses an older name
     r.put(INITIATOR, "InitiatorName=iqn.2000-01.a:new\n");
     r.put(
-        "/sys/class/iscsi_host/host3/initiatorname",
+        "/sys/class/iscsi_session/session3/initiatorname",
         "iqn.2000-01.a:old\n",
     );
     let f = r.check("initiator-name");
