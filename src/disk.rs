@@ -1816,7 +1816,11 @@ impl<'a> Engine<'a> {
             } else {
                 tracing::info!(target, sid = s.sid, owned, others, busy, "session kept");
             }
-        } else if owned && !others {
+        } else if !others {
+            // Not logged in: forget our record, and the temporary file of a
+            // record write that a kill cut short before it took effect
+            // (no json, so `owned` is false). The target lock keeps any
+            // other writer of that record out.
             self.store
                 .disown_session(target)
                 .map_err(|e| (Step::State, e.into()))?;
