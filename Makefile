@@ -1,19 +1,66 @@
 # iscsimple -- see README.md. Everything that touches the kernel runs in the
 # lab VM (tests/lab/): this machine's kernel need not have md or iSCSI.
 CARGO ?= cargo
+PREFIX ?= /usr
+DESTDIR ?=
+# man pages and completions, generated from the clap definitions
+ASSETS := target/assets
+BIN := target/release/iscsimple
 
-.PHONY: all build deps test unit lab lint demo fuzz clean-lab
+.PHONY: all build assets install uninstall deb lintian deps test unit lab lint demo fuzz clean-lab
 
 all: build
 
 build:
 	$(CARGO) build --release
 
+assets: build
+	rm -rf $(ASSETS)
+	$(BIN) generate-assets $(ASSETS)
+
+# The hooks and the unit name /usr/sbin/iscsimple: rewritten for another PREFIX.
+# An existing config or label table is never overwritten.
+install: assets
+	install -D -m 755 $(BIN) $(DESTDIR)$(PREFIX)/sbin/iscsimple
+	install -d -m 755 $(DESTDIR)/etc/xen/scripts $(DESTDIR)/etc/libvirt/hooks/qemu.d $(DESTDIR)/etc/iscsimple
+	sed 's|/usr/sbin/iscsimple|$(PREFIX)/sbin/iscsimple|' hotplug/block-iscsimple > $(DESTDIR)/etc/xen/scripts/block-iscsimple
+	sed 's|/usr/sbin/iscsimple|$(PREFIX)/sbin/iscsimple|' hotplug/libvirt-qemu-hook > $(DESTDIR)/etc/libvirt/hooks/qemu.d/iscsimple
+	chmod 755 $(DESTDIR)/etc/xen/scripts/block-iscsimple $(DESTDIR)/etc/libvirt/hooks/qemu.d/iscsimple
+	[ -e $(DESTDIR)/etc/iscsimple/iscsimple.toml ] || install -m 644 etc/iscsimple.toml $(DESTDIR)/etc/iscsimple/iscsimple.toml
+	[ -e $(DESTDIR)/etc/xen/scripts/block-iscsimple-tab.conf ] || install -m 644 etc/block-iscsimple-tab.conf $(DESTDIR)/etc/xen/scripts/block-iscsimple-tab.conf
+	install -d -m 755 $(DESTDIR)$(PREFIX)/lib/systemd/system
+	sed 's|/usr/sbin/iscsimple|$(PREFIX)/sbin/iscsimple|' etc/iscsimple-watch.service > $(DESTDIR)$(PREFIX)/lib/systemd/system/iscsimple-watch.service
+	install -d -m 755 $(DESTDIR)$(PREFIX)/share/man/man8
+	install -m 644 $(ASSETS)/man/*.8 $(DESTDIR)$(PREFIX)/share/man/man8/
+	install -D -m 644 $(ASSETS)/completions/iscsimple.bash $(DESTDIR)$(PREFIX)/share/bash-completion/completions/iscsimple
+	install -D -m 644 $(ASSETS)/completions/_iscsimple $(DESTDIR)$(PREFIX)/share/zsh/vendor-completions/_iscsimple
+	install -D -m 644 $(ASSETS)/completions/iscsimple.fish $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/iscsimple.fish
+	install -D -m 644 README.md $(DESTDIR)$(PREFIX)/share/doc/iscsimple/README.md
+	install -D -m 644 doc/status.schema.json $(DESTDIR)$(PREFIX)/share/doc/iscsimple/status.schema.json
+
+# Leaves the config, the label table and /var/lib/iscsimple (the admin's data).
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/sbin/iscsimple $(DESTDIR)/etc/xen/scripts/block-iscsimple \
+	      $(DESTDIR)/etc/libvirt/hooks/qemu.d/iscsimple \
+	      $(DESTDIR)$(PREFIX)/lib/systemd/system/iscsimple-watch.service \
+	      $(DESTDIR)$(PREFIX)/share/man/man8/iscsimple.8 $(DESTDIR)$(PREFIX)/share/man/man8/iscsimple-*.8 \
+	      $(DESTDIR)$(PREFIX)/share/bash-completion/completions/iscsimple \
+	      $(DESTDIR)$(PREFIX)/share/zsh/vendor-completions/_iscsimple \
+	      $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/iscsimple.fish
+	rm -rf $(DESTDIR)$(PREFIX)/share/doc/iscsimple
+
+# target/debian/iscsimple_VERSION-1_amd64.deb (cargo-deb: cargo install cargo-deb)
+deb: assets
+	$(CARGO) deb --no-build --strip
+
+lintian: deb
+	lintian --info --display-info target/debian/iscsimple_*.deb
+
 deps:
 	bash tests/deps.sh
 	bash tests/lab/build.sh
 
-# lints, unit tests, then every lab scenario in its own VM; closing line "N passed, N failed"
+# lints, unit tests, packaging, then every lab scenario in its own VM; closing line "N passed, N failed"
 test: deps
 	bash tests/run-all.sh
 

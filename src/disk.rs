@@ -1785,13 +1785,6 @@ impl<'a> Engine<'a> {
             .owned_session(target)
             .map_err(|e| (Step::State, e.into()))?
             .is_some();
-        if !owned {
-            // Under the target lock: only a write killed before its rename
-            // (so before any login) can have left something to remove.
-            self.store
-                .disown_session(target)
-                .map_err(|e| (Step::State, e.into()))?;
-        }
         let session = iscsi::session_of(&self.sys, target);
         if let Some(s) = &session {
             let dev = iscsi::host_devices(&self.sys, s.host)
@@ -1823,7 +1816,11 @@ impl<'a> Engine<'a> {
             } else {
                 tracing::info!(target, sid = s.sid, owned, others, busy, "session kept");
             }
-        } else if owned && !others {
+        } else if !others {
+            // Not logged in: forget our record, and the temporary file of a
+            // record write that a kill cut short before it took effect
+            // (no json, so `owned` is false). The target lock keeps any
+            // other writer of that record out.
             self.store
                 .disown_session(target)
                 .map_err(|e| (Step::State, e.into()))?;

@@ -12,11 +12,13 @@
 //! - [`iscsi`], [`md`], [`volume`] — the three kinds of device.
 //! - [`lock`], [`state`] — concurrency and memory across calls.
 //! - [`disk`] — attach and detach with rollback; [`status`]: what is attached.
+//! - [`doctor`] — host checks, each with the exact fix.
 #![deny(missing_docs)]
 
 pub mod config;
 pub mod crash;
 pub mod disk;
+pub mod doctor;
 pub mod iscsi;
 pub mod labels;
 pub mod libvirt;

@@ -1,5 +1,9 @@
 //! What is attached, as the kernel shows it now: each recorded attachment
-//! with its session and legs, plus sessions and arrays the tool does not know.
+//! with its session, legs and the VMs holding it, plus sessions and arrays
+//! the tool does not know.
+//!
+//! `status --json` prints [`Report`]; its schema is `doc/status.schema.json`
+//! ([`SCHEMA_VERSION`] bumps on any incompatible change).
 use serde::Serialize;
 
 use crate::iscsi;
@@ -22,6 +26,23 @@ pub struct LegStatus {
     pub recovery_percent: Option<f64>,
     /// Recovery speed in KiB/s, while it recovers.
     pub speed_kib: Option<u64>,
+    /// Seconds until the recovery ends at the current speed.
+    pub eta_seconds: Option<u64>,
+}
+
+/// A VM (hypervisor backend) holding an attachment.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct VmStatus {
+    /// `xen`, `libvirt` or `other`.
+    pub hypervisor: &'static str,
+    /// Xen domain id, or libvirt domain name.
+    pub domain: String,
+    /// The VM's name, when known (libvirt: the domain; Xen: from xenstore).
+    pub name: Option<String>,
+    /// Backend path (Xen) or guest disk (libvirt).
+    pub backend: String,
+    /// Whether the VM writes to it.
+    pub writable: bool,
 }
 
 /// One attachment.
@@ -39,6 +60,8 @@ pub struct AttachmentStatus {
     pub session: Option<SessionStatus>,
     /// Legs.
     pub legs: Vec<LegStatus>,
+    /// The VMs holding it (none when attached by hand).
+    pub vms: Vec<VmStatus>,
 }
 
 /// An iSCSI session.
@@ -54,9 +77,14 @@ pub struct SessionStatus {
     pub portal: Option<String>,
 }
 
+/// Version of the `status --json` schema.
+pub const SCHEMA_VERSION: u32 = 1;
+
 /// Everything.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Report {
+    /// [`SCHEMA_VERSION`].
+    pub schema_version: u32,
     /// Recorded attachments.
     pub attachments: Vec<AttachmentStatus>,
     /// Sessions no attachment uses.
@@ -120,6 +148,13 @@ fn leg(
         }
     };
     let recovering = state == "recovering";
+    let speed_kib = array.filter(|_| recovering).and_then(|a| a.speed_kib);
+    // sectors left / (KiB/s * 2 sectors per KiB)
+    let eta_seconds = array
+        .filter(|_| recovering)
+        .and_then(|a| a.progress)
+        .zip(speed_kib.filter(|s| *s > 0))
+        .map(|((d, t), s)| t.saturating_sub(d) / (s * 2));
     #[allow(clippy::cast_precision_loss)] // a percentage
     let recovery_percent = array
         .filter(|_| recovering)
@@ -137,7 +172,25 @@ fn leg(
         state,
         write_mostly,
         recovery_percent,
-        speed_kib: array.filter(|_| recovering).and_then(|a| a.speed_kib),
+        speed_kib,
+        eta_seconds,
+    }
+}
+
+fn vm_status(name: &str, h: &crate::state::Holder) -> VmStatus {
+    let hypervisor = if name.starts_with("xen-") {
+        "xen"
+    } else if name.starts_with("libvirt-") {
+        "libvirt"
+    } else {
+        "other"
+    };
+    VmStatus {
+        hypervisor,
+        domain: h.domain.clone(),
+        name: (hypervisor == "libvirt").then(|| h.domain.clone()),
+        backend: h.backend.clone(),
+        writable: h.writable,
     }
 }
 
@@ -150,6 +203,7 @@ pub fn report(sys: &Sys, store: &Store, durable: &Durable) -> Result<Report, Sta
     let mut used_targets = Vec::new();
     let mut used_arrays = Vec::new();
     let mut attachments = Vec::new();
+    let holders = store.holders()?;
     for (_, a) in store.all()? {
         let array = a
             .mirror
@@ -186,6 +240,7 @@ pub fn report(sys: &Sys, store: &Store, durable: &Durable) -> Result<Report, Sta
                     write_mostly: false,
                     recovery_percent: None,
                     speed_kib: None,
+                    eta_seconds: None,
                 }),
                 Some(p) => {
                     let k = crate::volume::resolve(sys, p).ok().map(|v| v.kname);
@@ -198,6 +253,7 @@ pub fn report(sys: &Sys, store: &Store, durable: &Durable) -> Result<Report, Sta
                     write_mostly: false,
                     recovery_percent: None,
                     speed_kib: None,
+                    eta_seconds: None,
                 }),
             }
         }
@@ -211,6 +267,11 @@ pub fn report(sys: &Sys, store: &Store, durable: &Durable) -> Result<Report, Sta
             array: array.map(|x| x.kname.clone()),
             session,
             legs,
+            vms: holders
+                .iter()
+                .filter(|(_, h)| h.spec == a.spec)
+                .map(|(n, h)| vm_status(n, h))
+                .collect(),
         });
     }
     let unknown_sessions = sessions
@@ -246,6 +307,7 @@ pub fn report(sys: &Sys, store: &Store, durable: &Durable) -> Result<Report, Sta
         .filter(|l| !labels.contains(l))
         .collect();
     Ok(Report {
+        schema_version: SCHEMA_VERSION,
         attachments,
         unknown_sessions,
         unknown_arrays,
@@ -261,38 +323,8 @@ impl Report {
         let mut s = String::new();
         if self.attachments.is_empty() {
             s.push_str("no attachments\n");
-        }
-        for a in &self.attachments {
-            s.push_str(&format!(
-                "{} -> {} ({})\n",
-                a.spec,
-                a.device.as_deref().unwrap_or("-"),
-                a.phase
-            ));
-            if let Some(se) = &a.session {
-                s.push_str(&format!(
-                    "  session {} {} {}\n",
-                    se.sid,
-                    se.state,
-                    se.portal.as_deref().unwrap_or("")
-                ));
-            }
-            if let Some(k) = &a.array {
-                s.push_str(&format!("  array {k}\n"));
-            }
-            for l in &a.legs {
-                let mut flags = l.state.clone();
-                if l.write_mostly {
-                    flags.push_str(",write-mostly");
-                }
-                if let Some(p) = l.recovery_percent {
-                    flags.push_str(&format!(" {p:.1}%"));
-                }
-                if let Some(k) = l.speed_kib {
-                    flags.push_str(&format!(" {k}K/s"));
-                }
-                s.push_str(&format!("  {:<6} {:<28} {flags}\n", l.role, l.device));
-            }
+        } else {
+            s.push_str(&self.table());
         }
         for u in &self.unknown_sessions {
             s.push_str(&format!(
@@ -318,5 +350,159 @@ impl Report {
             ));
         }
         s
+    }
+
+    /// One row per leg (one for an attachment without legs); the
+    /// attachment's columns only on its first row.
+    pub fn table(&self) -> String {
+        let head = [
+            "SPEC", "DEVICE", "VM", "SESSION", "LEG", "PATH", "STATE", "RESYNC", "SPEED", "LEFT",
+        ];
+        let mut rows: Vec<Vec<String>> = vec![head.iter().map(ToString::to_string).collect()];
+        for a in &self.attachments {
+            let mut device = a.device.clone().unwrap_or_else(|| "-".into());
+            if let Some(k) = &a.array {
+                device.push_str(&format!(" ({k})"));
+            }
+            if a.phase != "attached" {
+                device.push_str(&format!(" ({})", a.phase));
+            }
+            let vms: Vec<String> = a
+                .vms
+                .iter()
+                .map(|v| {
+                    let n = v
+                        .name
+                        .clone()
+                        .unwrap_or_else(|| format!("{}:{}", v.hypervisor, v.domain));
+                    if v.writable {
+                        n
+                    } else {
+                        format!("{n}(ro)")
+                    }
+                })
+                .collect();
+            let session = a.session.as_ref().map_or_else(
+                || "-".to_string(),
+                |se| {
+                    format!(
+                        "{} {} {}",
+                        se.sid,
+                        se.state,
+                        se.portal.as_deref().unwrap_or("")
+                    )
+                },
+            );
+            let first = [
+                a.spec.clone(),
+                device,
+                if vms.is_empty() {
+                    "-".into()
+                } else {
+                    vms.join(",")
+                },
+                session.trim_end().to_string(),
+            ];
+            let legs: Vec<[String; 6]> = a
+                .legs
+                .iter()
+                .map(|l| {
+                    let mut state = l.state.clone();
+                    if l.write_mostly {
+                        state.push_str(",write-mostly");
+                    }
+                    [
+                        l.role.to_string(),
+                        l.device.clone(),
+                        state,
+                        l.recovery_percent
+                            .map_or_else(|| "-".into(), |p| format!("{p:.1}%")),
+                        l.speed_kib.map_or_else(|| "-".into(), speed),
+                        l.eta_seconds.map_or_else(|| "-".into(), duration),
+                    ]
+                })
+                .collect();
+            if legs.is_empty() {
+                let mut r = first.to_vec();
+                r.extend(std::iter::repeat("-".to_string()).take(6));
+                rows.push(r);
+            }
+            for (i, l) in legs.into_iter().enumerate() {
+                let mut r = if i == 0 {
+                    first.to_vec()
+                } else {
+                    vec![String::new(); 4]
+                };
+                r.extend(l);
+                rows.push(r);
+            }
+        }
+        let widths: Vec<usize> = (0..head.len())
+            .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+            .collect();
+        let mut s = String::new();
+        for r in rows {
+            let line: Vec<String> = r
+                .iter()
+                .zip(&widths)
+                .map(|(v, w)| format!("{v:<w$}"))
+                .collect();
+            s.push_str(line.join("  ").trim_end());
+            s.push('\n');
+        }
+        s
+    }
+
+    /// A progress bar per leg that is resyncing, for `status --watch`.
+    pub fn progress(&self, width: usize) -> String {
+        let mut s = String::new();
+        for a in &self.attachments {
+            for l in a.legs.iter().filter(|l| l.state == "recovering") {
+                let p = l.recovery_percent.unwrap_or(0.0);
+                s.push_str(&format!(
+                    "{} {} {} {} {p:5.1}%  {}  {} left\n",
+                    a.spec,
+                    l.role,
+                    l.device,
+                    bar(p, width),
+                    l.speed_kib.map_or_else(|| "-".into(), speed),
+                    l.eta_seconds.map_or_else(|| "-".into(), duration),
+                ));
+            }
+        }
+        s
+    }
+}
+
+/// `[#####-----]`, `width` cells inside the brackets.
+pub fn bar(percent: f64, width: usize) -> String {
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss
+    )]
+    let done = ((percent.clamp(0.0, 100.0) / 100.0) * width as f64).round() as usize;
+    format!(
+        "[{}{}]",
+        "#".repeat(done),
+        "-".repeat(width - done.min(width))
+    )
+}
+
+fn speed(kib: u64) -> String {
+    if kib >= 1024 {
+        #[allow(clippy::cast_precision_loss)] // a display value
+        let m = kib as f64 / 1024.0;
+        format!("{m:.1} MiB/s")
+    } else {
+        format!("{kib} KiB/s")
+    }
+}
+
+fn duration(secs: u64) -> String {
+    if secs >= 3600 {
+        format!("{}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+    } else {
+        format!("{}:{:02}", secs / 60, secs % 60)
     }
 }

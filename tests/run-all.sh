@@ -1,6 +1,7 @@
 #!/bin/bash
 # tests/run-all.sh -- what `make test` runs: lints, unit tests (cargo test),
-# then the lab scenarios in the VM; one closing "N passed, N failed" line.
+# packaging (tests/package.sh), then the lab scenarios in the VM; one
+# closing "N passed, N failed" line.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 mkdir -p target
@@ -17,6 +18,14 @@ up=${up:-0}; uf=${uf:-0}
 # a build failure counts as a failure even when no test ran
 [ "$unit_rc" != 0 ] && [ "$uf" = 0 ] && uf=1
 
+# packaging: make deb, lintian, contents, make install/uninstall
+bash tests/package.sh 2>&1 | tee target/package.log
+pkg_rc=${PIPESTATUS[0]}
+pp=$(tail -1 target/package.log | sed -n 's/^package: \([0-9]*\) passed, \([0-9]*\) failed$/\1/p')
+pf=$(tail -1 target/package.log | sed -n 's/^package: \([0-9]*\) passed, \([0-9]*\) failed$/\2/p')
+pp=${pp:-0}; pf=${pf:-0}
+[ "$pkg_rc" != 0 ] && [ "$pf" = 0 ] && pf=1
+
 bash tests/lab/lab.sh 2>target/lab.err | tee target/lab.log
 lab_rc=${PIPESTATUS[0]}
 lp=$(tail -1 target/lab.log | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\1/p')
@@ -32,6 +41,6 @@ xf=$(tail -1 target/lab-xen.log | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) faile
 xp=${xp:-0}; xf=${xf:-0}
 if [ "$xen_rc" != 0 ] && [ "$xf" = 0 ]; then xf=1; tail -40 target/lab-xen.err; fi
 
-echo "lint: $([ $fail_lint = 0 ] && echo ok || echo FAILED); unit: $up passed, $uf failed; lab: $lp passed, $lf failed; xen lab: $xp passed, $xf failed"
-echo "$((up + lp + xp)) passed, $((uf + lf + xf + fail_lint)) failed"
-[ "$unit_rc" = 0 ] && [ "$lab_rc" = 0 ] && [ "$xen_rc" = 0 ] && [ $fail_lint = 0 ]
+echo "lint: $([ $fail_lint = 0 ] && echo ok || echo FAILED); unit: $up passed, $uf failed; package: $pp passed, $pf failed; lab: $lp passed, $lf failed; xen lab: $xp passed, $xf failed"
+echo "$((up + pp + lp + xp)) passed, $((uf + pf + lf + xf + fail_lint)) failed"
+[ "$unit_rc" = 0 ] && [ "$pkg_rc" = 0 ] && [ "$lab_rc" = 0 ] && [ "$xen_rc" = 0 ] && [ $fail_lint = 0 ]

@@ -26,6 +26,10 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: Args, config: Option<&Path>) -> CmdResult {
+    // Every log line of this call carries the domain (and, per disk, the spec).
+    let span =
+        tracing::info_span!("libvirt", domain = %args.name, op = %args.op, subop = %args.subop);
+    let _entered = span.enter();
     let action = libvirt::action(&args.op, &args.subop);
     let mut xml = String::new();
     // libvirt writes the whole XML and closes stdin; read it so it never blocks.
@@ -98,6 +102,8 @@ fn attach_all(
     let mut done: Vec<String> = Vec::new();
     for d in disks {
         let name = libvirt::holder_name(domain, &d.target);
+        let span = tracing::info_span!("disk", spec = %d.spec, target = %d.target);
+        let _entered = span.enter();
         let r = (|| -> anyhow::Result<()> {
             let spec: iscsimple::spec::Spec = d.spec.parse()?;
             engine.store.save_holder(
@@ -144,6 +150,8 @@ fn release(engine: &Engine<'_>, name: &str) -> anyhow::Result<()> {
     let Some(h) = engine.store.holder(name)? else {
         return Ok(());
     };
+    let span = tracing::info_span!("disk", spec = %h.spec, target = %h.backend);
+    let _entered = span.enter();
     let others = engine
         .store
         .holders()?

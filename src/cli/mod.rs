@@ -7,9 +7,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod assets;
 mod attach;
 mod check;
 mod detach;
+mod doctor;
 mod heal;
 mod join;
 mod libvirt_hook;
@@ -45,6 +47,8 @@ pub(crate) enum Command {
     Parse(parse::Args),
     /// Validate the configuration file and the label table.
     Check(check::Args),
+    /// Check the host (iscsid, initiator name, kernel modules, mdadm and LVM policy, duplicate UUIDs, hooks) and print the exact fix for each problem.
+    Doctor(doctor::Args),
     /// Attach a disk spec and print the device to hand to the hypervisor.
     Attach(attach::Args),
     /// Detach a spec, label or device: stop the array, remove the SCSI device, log out when unused.
@@ -61,6 +65,9 @@ pub(crate) enum Command {
     LibvirtHook(libvirt_hook::Args),
     /// Xen hotplug: run by /etc/xen/scripts/block-iscsimple as `add` or `remove`.
     Xen(xen::Args),
+    /// Write the man pages and shell completions into DIR (for packaging).
+    #[command(hide = true)]
+    GenerateAssets(assets::Args),
 }
 
 /// A failed command: the error and the exit code it maps to.
@@ -132,6 +139,7 @@ pub(crate) fn main() -> ExitCode {
     let result = match cli.command {
         Command::Parse(args) => parse::run(args),
         Command::Check(args) => check::run(args, config),
+        Command::Doctor(args) => doctor::run(args, config),
         Command::Attach(args) => attach::run(args, config),
         Command::Detach(args) => detach::run(args, config),
         Command::Status(args) => status::run(args, config),
@@ -140,11 +148,18 @@ pub(crate) fn main() -> ExitCode {
         Command::Heal(args) => heal::run(args, config),
         Command::Watch(args) => watch::run(args, config),
         Command::LibvirtHook(args) => libvirt_hook::run(args, config),
+        Command::GenerateAssets(args) => assets::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("iscsimple: {}", one_line(&f.error));
+            let line = one_line(&f.error);
+            // Under xl or libvirt stderr lands in their logs; the journal
+            // gets the reason too.
+            if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                tracing::error!(code = f.code, "{line}");
+            }
+            eprintln!("iscsimple: {line}");
             ExitCode::from(f.code)
         }
     }

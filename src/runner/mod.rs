@@ -28,11 +28,18 @@ pub enum Program {
     Mdadm,
     /// udev control (settle), optional at run time.
     Udevadm,
+    /// LVM (`lvm config`, `lvm pvs`), read-only, by `doctor`.
+    Lvm,
 }
 
 impl Program {
     /// Every program, for [`Runner::verify`].
-    pub const ALL: [Program; 3] = [Program::Iscsiadm, Program::Mdadm, Program::Udevadm];
+    pub const ALL: [Program; 4] = [
+        Program::Iscsiadm,
+        Program::Mdadm,
+        Program::Udevadm,
+        Program::Lvm,
+    ];
 
     /// File name of the program.
     pub fn name(self) -> &'static str {
@@ -40,6 +47,7 @@ impl Program {
             Program::Iscsiadm => "iscsiadm",
             Program::Mdadm => "mdadm",
             Program::Udevadm => "udevadm",
+            Program::Lvm => "lvm",
         }
     }
 }

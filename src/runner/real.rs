@@ -102,6 +102,8 @@ impl Runner for RealRunner {
             .env_clear()
             .env("LC_ALL", "C")
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            // lvm warns on stderr about every descriptor xl or libvirt left open
+            .env("LVM_SUPPRESS_FD_WARNINGS", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

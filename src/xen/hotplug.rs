@@ -155,6 +155,15 @@ fn check_sharing(
 
 /// `add`: attach the backend's spec and publish the device.
 pub fn add(engine: &Engine<'_>, xs: &mut Xenstore, be: &Backend) -> Result<PathBuf, HotplugError> {
+    // Every log line of this call carries the domain and, once read, the spec.
+    let span = tracing::info_span!(
+        "xen",
+        domain = be.domid,
+        vm = tracing::field::Empty,
+        spec = tracing::field::Empty,
+        backend = %be.path
+    );
+    let _entered = span.enter();
     let result = add_inner(engine, xs, be);
     if let Err(e) = &result {
         let line = e.to_string();
@@ -176,6 +185,10 @@ fn add_inner(
         .read(Tx::NONE, &format!("{}/params", be.path))?
         .ok_or_else(|| HotplugError::NoParams(be.path.clone()))?;
     let spec: Spec = params.trim().parse()?;
+    tracing::Span::current().record("spec", tracing::field::display(&spec));
+    if let Ok(Some(name)) = xs.read(Tx::NONE, &format!("/local/domain/{}/name", be.domid)) {
+        tracing::Span::current().record("vm", name.as_str());
+    }
     let writable = xs
         .read(Tx::NONE, &format!("{}/mode", be.path))?
         .map(|m| m.contains('w'))
@@ -263,10 +276,18 @@ pub fn wait_taken_over(xs: &mut Xenstore, domid: u32, timeout: Duration) -> Resu
 /// `remove`: let go of the backend's attachment; detach it when no other
 /// backend holds it. Idempotent.
 pub fn remove(engine: &Engine<'_>, be: &Backend) -> Result<(), HotplugError> {
+    let span = tracing::info_span!(
+        "xen",
+        domain = be.domid,
+        spec = tracing::field::Empty,
+        backend = %be.path
+    );
+    let _entered = span.enter();
     let Some(h) = engine.store.holder(&be.holder_name())? else {
         tracing::info!(backend = %be.path, "nothing recorded for this backend; nothing to remove");
         return Ok(());
     };
+    span.record("spec", h.spec.as_str());
     let others = engine
         .store
         .holders()?

@@ -73,6 +73,26 @@ for s in "${all[@]}"; do
 done
 if [ $LIST = 1 ]; then printf '%s\n' "${scenarios[@]}"; exit 0; fi
 [ ${#scenarios[@]} -gt 0 ] || { echo "lab: no scenario matches: $*"; echo "0 passed, 1 failed"; exit 1; }
+# *_deb_* scenarios install the Debian package (make deb: a release build
+# without crashpoints, done before the lab binary's so that the package
+# holds what users get); *lab_doctor_* ones get e2fsck and tune2fs from this
+# host (a doctor fix runs them; the image has mke2fs only)
+for s in "${scenarios[@]}"; do
+    case "$s" in *_deb_*)
+        echo "lab: building the Debian package (make deb)" >&2
+        make -s -C "$TOP" deb >&2 || { echo "lab: make deb failed"; echo "0 passed, 1 failed"; exit 1; }
+        deb=$(ls -t "$TOP"/target/debian/iscsimple_*.deb | head -1)
+        cp "$deb" "$OUT/bin/iscsimple.deb"
+        break;;
+    esac
+done
+for s in "${scenarios[@]}"; do
+    case "$s" in *lab_doctor_*)
+        mkdir -p "$OUT/bin/doctor-tools"
+        cp -L /sbin/e2fsck /sbin/tune2fs "$OUT/bin/doctor-tools/"
+        break;;
+    esac
+done
 # lab_libvirt_* scenarios also need the Debian root with libvirtd, attached as a disk
 for s in "${scenarios[@]}"; do
     case "$s" in *lab_libvirt_*)
@@ -96,8 +116,11 @@ boot() {      # boot NAME LOG HOSTLOG [VAR=VALUE...] -> one VM running scenario 
     case "$name" in *_reboot*)
         extra="$extra -drive file=$(disk_of "$name"),if=virtio,format=raw";;
     esac
+    local files=("$OUT/bin/iscsimple" "$OUT/bin/lab-tests")
+    case "$name" in *_deb_*) files+=("$OUT/bin/iscsimple.deb");; esac
+    case "$name" in *lab_doctor_*) files+=("$OUT/bin/doctor-tools/e2fsck" "$OUT/bin/doctor-tools/tune2fs");; esac
     env "$@" LAB_TEST="$name" LOG="$log" TIMEOUT="$timeout" MEM="$mem" QEMU_EXTRA="$extra" \
-        bash "$HERE/run.sh" "$HERE/guest-run.sh" "$OUT/bin/iscsimple" "$OUT/bin/lab-tests" \
+        bash "$HERE/run.sh" "$HERE/guest-run.sh" "${files[@]}" \
         > /dev/null 2>>"$hostlog"
 }
 

@@ -9,3 +9,5 @@
 
 mod fixture;
 mod scenarios;
+#[path = "../support/schema.rs"]
+mod schema;
