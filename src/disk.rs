@@ -1820,7 +1820,9 @@ impl<'a> Engine<'a> {
             } else {
                 tracing::info!(target, sid = s.sid, owned, others, busy, "session kept");
             }
-        } else if owned && !others {
+        } else if !others {
+            // No session: forget ours, and the temporary file of a record
+            // whose write was killed before its rename (not owned yet).
             self.store
                 .disown_session(target)
                 .map_err(|e| (Step::State, e.into()))?;
