@@ -2,7 +2,7 @@
 # lab VM (tests/lab/): this machine's kernel need not have md or iSCSI.
 CARGO ?= cargo
 
-.PHONY: all build deps test unit lab lint demo fuzz clean-lab
+.PHONY: all build deps test unit lab lint demo bench fuzz clean-lab
 
 all: build
 
@@ -30,6 +30,11 @@ lint:
 
 demo: deps
 	bash tests/lab/demo.sh
+
+# benchmarks in the lab VM (tests/lab/scenarios/bench.rs): ratios against
+# baselines measured in the same run; target/bench/results.{md,json}
+bench: deps
+	bash tests/bench.sh
 
 fuzz:
 	bash tests/fuzz.sh
