@@ -7,7 +7,7 @@ DESTDIR ?=
 ASSETS := target/assets
 BIN := target/release/iscsimple
 
-.PHONY: all build assets install uninstall deb lintian deps test unit lab lint demo fuzz clean-lab
+.PHONY: all build assets install uninstall deb lintian deps test unit lab lint demo bench fuzz clean-lab
 
 all: build
 
@@ -77,6 +77,11 @@ lint:
 
 demo: deps
 	bash tests/lab/demo.sh
+
+# benchmarks in the lab VM (tests/lab/scenarios/bench.rs): ratios against
+# baselines measured in the same run; target/bench/results.{md,json}
+bench: deps
+	bash tests/bench.sh
 
 fuzz:
 	bash tests/fuzz.sh

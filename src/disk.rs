@@ -431,11 +431,9 @@ impl<'a> Engine<'a> {
                             "PORTAL".to_string()
                         }
                     };
-                    for (k, v) in [("node.session.scan", "manual"), ("node.startup", "manual")] {
-                        p.push(format!(
-                            "iscsiadm -m node -T {t} -p {portal} -o update -n {k} -v {v}"
-                        ));
-                    }
+                    p.push(format!(
+                        "set node.session.scan = manual, node.startup = manual and the session timeouts in the node record of {t} at {portal} (under open-iscsi's lock)"
+                    ));
                     if self
                         .config
                         .chap_for(spec.target.as_ref().expect("checked"))
@@ -443,7 +441,7 @@ impl<'a> Engine<'a> {
                         .flatten()
                         .is_some()
                     {
-                        p.push(format!("iscsiadm -m node -T {t} -p {portal} -o update -n node.session.auth.authmethod -v CHAP (+ usernames)"));
+                        p.push(format!("set node.session.auth.authmethod = CHAP and the usernames in the node record of {t} at {portal}"));
                         p.push(format!("write CHAP secrets into the node record of {t} at {portal} (never on a command line)"));
                     }
                     p.push(format!("iscsiadm -m node -T {t} -p {portal} --login"));
@@ -706,10 +704,10 @@ impl<'a> Engine<'a> {
                         .map_err(|e| (Step::Build, e.into()))?;
                 }
                 {
-                    // mdadm picks a free minor; two builds at once could pick the same.
-                    let _md_lock = self
-                        .lock("md-build", "md array creation")
-                        .map_err(|e| (Step::Lock, e.into()))?;
+                    // No lock of ours: mdadm --build picks the free minor and
+                    // creates the array under its own map lock
+                    // (/run/mdadm/map.lock), and then waits for udev to name
+                    // it; builds of different labels overlap.
                     undo.push(Undo::StopArray {
                         label: label.to_string(),
                         kname: None,
@@ -735,7 +733,11 @@ impl<'a> Engine<'a> {
                         (Err(e), None) => return Err((Step::Build, e.into())),
                     }
                 }
-                self.settle();
+                // With udev running mdadm waits for it to name the array;
+                // settle only when the name is not there yet.
+                if md::by_label(&self.sys, label).is_none() {
+                    self.settle();
+                }
                 let kname = self.find_array(label, &legs).ok_or_else(|| {
                     (
                         Step::Build,
@@ -1239,47 +1241,49 @@ impl<'a> Engine<'a> {
                 });
             }
         }
-        let node = |k: &str, v: &str| {
-            adm.node_set(target, &portal, k, v)
-                .map_err(|e| (Step::Node, Cause::from(e)))
-        };
-        node("node.session.scan", "manual")?;
-        node("node.startup", "manual")?;
+        // The settings go into the record file in one locked write (as the
+        // secrets always did), not one `iscsiadm -o update` process per
+        // value: five to eight processes were a third of a cold attach.
+        let path = record.ok_or_else(|| {
+            (
+                Step::Node,
+                IscsiError::Io {
+                    path: PathBuf::from(iscsi::NODE_DB).join(target),
+                    source: std::io::ErrorKind::NotFound.into(),
+                }
+                .into(),
+            )
+        })?;
         let timeouts = &self.config.timeouts;
-        node(
-            "node.session.timeo.replacement_timeout",
-            &timeouts.replacement.as_secs().to_string(),
-        )?;
-        node(
-            "node.conn[0].timeo.noop_out_interval",
-            &timeouts.noop_interval.as_secs().to_string(),
-        )?;
-        node(
-            "node.conn[0].timeo.noop_out_timeout",
-            &timeouts.noop_timeout.as_secs().to_string(),
-        )?;
-        if let Some(chap) = self
+        let [replacement, interval, timeout] = [
+            timeouts.replacement,
+            timeouts.noop_interval,
+            timeouts.noop_timeout,
+        ]
+        .map(|d| d.as_secs().to_string());
+        let mut values: Vec<(&str, &str)> = vec![
+            ("node.session.scan", "manual"),
+            ("node.startup", "manual"),
+            ("node.session.timeo.replacement_timeout", &replacement),
+            ("node.conn[0].timeo.noop_out_interval", &interval),
+            ("node.conn[0].timeo.noop_out_timeout", &timeout),
+        ];
+        let chap = self
             .config
             .chap_for(t)
-            .map_err(|e| (Step::Node, e.into()))?
-        {
-            node("node.session.auth.authmethod", "CHAP")?;
-            node("node.session.auth.username", &chap.credentials.username)?;
-            let mut secrets = vec![("node.session.auth.password", &chap.credentials.password)];
+            .map_err(|e| (Step::Node, e.into()))?;
+        let mut secrets = Vec::new();
+        if let Some(chap) = &chap {
+            values.push(("node.session.auth.authmethod", "CHAP"));
+            values.push(("node.session.auth.username", &chap.credentials.username));
+            secrets.push(("node.session.auth.password", &chap.credentials.password));
             if let Some(m) = &chap.mutual {
-                node("node.session.auth.username_in", &m.username)?;
+                values.push(("node.session.auth.username_in", &m.username));
                 secrets.push(("node.session.auth.password_in", &m.password));
             }
-            let path = iscsi::node_record_file(&self.sys, target, &portal).ok_or_else(|| {
-                (
-                    Step::Node,
-                    IscsiError::Io {
-                        path: PathBuf::from(iscsi::NODE_DB).join(target),
-                        source: std::io::ErrorKind::NotFound.into(),
-                    }
-                    .into(),
-                )
-            })?;
+        }
+        iscsi::set_record_values(&self.sys, &path, &values).map_err(|e| (Step::Node, e.into()))?;
+        if !secrets.is_empty() {
             iscsi::set_record_secrets(&self.sys, &path, &secrets)
                 .map_err(|e| (Step::Node, e.into()))?;
         }

@@ -497,25 +497,48 @@ pub fn set_record_secrets(
     record: &Path,
     values: &[(&str, &Secret)],
 ) -> Result<String, IscsiError> {
+    let values: Vec<(&str, &str)> = values.iter().map(|(k, v)| (*k, v.expose())).collect();
+    set_record_values(sys, record, &values)
+}
+
+/// Set node record values (`node.session.scan = manual`, ...) in a record
+/// file, under open-iscsi's lock, atomically: what `iscsiadm -o update`
+/// does, without a process per value. A line is replaced where its key
+/// is, a missing key is appended; the file is not rewritten when it holds
+/// every value already. Returns the previous content.
+pub fn set_record_values(
+    sys: &Sys,
+    record: &Path,
+    values: &[(&str, &str)],
+) -> Result<String, IscsiError> {
     let io = |source| IscsiError::Io {
         path: record.to_path_buf(),
         source,
     };
     let _lock = IdbmLock::take(sys)?;
     let old = fs::read_to_string(record).map_err(io)?;
-    let mut lines: Vec<String> = old
-        .lines()
-        .filter(|l| {
-            !values
-                .iter()
-                .any(|(k, _)| l.split('=').next().map(str::trim) == Some(*k))
-        })
-        .map(str::to_string)
-        .collect();
-    for (k, v) in values {
-        lines.push(format!("{k} = {}", v.expose()));
+    let key = |l: &str| l.split('=').next().map(str::trim).unwrap_or("").to_string();
+    let mut done = vec![false; values.len()];
+    let mut lines: Vec<String> = Vec::new();
+    for l in old.lines() {
+        match values.iter().position(|(k, _)| key(l) == *k) {
+            Some(i) if done[i] => {} // a duplicate: dropped
+            Some(i) => {
+                done[i] = true;
+                lines.push(format!("{} = {}", values[i].0, values[i].1));
+            }
+            None => lines.push(l.to_string()),
+        }
     }
-    write_record(record, &(lines.join("\n") + "\n")).map_err(io)?;
+    for (i, (k, v)) in values.iter().enumerate() {
+        if !done[i] {
+            lines.push(format!("{k} = {v}"));
+        }
+    }
+    let new = lines.join("\n") + "\n";
+    if new != old {
+        write_record(record, &new).map_err(io)?;
+    }
     Ok(old)
 }
 
@@ -609,6 +632,35 @@ mod tests {
         );
         restore_record(&sys, &rec, &old).expect("restore");
         assert_eq!(fs::read_to_string(&rec).expect("read"), old);
+    }
+
+    #[test]
+    fn record_values_replace_in_place_append_missing_and_skip_unchanged() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let sys = Sys::new(d.path());
+        let rec = d.path().join("rec");
+        let body = "# BEGIN RECORD 2.1.8\nnode.session.scan = auto\nnode.startup = manual\nnode.session.scan = auto\n# END RECORD\n";
+        fs::write(&rec, body).expect("write");
+        let old = set_record_values(
+            &sys,
+            &rec,
+            &[
+                ("node.session.scan", "manual"),
+                ("node.startup", "manual"),
+                ("node.conn[0].timeo.noop_out_interval", "5"),
+            ],
+        )
+        .expect("set");
+        assert_eq!(old, body);
+        assert_eq!(
+            fs::read_to_string(&rec).expect("read"),
+            "# BEGIN RECORD 2.1.8\nnode.session.scan = manual\nnode.startup = manual\n# END RECORD\nnode.conn[0].timeo.noop_out_interval = 5\n"
+        );
+        let before = fs::metadata(&rec).expect("stat").modified().expect("mtime");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        set_record_values(&sys, &rec, &[("node.startup", "manual")]).expect("set");
+        let after = fs::metadata(&rec).expect("stat").modified().expect("mtime");
+        assert_eq!(before, after, "nothing to change: not rewritten");
     }
 
     #[test]

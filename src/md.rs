@@ -300,11 +300,14 @@ fn parse_version(text: &str) -> Option<(u32, u32)> {
 /// bmap (FIBMAP), which tmpfs and other filesystems without a block map
 /// lack (RUN_ARRAY then fails with EINVAL).
 pub fn bitmap_support(mdadm: &Mdadm<'_>, dir: &Path) -> Result<(), String> {
+    // The block map first: it costs no process.
+    maps_blocks(dir)
+        .map_err(|e| format!("{}: no block map for bitmap files ({e})", dir.display()))?;
     let v = mdadm.version().map_err(|e| e.to_string())?;
     if v >= (4, 4) || v == (0, 0) {
         return Err(format!("mdadm {}.{} has no bitmap file support", v.0, v.1));
     }
-    maps_blocks(dir).map_err(|e| format!("{}: no block map for bitmap files ({e})", dir.display()))
+    Ok(())
 }
 
 /// Whether files in `dir` have a block map (FIBMAP on a probe file).

@@ -13,7 +13,10 @@
 #      LAB_TIMEOUT (seconds per scenario VM, default 600), LAB_MEM (MiB, 1024),
 #      LAB_JOBS (VMs at once, default 1), LAB_VERBOSE=1 (show every console),
 #      LAB_PREFIX (test name prefix, default lab_),
-#      LAB_FLAVOR (plain, the default, or xen: see below).
+#      LAB_FLAVOR (plain, the default, or xen: see below),
+#      LAB_OUT (where bin/, logs/ and disks/ go, default target/lab),
+#      LAB_FILES (more host files or directories, blank-separated, copied to
+#      the guest's /lab/ as run.sh copies its FILEs).
 # Logs: target/lab/logs/<scenario>.log (full console of each VM).
 #
 # A scenario whose name contains _reboot proves something survives a power
@@ -41,6 +44,7 @@ xen)   OUT="$TOP/target/lab/xen" BUILD=(build-xen.sh ${LAB_XEN_CACHE:+"$LAB_XEN_
        PREFIX=xen_ MEM=2048 TIMEOUT=900 ;;
 *)     echo "lab: unknown LAB_FLAVOR=$LAB_FLAVOR (plain or xen)"; echo "0 passed, 1 failed"; exit 1 ;;
 esac
+OUT=${LAB_OUT:-$OUT}
 LIST=0
 [ "${1:-}" = --list ] && { LIST=1; shift; }
 
@@ -119,8 +123,9 @@ boot() {      # boot NAME LOG HOSTLOG [VAR=VALUE...] -> one VM running scenario 
     local files=("$OUT/bin/iscsimple" "$OUT/bin/lab-tests")
     case "$name" in *_deb_*) files+=("$OUT/bin/iscsimple.deb");; esac
     case "$name" in *lab_doctor_*) files+=("$OUT/bin/doctor-tools/e2fsck" "$OUT/bin/doctor-tools/tune2fs");; esac
+    # shellcheck disable=SC2086  # LAB_FILES is a blank-separated list
     env "$@" LAB_TEST="$name" LOG="$log" TIMEOUT="$timeout" MEM="$mem" QEMU_EXTRA="$extra" \
-        bash "$HERE/run.sh" "$HERE/guest-run.sh" "${files[@]}" \
+        bash "$HERE/run.sh" "$HERE/guest-run.sh" "${files[@]}" ${LAB_FILES:-} \
         > /dev/null 2>>"$hostlog"
 }
 

@@ -1,5 +1,6 @@
 //! One file per behaviour.
 mod attach;
+mod bench;
 mod chap;
 mod crash;
 mod demo;
