@@ -187,7 +187,7 @@ fn add_inner(
     let spec: Spec = params.trim().parse()?;
     tracing::Span::current().record("spec", tracing::field::display(&spec));
     if let Ok(Some(name)) = xs.read(Tx::NONE, &format!("/local/domain/{}/name", be.domid)) {
-        tracing::Span::current().record("vm", name.as_str());
+        tracing::Span::current().record("vm", tracing::field::display(&name));
     }
     let writable = xs
         .read(Tx::NONE, &format!("{}/mode", be.path))?
@@ -287,7 +287,7 @@ pub fn remove(engine: &Engine<'_>, be: &Backend) -> Result<(), HotplugError> {
         tracing::info!(backend = %be.path, "nothing recorded for this backend; nothing to remove");
         return Ok(());
     };
-    span.record("spec", h.spec.as_str());
+    span.record("spec", tracing::field::display(&h.spec));
     let others = engine
         .store
         .holders()?

@@ -217,6 +217,17 @@ fn xen_incoming_domain_defers_local_leg_until_renamed() {
     assert_eq!(m.members().len(), 1, "iSCSI leg only while incoming");
     let st = s._tool.run(&["status"]);
     assert!(st.stdout.contains("pending"), "{}", st.stdout);
+    // The VM column names the domain (xenstore), and the hotplug script's
+    // log lines carry the domain and the spec.
+    assert!(st.stdout.contains("vm6--incoming"), "{}", st.stdout);
+    let log = crate::fixture::tool::syslog();
+    assert!(
+        log.lines().any(|l| l.contains("xen{domain=")
+            && l.contains("vm=vm6--incoming")
+            && l.contains(&format!("spec={spec}"))
+            && l.contains("xen add done")),
+        "the add logged its domain and spec:\n{log}"
+    );
     // "The source" writes to the LUN after the destination's add ran.
     data::fill(&s.t.lun(0).backing, 8, 4, 0x50c);
     xen::xl_must(&["rename", "vm6--incoming", "vm6"]);
