@@ -1411,6 +1411,12 @@ impl<'a> Engine<'a> {
             self.mdadm().stop(&kname)?;
         }
         self.settle();
+        // The kernel drops a stopped array's disk asynchronously; without
+        // udev nothing else waits for it before the stale nodes go.
+        let gone = format!("/sys/block/{kname}");
+        let _ = Watcher::new().wait(Duration::from_secs(5), || {
+            (!self.sys.exists(&gone)).then_some(())
+        });
         md::remove_stale_nodes(&self.sys, label, &kname)
     }
 

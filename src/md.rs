@@ -357,7 +357,8 @@ pub fn set_speed_limits(
 /// at an array the kernel no longer has. Without udev mdadm leaves both
 /// behind, and opening a stale `/dev/mdN` would recreate an empty array.
 pub fn remove_stale_nodes(sys: &Sys, label: &str, kname: &str) -> Result<(), MdError> {
-    if sys.exists(format!("/sys/block/{kname}")) {
+    // A stopped array may linger in sysfs (array_state clear) for a moment.
+    if read_array(sys, kname).is_some() {
         return Ok(());
     }
     let link = sys.path(label_path(label));
