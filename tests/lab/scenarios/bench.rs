@@ -406,6 +406,7 @@ fn bench_attach_detach() {
     )
     .note(warm.clone())
     .extra(serde_json::json!({"profile": pa}))
+    .paired()
     .emit();
     Figure::new(
         "attach_vs_seed_cold",
@@ -417,6 +418,7 @@ fn bench_attach_detach() {
     )
     .note(cold)
     .extra(serde_json::json!({"profile": pc}))
+    .paired()
     .emit();
     // detach does not depend on the node DB: warm and cold runs pooled
     Figure::new(
@@ -432,6 +434,7 @@ fn bench_attach_detach() {
     )
     .note(format!("warm and cold runs pooled; {lab}"))
     .extra(serde_json::json!({"profile": pd}))
+    .paired()
     .emit();
     if xen {
         let xnote = format!("{warm}; block-iscsi from Debian's xen-utils-common 4.17 with a file-backed xenstore-read/xenstore-write stand-in (plain lab, no xenstored); block-iscsi attaches LUN 0 only and does not mirror");
@@ -484,6 +487,7 @@ fn bench_attach_detach() {
             )
             .note(xnote.clone())
             .extra(serde_json::json!({"profile": p}))
+            .paired()
             .emit();
         }
     }
@@ -613,6 +617,7 @@ fn bench_resync() {
     )
     .note(note(&speeds[0]))
     .extra(serde_json::json!({"speed": speeds[0], "mib": MIB}))
+    .paired()
     .emit();
     Figure::new(
         "resync_tuned_vs_dd",
@@ -624,6 +629,7 @@ fn bench_resync() {
     )
     .note(note(&speeds[1]))
     .extra(serde_json::json!({"speed": speeds[1], "mib": MIB}))
+    .paired()
     .emit();
     Figure::new(
         "resync_vs_dd_1m",
@@ -637,6 +643,7 @@ fn bench_resync() {
         "{}; a stronger baseline than md's own block size: one 1 MiB request at a time",
         speeds[0]
     ))
+    .paired()
     .emit();
     vg.remove();
 }
@@ -747,14 +754,17 @@ fn heal_bench(bitmap: bool, iqn: &str, mib: u64, heals: usize, fulls: usize) {
             "state_dir on tmpfs: no bitmap, heal = --add (full resync)",
         )
     };
-    Figure::new(
+    let paired = hs.len() == fs.len();
+    let fig = Figure::new(
         id,
         fig,
         ("iscsimple heal", hs),
         ("full resync (mdadm --add)", fs),
         "s",
         goal,
-    )
+    );
+    let fig = if paired { fig.paired() } else { fig };
+    fig
     .note(format!(
         "{mib} MiB array, 4 MiB written while degraded (target killed, replacement_timeout 2 s), timed from the session's return to in sync; {how}; KiB written to the iSCSI leg: heal {hw:?}, full {fw:?}; sync_speed_min/max 200000/400000; initial recovery {first:.1} s"
     ))
@@ -770,7 +780,7 @@ fn heal_bench(bitmap: bool, iqn: &str, mib: u64, heals: usize, fulls: usize) {
     }
 }
 
-/// Both heal figures in one VM: without the bitmap on a 128 MiB array
+/// Both heal figures in one VM: without the bitmap on a 64 MiB array
 /// (there the heal is a full resync whatever the size), then with it on a
 /// 1 GiB array.
 #[test]
@@ -779,7 +789,7 @@ fn bench_heal() {
     // backing files live in the guest's RAM (rootfs, a tmpfs limited to
     // half of it by default): a 1 GiB LUN and a 1 GiB volume need more
     must("/usr/bin/mount", &["-o", "remount,size=95%", "/"]);
-    heal_bench(false, IQN, 128, runs(3), runs(3));
+    heal_bench(false, IQN, 64, runs(3), runs(3));
     heal_bench(
         true,
         "iqn.2024-01.lab.iscsimple:bench-1g",
@@ -885,6 +895,7 @@ fn bench_throughput() {
     )
     .note(note.clone())
     .extra(serde_json::json!({"iscsi_leg_sectors_read": iscsi_reads}))
+    .paired()
     .emit();
     let [rnd_md, rnd_l] = rnd;
     Figure::new(
@@ -896,6 +907,7 @@ fn bench_throughput() {
         Goal::AtLeast(0.95),
     )
     .note(note.clone())
+    .paired()
     .emit();
     let [w_md, w_sd, w_l] = w;
     let (ms, ml) = (bench::median(&w_sd), bench::median(&w_l));
@@ -915,6 +927,7 @@ fn bench_throughput() {
     .note(format!(
         "{note}; raw legs: iSCSI {ms:.1} MiB/s, local {ml:.1} MiB/s (medians)"
     ))
+    .paired()
     .emit();
     vg.remove();
 }
@@ -956,11 +969,11 @@ fn all_synced() {
 fn bench_concurrent_attach() {
     let _lab = Lab::start(Udev::On);
     let n = runs(3);
-    let t = Target::start(TargetSpec::new(Kind::Tgt, IQN, &[16; 8]));
-    let vg = Vg::create("benchvg", 8 * 16 + 16);
+    let t = Target::start(TargetSpec::new(Kind::Tgt, IQN, &[8; 8]));
+    let vg = Vg::create("benchvg", 8 * 8 + 16);
     let mut labels = Vec::new();
     for i in 1..=8 {
-        let lv = vg.lv(&format!("b{i}"), 16);
+        let lv = vg.lv(&format!("b{i}"), 8);
         labels.push((format!("bench-{i}"), lv.to_str().expect("utf8").to_string()));
     }
     let tool = Tool::new(&format!("[discovery]\nportals = [\"{}\"]\n", t.portal()));
@@ -1051,7 +1064,8 @@ fn bench_concurrent_attach() {
         "s",
         Goal::AtMost(0.5),
     )
-    .note(format!("tgt target with 8 LUNs of 16 MiB, 8 LVM volumes, mirrored specs, cold (node records deleted before each); one attach = one of the 8 alone (logs in), times 8; the 8 at once share the session the first opens; {busy_note}"))
+    .note(format!("tgt target with 8 LUNs of 8 MiB, 8 LVM volumes, mirrored specs, cold (node records deleted before each); one attach = one of the 8 alone (logs in), times 8; the 8 at once share the session the first opens; {busy_note}"))
+    .paired()
     .extra(serde_json::json!({"cpu_busy_one": busy[0], "cpu_busy_8": busy[1], "profile_wall_s": wall, "timeline": timeline.iter().map(|(o, w, e)| serde_json::json!({"at_s": (o * 1000.0).round() / 1000.0, "spec": w, "event": e})).collect::<Vec<_>>()}))
     .emit();
     vg.remove();
@@ -1073,18 +1087,25 @@ fn bench_scaling() {
             ))
         })
         .collect();
-    let vg = Vg::create("benchvg", 16 + 32 * 4 + 64);
+    let vg = Vg::create("benchvg", 16 + 16);
     let lv = vg.lv("bench", 16);
     let mut table = vec![(
         "bench-disk".to_string(),
         lv.to_str().expect("utf8").to_string(),
     )];
     let mut other_specs = Vec::new();
+    let mut loops = Vec::new();
     for (i, o) in others.iter().enumerate() {
         for l in &o.luns {
+            // the others' local legs: loop devices (32 lvcreate cost ~15 s here)
             let label = format!("o{i}-{}", l.number);
-            let v = vg.lv(&label, 4);
-            table.push((label.clone(), v.to_str().expect("utf8").to_string()));
+            let img = format!("/var/tmp/bench-{label}.img");
+            must("/usr/bin/truncate", &["-s", "4M", &img]);
+            let dev = must("/usr/sbin/losetup", &["-f", "--show", &img])
+                .trim()
+                .to_string();
+            table.push((label.clone(), dev.clone()));
+            loops.push(dev);
             other_specs.push(format!("lun{}@{}+{label}", l.number, o.iqn()));
         }
     }
@@ -1169,12 +1190,15 @@ fn bench_scaling() {
             "s",
             Goal::AtMost(1.10),
         )
-        .note("mirrored spec on its own LIO target (cold: its node record deleted before each run); the others: mirrored 4 MiB LUNs on 4 LIO targets (8 each), all in sync; flat = within 10 %")
+        .note("mirrored spec on its own LIO target (cold: its node record deleted before each run); the others: mirrored 4 MiB LUNs on 4 LIO targets (8 each, local legs on loop devices), all in sync; levels measured one after another (not interleaved); flat = within 10 %")
         .extra(serde_json::json!({"profile": profiles.get(&level.to_string()), "profile_none": profiles.get("0")}))
         .emit();
     }
     for s in &other_specs {
         tool_timed(&tool, &["detach", s]);
+    }
+    for d in &loops {
+        run("/usr/sbin/losetup", &["-d", d]);
     }
     vg.remove();
 }
