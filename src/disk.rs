@@ -1014,10 +1014,7 @@ impl<'a> Engine<'a> {
     /// (fsynced) as soon as the local leg holds writes the iSCSI leg lacks,
     /// removed once both are in sync. True when the record changed.
     fn record_health(&self, a: &Attachment, health: &Health) -> Result<bool, StateError> {
-        let (Some(m), Some(local)) = (
-            a.mirror.as_ref(),
-            a.mirror.as_ref().and_then(|m| m.local.clone()),
-        ) else {
+        let Some((m, local)) = a.mirror.as_ref().and_then(|m| Some((m, m.local.clone()?))) else {
             return Ok(false);
         };
         let had = self.durable.newer(&m.label)?;
@@ -1422,11 +1419,13 @@ impl<'a> Engine<'a> {
 
     /// Find what `what` (a spec, a label, or a device) names among the attachments.
     pub fn find(&self, what: &str) -> Result<Option<(String, Attachment)>, StateError> {
-        let all = self.store.all()?;
         if let Ok(spec) = what.parse::<Spec>() {
+            // A spec names its record: read that one, not every record
+            // (watch looks up each attachment on every tick).
             let key = key_of(&spec);
-            return Ok(all.into_iter().find(|(k, _)| *k == file_key(&key)));
+            return Ok(self.store.load(&key)?.map(|a| (file_key(&key), a)));
         }
+        let all = self.store.all()?;
         let dev = std::fs::canonicalize(what).ok();
         Ok(all.into_iter().find(|(_, a)| {
             a.mirror.as_ref().map(|m| m.label == what).unwrap_or(false)
