@@ -33,7 +33,7 @@ fn lab_reboot_fixture_power_loss_keeps_synced_files() {
             );
             let dir = persist::mount(STATE);
             assert_eq!(
-                persist::names(&dir),
+                crate::fixture::names(&dir),
                 ["lost+found"],
                 "boot 1: the filesystem was made just now"
             );
@@ -70,7 +70,7 @@ fn lab_reboot_fixture_power_loss_keeps_synced_files() {
                     Ok(b) => format!("present ({} bytes)", b.len()),
                     Err(e) => format!("lost ({e})"),
                 },
-                persist::names(&dir)
+                crate::fixture::names(&dir)
             );
         }
         n => panic!("boot {n}: a _reboot scenario is booted twice (LAB_BOOT 1, 2)"),
