@@ -4,7 +4,10 @@
 //! that changes the host calls [`point`] first. `ISCSIMPLE_CRASH_LOG=FILE`
 //! appends one line per point reached, so a test can enumerate them;
 //! `ISCSIMPLE_CRASH_AT=N` SIGKILLs the process at the N-th point, as a crash
-//! or power loss at that instant would. Without the feature [`point`] is empty.
+//! or power loss at that instant would. `ISCSIMPLE_PAUSE_AT=N` holds it at
+//! the N-th point instead: it creates `LOG.paused` and goes on once
+//! `LOG.go` exists (at most 120 s), so a test can run another call exactly
+//! there. Without the feature [`point`] is empty.
 use std::fmt::Debug;
 
 #[cfg(feature = "crashpoints")]
@@ -34,6 +37,19 @@ mod imp {
         }
         if kill {
             let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        }
+        let pause = std::env::var("ISCSIMPLE_PAUSE_AT")
+            .ok()
+            .and_then(|v| v.parse::<u32>().ok());
+        if let (Some(p), Ok(log)) = (pause, std::env::var("ISCSIMPLE_CRASH_LOG")) {
+            if p == n {
+                let _ = std::fs::write(format!("{log}.paused"), b"");
+                let go = std::path::PathBuf::from(format!("{log}.go"));
+                let start = std::time::Instant::now();
+                while !go.exists() && start.elapsed().as_secs() < 120 {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+            }
         }
     }
 }

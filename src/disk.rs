@@ -22,7 +22,7 @@ use crate::state::{
     StateError, Store,
 };
 use crate::sysfs::Sys;
-use crate::uevent::Watcher;
+use crate::uevent::{Event, Watcher};
 use crate::volume::{self, VolumeError};
 
 /// A step of attach or detach, named in errors and plans.
@@ -255,6 +255,8 @@ enum Undo {
         content: String,
     },
     Logout {
+        /// The attachment whose rollback this is (other ones keep the session).
+        key: String,
         target: String,
         sid: u32,
     },
@@ -267,6 +269,19 @@ enum Undo {
     RestoreOpen(String, Option<OpenRecord>),
     RestoreNewer(String, Option<LocalNewer>),
 }
+
+/// An array `mdadm --stop` stopped, whose disk may still be going.
+#[derive(Debug)]
+struct Stopping {
+    label: String,
+    kname: String,
+    /// Subscribed to udevd before the stop (None: no udev, or nothing stopped).
+    udev: Option<Watcher>,
+}
+
+/// How long to wait for udevd to finish an array's removal before falling
+/// back to `udevadm settle` (which waits for its whole queue).
+const UDEV_WAIT: Duration = Duration::from_secs(10);
 
 /// The engine: configuration, a runner and where to read and keep state.
 #[derive(Debug)]
@@ -640,7 +655,7 @@ impl<'a> Engine<'a> {
         // iSCSI leg.
         let iscsi_dev = match &spec.target {
             Some(t) => {
-                let leg = self.iscsi_leg(t, spec.lun, undo)?;
+                let leg = self.iscsi_leg(key, t, spec.lun, undo)?;
                 let dev = PathBuf::from(format!("/dev/{}", leg.kname));
                 att.iscsi = Some(leg);
                 self.store
@@ -706,8 +721,7 @@ impl<'a> Engine<'a> {
                 {
                     // No lock of ours: mdadm --build picks the free minor and
                     // creates the array under its own map lock
-                    // (/run/mdadm/map.lock), and then waits for udev to name
-                    // it; builds of different labels overlap.
+                    // (/run/mdadm/map.lock); builds of different labels overlap.
                     undo.push(Undo::StopArray {
                         label: label.to_string(),
                         kname: None,
@@ -733,8 +747,8 @@ impl<'a> Engine<'a> {
                         (Err(e), None) => return Err((Step::Build, e.into())),
                     }
                 }
-                // With udev running mdadm waits for it to name the array;
-                // settle only when the name is not there yet.
+                // mdadm names the array itself (see Mdadm::build); settle
+                // only if the name is not there after all.
                 if md::by_label(&self.sys, label).is_none() {
                     self.settle();
                 }
@@ -1060,18 +1074,19 @@ impl<'a> Engine<'a> {
     /// Login (or reuse the session), scan the LUN, wait for its disk.
     fn iscsi_leg(
         &self,
+        key: &str,
         t: &TargetName,
         lun: u32,
         undo: &mut Vec<Undo>,
     ) -> Result<IscsiLeg, (Step, Cause)> {
         let target = t.as_str();
-        let _target_lock = self
+        let target_lock = self
             .lock(&format!("target-{target}"), &format!("target {target}"))
             .map_err(|e| (Step::Lock, e.into()))?;
         let session = match iscsi::session_of(&self.sys, target).filter(|s| s.state == "LOGGED_IN")
         {
             Some(s) => s,
-            None => self.login(t, undo)?,
+            None => self.login(key, t, undo)?,
         };
         let portal = session.portal.clone().unwrap_or_default();
         // Our own sessions scan manually, so a LUN device found on one was
@@ -1113,6 +1128,10 @@ impl<'a> Engine<'a> {
                 .into(),
             ));
         }
+        // The disk keeps the session alive from here on (a detach of another
+        // LUN sees it, and our record, and keeps the session): let the
+        // other attaches of this target scan while the kernel probes it.
+        drop(target_lock);
         let wait = self.config.timeouts.device;
         let watcher = Watcher::new();
         let kname = watcher
@@ -1170,7 +1189,12 @@ impl<'a> Engine<'a> {
     }
 
     /// Find the portal, prepare the node record, log in; returns the session.
-    fn login(&self, t: &TargetName, undo: &mut Vec<Undo>) -> Result<Session, (Step, Cause)> {
+    fn login(
+        &self,
+        key: &str,
+        t: &TargetName,
+        undo: &mut Vec<Undo>,
+    ) -> Result<Session, (Step, Cause)> {
         let target = t.as_str();
         let adm = self.iscsiadm();
         let portal = match iscsi::node_portals(&self.sys, target).into_iter().next() {
@@ -1311,6 +1335,7 @@ impl<'a> Engine<'a> {
                 )
             })?;
         undo.push(Undo::Logout {
+            key: key.to_string(),
             target: target.to_string(),
             sid: session.sid,
         });
@@ -1342,7 +1367,7 @@ impl<'a> Engine<'a> {
 
     /// Let udev finish (when it runs) so links exist before we hand them out.
     fn settle(&self) {
-        if self.sys.exists("/run/udev/control") {
+        if self.udev_running() {
             let cmd = Cmd::new(Program::Udevadm)
                 .args(["settle", "--timeout=10"])
                 .timeout(Duration::from_secs(15));
@@ -1365,11 +1390,10 @@ impl<'a> Engine<'a> {
                 Undo::RestoreRecord { path, content } => {
                     iscsi::restore_record(&self.sys, path, content).map_err(|e| e.to_string())
                 }
-                Undo::Logout { sid, target } => {
-                    tracing::info!(target = %target, sid, "logging out (rollback)");
-                    self.iscsiadm().logout(*sid).map_err(|e| e.to_string())
-                }
-                Undo::Disown(t) => self.store.disown_session(t).map_err(|e| e.to_string()),
+                Undo::Logout { key, target, sid } => self
+                    .undo_login(key, target, *sid)
+                    .map_err(|(_, c)| c.to_string()),
+                Undo::Disown(t) => self.undo_own(t).map_err(|(_, c)| c.to_string()),
                 Undo::DeleteScsi(d) => {
                     iscsi::delete_device(&self.sys, d).map_err(|e| e.to_string())
                 }
@@ -1397,24 +1421,59 @@ impl<'a> Engine<'a> {
     }
 
     fn stop_array(&self, label: &str, kname: Option<&str>) -> Result<(), MdError> {
+        match self.stop_begin(label, kname)? {
+            Some(s) => self.stop_end(s),
+            None => Ok(()),
+        }
+    }
+
+    /// `mdadm --stop` the array. The kernel and udev then remove its disk
+    /// and links in the background; [`Engine::stop_end`] waits for that, so
+    /// a detach can release the SCSI disk and log out meanwhile.
+    fn stop_begin(&self, label: &str, kname: Option<&str>) -> Result<Option<Stopping>, MdError> {
         let kname = match kname
             .map(str::to_string)
             .or_else(|| md::by_label(&self.sys, label).map(|a| a.kname))
         {
             Some(k) => k,
-            None => return Ok(()),
+            None => return Ok(None),
         };
+        let mut udev = None;
         if md::read_array(&self.sys, &kname).is_some() {
+            // Subscribed before the stop, so its remove event cannot be missed.
+            udev = self.udev_running().then(Watcher::udev);
             self.mdadm().stop(&kname)?;
         }
-        self.settle();
+        Ok(Some(Stopping {
+            label: label.to_string(),
+            kname,
+            udev,
+        }))
+    }
+
+    /// Wait until the stopped array's disk is gone (and udev has removed
+    /// its links), then remove what nobody removed (no udev).
+    fn stop_end(&self, s: Stopping) -> Result<(), MdError> {
+        let devpath = format!("DEVPATH=/devices/virtual/block/{}", s.kname);
+        match s
+            .udev
+            .map(|w| w.wait_event(UDEV_WAIT, &["ACTION=remove", &devpath]))
+        {
+            Some(Event::Seen) => {}
+            // Stopped earlier by someone else, or udev's events were lost.
+            Some(_) | None => self.settle(),
+        }
         // The kernel drops a stopped array's disk asynchronously; without
         // udev nothing else waits for it before the stale nodes go.
-        let gone = format!("/sys/block/{kname}");
+        let gone = format!("/sys/block/{}", s.kname);
         let _ = Watcher::new().wait(Duration::from_secs(5), || {
             (!self.sys.exists(&gone)).then_some(())
         });
-        md::remove_stale_nodes(&self.sys, label, &kname)
+        md::remove_stale_nodes(&self.sys, &s.label, &s.kname)
+    }
+
+    fn udev_running(&self) -> bool {
+        self.sys.exists("/run/udev/control")
     }
 
     /// Find what `what` (a spec, a label, or a device) names among the attachments.
@@ -1646,6 +1705,7 @@ impl<'a> Engine<'a> {
             self.forget_partial(what)?;
             return Ok(false);
         };
+        tracing::debug!(spec = %a.spec, "detaching");
         let mut errors = self.detach_recorded(&key, &a);
         if errors.is_empty() {
             tracing::info!(spec = %a.spec, "detached");
@@ -1693,6 +1753,7 @@ impl<'a> Engine<'a> {
     /// failure returned. The record is removed only when all succeeded.
     fn detach_recorded(&self, key: &str, a: &Attachment) -> Vec<(Step, Cause)> {
         let mut errors = Vec::new();
+        let mut stopping = None;
         if let Some(m) = &a.mirror {
             // Before the array goes: does the local leg hold writes the
             // iSCSI disk lacks? Then the record must outlive the array.
@@ -1715,11 +1776,15 @@ impl<'a> Engine<'a> {
                 None => {}
             }
             let kname = m.kname.clone().or_else(|| self.array_of(a));
-            if let Err(e) = self.stop_array(&m.label, kname.as_deref()) {
-                errors.push((Step::Stop, e.into()));
-            } else if let Some(b) = &m.bitmap {
-                if let Err(e) = remove_file(b) {
-                    errors.push((Step::Stop, e.into()));
+            match self.stop_begin(&m.label, kname.as_deref()) {
+                Err(e) => errors.push((Step::Stop, e.into())),
+                Ok(s) => {
+                    stopping = s;
+                    if let Some(b) = &m.bitmap {
+                        if let Err(e) = remove_file(b) {
+                            errors.push((Step::Stop, e.into()));
+                        }
+                    }
                 }
             }
         }
@@ -1734,6 +1799,12 @@ impl<'a> Engine<'a> {
                 if let Err(e) = self.release_lun(key, &target, lun, a.iscsi.as_ref()) {
                     errors.push(e);
                 }
+            }
+        }
+        // The array's disk and links went while the LUN was released.
+        if let Some(s) = stopping {
+            if let Err(e) = self.stop_end(s) {
+                errors.push((Step::Stop, e.into()));
             }
         }
         if errors.is_empty() {
@@ -1774,6 +1845,56 @@ impl<'a> Engine<'a> {
             .find_map(|l| self.find_array(&m.label, std::slice::from_ref(l)))
     }
 
+    /// Roll back our login, unless another attachment of the target came
+    /// to share the session meanwhile (it logs out at its detach).
+    fn undo_login(&self, key: &str, target: &str, sid: u32) -> Result<(), (Step, Cause)> {
+        let _target_lock = self
+            .lock(&format!("target-{target}"), &format!("target {target}"))
+            .map_err(|e| (Step::Lock, e.into()))?;
+        let others = self.others_of(key, target)?;
+        let busy = iscsi::session_of(&self.sys, target)
+            .map(|s| !iscsi::host_devices(&self.sys, s.host).is_empty())
+            .unwrap_or(false);
+        if others || busy {
+            tracing::info!(
+                target,
+                sid,
+                others,
+                busy,
+                "session kept (rollback): another attachment uses it"
+            );
+            return Ok(());
+        }
+        tracing::info!(target, sid, "logging out (rollback)");
+        self.iscsiadm()
+            .logout(sid)
+            .map_err(|e| (Step::Logout, e.into()))
+    }
+
+    /// Roll back our claim on the target's session: kept while the session
+    /// exists (a rollback that kept it, or another attach that logged in).
+    fn undo_own(&self, target: &str) -> Result<(), (Step, Cause)> {
+        let _target_lock = self
+            .lock(&format!("target-{target}"), &format!("target {target}"))
+            .map_err(|e| (Step::Lock, e.into()))?;
+        if iscsi::session_of(&self.sys, target).is_some() {
+            return Ok(());
+        }
+        self.store
+            .disown_session(target)
+            .map_err(|e| (Step::State, e.into()))
+    }
+
+    /// Whether an attachment other than `key` uses `target`.
+    fn others_of(&self, key: &str, target: &str) -> Result<bool, (Step, Cause)> {
+        Ok(self
+            .store
+            .all()
+            .map_err(|e| (Step::State, e.into()))?
+            .into_iter()
+            .any(|(k, o)| k != file_key(key) && target_of(&o).as_deref() == Some(target)))
+    }
+
     /// Delete the LUN's SCSI device (if this tool scanned it) and log out
     /// when the session is ours and nothing else uses it. `known` is the leg
     /// as attach recorded it; None when attach was interrupted before that,
@@ -1806,12 +1927,7 @@ impl<'a> Engine<'a> {
                 iscsi::delete_device(&self.sys, &d).map_err(|e| (Step::DeleteDevice, e.into()))?;
             }
         }
-        let others = self
-            .store
-            .all()
-            .map_err(|e| (Step::State, e.into()))?
-            .into_iter()
-            .any(|(k, o)| k != file_key(key) && target_of(&o).as_deref() == Some(target));
+        let others = self.others_of(key, target)?;
         if let Some(s) = session {
             let busy = !iscsi::host_devices(&self.sys, s.host).is_empty();
             if owned && !others && !busy {

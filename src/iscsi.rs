@@ -256,6 +256,7 @@ pub fn delete_device(sys: &Sys, dev: &ScsiDev) -> Result<(), IscsiError> {
     if !reachable {
         tracing::warn!(hctl = %dev.hctl, state = ?state, "SCSI device offline: deleting it without a flush");
     }
+    let start = std::time::Instant::now();
     if let Some(b) = dev.block.as_ref().filter(|_| reachable) {
         let node = sys.path(format!("/dev/{b}"));
         // fsync on a block device writes back its dirty pages and sends a cache flush.
@@ -267,9 +268,13 @@ pub fn delete_device(sys: &Sys, dev: &ScsiDev) -> Result<(), IscsiError> {
         }
     }
     let path = sys.path(format!("/sys/bus/scsi/devices/{}/delete", dev.hctl));
+    let flushed = start.elapsed();
     crate::crash::point("delete SCSI device", &path);
     match fs::write(&path, "1") {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            tracing::debug!(hctl = %dev.hctl, flush_ms = flushed.as_millis(), elapsed_ms = start.elapsed().as_millis(), "SCSI device deleted");
+            Ok(())
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(source) => Err(IscsiError::Io { path, source }),
     }

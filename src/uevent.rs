@@ -2,16 +2,25 @@
 //! netlink socket wakes the waiter whenever a device comes or goes, and the
 //! caller's condition (read from sysfs) is checked again. This works with or
 //! without udevd, because it listens to the kernel's own broadcast.
+//! [`Watcher::udev`] hears udevd's broadcast instead: an event there means
+//! udevd has finished with it (its links are made or gone), which is what
+//! `udevadm settle` waits for, for one device instead of the whole queue.
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{
-    bind, recv, socket, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType,
+    bind, recv, socket, sockopt, AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol,
+    SockType,
 };
 
-/// Kernel uevent multicast group (udevd's own group is 2).
+/// Kernel uevent multicast group.
 const KERNEL_GROUP: u32 = 1;
+/// udevd's multicast group: events after its rules ran.
+const UDEV_GROUP: u32 = 2;
+/// Receive buffer for udevd's events: a detach's SCSI teardown sends dozens
+/// of them while we wait for one; udevd asks for 128 MiB for its own socket.
+const UDEV_RCVBUF: usize = 4 << 20;
 
 /// A subscription to kernel uevents.
 #[derive(Debug)]
@@ -24,6 +33,23 @@ impl Watcher {
     /// that an event between check and wait is not lost. If the socket
     /// cannot be opened, waiting degrades to polling every 50 ms.
     pub fn new() -> Watcher {
+        Watcher::subscribe(KERNEL_GROUP)
+    }
+
+    /// Subscribe to udevd's events (see the module doc). Only meaningful
+    /// while udevd runs.
+    pub fn udev() -> Watcher {
+        let w = Watcher::subscribe(UDEV_GROUP);
+        if let Some(s) = &w.sock {
+            // Best effort: a smaller buffer only makes an overflow likelier,
+            // and an overflow is reported (see `wait_event`).
+            let _ = nix::sys::socket::setsockopt(s, sockopt::RcvBufForce, &UDEV_RCVBUF)
+                .or_else(|_| nix::sys::socket::setsockopt(s, sockopt::RcvBuf, &UDEV_RCVBUF));
+        }
+        w
+    }
+
+    fn subscribe(group: u32) -> Watcher {
         let sock = socket(
             AddressFamily::Netlink,
             SockType::Raw,
@@ -33,7 +59,7 @@ impl Watcher {
         .ok()
         .filter(|s| {
             use std::os::fd::AsRawFd;
-            bind(s.as_raw_fd(), &NetlinkAddr::new(0, KERNEL_GROUP)).is_ok()
+            bind(s.as_raw_fd(), &NetlinkAddr::new(0, group)).is_ok()
         });
         if sock.is_none() {
             tracing::debug!("no uevent socket; falling back to polling");
@@ -62,6 +88,52 @@ impl Watcher {
         }
     }
 
+    /// Wait until an event carrying every `KEY=VALUE` of `props` arrives
+    /// (Seen), `timeout` passes (Timeout), or events were dropped or cannot
+    /// be read, so one may have been missed (Lost).
+    pub fn wait_event(&self, timeout: Duration, props: &[&str]) -> Event {
+        let Some(sock) = &self.sock else {
+            return Event::Lost;
+        };
+        // Both message formats (the kernel's `ACTION@DEVPATH\0K=V\0...` and
+        // libudev's header + `K=V\0...`) carry the properties NUL-separated.
+        let wanted: Vec<Vec<u8>> = props
+            .iter()
+            .map(|p| format!("{p}\0").into_bytes())
+            .collect();
+        let start = Instant::now();
+        let mut buf = vec![0u8; 16384];
+        loop {
+            let left = timeout.saturating_sub(start.elapsed());
+            if left.is_zero() {
+                return Event::Timeout;
+            }
+            let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+            let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::from(ms)) {
+                Ok(0) => continue,
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return Event::Lost,
+            }
+            use std::os::fd::AsRawFd;
+            loop {
+                match recv(sock.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+                    Ok(n) => {
+                        let msg = &buf[..n];
+                        if wanted.iter().all(|w| contains(msg, w)) {
+                            return Event::Seen;
+                        }
+                    }
+                    Err(nix::errno::Errno::EAGAIN) => break,
+                    Err(nix::errno::Errno::EINTR) => {}
+                    // ENOBUFS: the socket overflowed and events were dropped.
+                    Err(_) => return Event::Lost,
+                }
+            }
+        }
+    }
+
     /// Block until some uevent arrives or `max` passes; drain what is queued.
     fn next_events(&self, max: Duration) {
         let Some(sock) = &self.sock else {
@@ -79,6 +151,21 @@ impl Watcher {
             {}
         }
     }
+}
+
+/// What [`Watcher::wait_event`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// The event came.
+    Seen,
+    /// It did not come in time.
+    Timeout,
+    /// It may have come unseen (no socket, or dropped events).
+    Lost,
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 impl Default for Watcher {

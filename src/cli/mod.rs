@@ -135,6 +135,8 @@ pub(crate) fn main() -> ExitCode {
         }
     };
     logging::init(cli.verbose, cli.quiet);
+    // Marks the end of exec and start-up in a profile (`make bench`).
+    tracing::debug!("started");
     let config = cli.config.as_deref();
     let result = match cli.command {
         Command::Parse(args) => parse::run(args),

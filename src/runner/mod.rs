@@ -85,6 +85,8 @@ pub struct Cmd {
     pub args: Vec<Arg>,
     /// How long it may run before it is killed.
     pub timeout: Duration,
+    /// Environment beyond the runner's clean one (LC_ALL, PATH).
+    pub env: Vec<(&'static str, &'static str)>,
 }
 
 impl Cmd {
@@ -94,7 +96,14 @@ impl Cmd {
             program,
             args: Vec::new(),
             timeout: Duration::from_secs(30),
+            env: Vec::new(),
         }
+    }
+
+    /// Set an environment variable for it.
+    pub fn env(mut self, key: &'static str, value: &'static str) -> Cmd {
+        self.env.push((key, value));
+        self
     }
 
     /// Add a plain argument.

@@ -104,6 +104,7 @@ impl Runner for RealRunner {
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             // lvm warns on stderr about every descriptor xl or libvirt left open
             .env("LVM_SUPPRESS_FD_WARNINGS", "1")
+            .envs(cmd.env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

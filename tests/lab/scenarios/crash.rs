@@ -198,3 +198,111 @@ fn lab_crash_at_every_detach_step_converges() {
     vg.remove();
     Snapshot::take().assert_clean();
 }
+
+/// Attach A logs in and scans its LUN; attach B of another LUN of the same
+/// target comes while A is held there (a kill point used as a pause) and
+/// shares the session; then A fails (its local volume is too small) and
+/// rolls back. The rollback must delete A's disk only: B keeps its disk and
+/// the session, and B's detach logs out (the session stays ours).
+#[test]
+fn lab_rollback_keeps_the_session_another_attach_shares() {
+    const A: &str = "lun1@iqn.2024-01.lab.iscsimple:crash+small-disk";
+    const B: &str = "lun2@iqn.2024-01.lab.iscsimple:crash";
+    let _lab = Lab::start(Udev::On);
+    let _t = Target::start(TargetSpec::new(Kind::Tgt, IQN, &[MIB, MIB]));
+    let vg = Vg::create("labvg", MIB + 16);
+    let small = vg.lv("small", MIB / 2);
+    let tool = Tool::new(&format!("[discovery]\nportals = [\"{}\"]\n", _t.portal()));
+    tool.labels(&[("small-disk", small.to_str().unwrap())]);
+    forget_nodes();
+    let clean = Snapshot::take().devices();
+
+    // Alone, A fails at the size check and leaves nothing.
+    let (out, points) = run_killed(&tool, &["attach", A], None);
+    assert!(
+        !out.ok() && out.stderr.contains("small-disk"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(Snapshot::take().devices(), clean, "A alone rolls back");
+    let scan = points
+        .iter()
+        .position(|p| p.split_whitespace().nth(1) == Some("scan"))
+        .unwrap_or_else(|| panic!("no scan point: {points:#?}"));
+    // 1-based: the point after the scan (A's disk is there, A not failed yet).
+    let hold = scan + 2;
+    println!("holding A at point {hold}: {}", points[hold - 1]);
+
+    forget_nodes();
+    let paused = format!("{LOG}.paused");
+    let go = format!("{LOG}.go");
+    for f in [LOG, &paused, &go] {
+        let _ = fs::remove_file(f);
+    }
+    let a = std::process::Command::new(crate::fixture::tool::bin())
+        .args(["--config", "/etc/iscsimple/iscsimple.toml", "attach", A])
+        .env("ISCSIMPLE_CRASH_LOG", LOG)
+        .env("ISCSIMPLE_PAUSE_AT", hold.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn attach A");
+    let start = std::time::Instant::now();
+    while !Path::new(&paused).exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "A never reached point {hold}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        initiator::disk(IQN, 1).is_some(),
+        "A holds LUN 1 at the pause"
+    );
+    let b = tool.attach(B);
+    fs::write(&go, b"").expect("release A");
+    let out = a.wait_with_output().expect("attach A");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!(
+        "$ iscsimple attach {A} -> {:?}\n{stderr}",
+        out.status.code()
+    );
+    assert!(
+        !out.status.success() && stderr.contains("small-disk"),
+        "{stderr}"
+    );
+
+    assert_eq!(
+        initiator::sessions(IQN).len(),
+        1,
+        "the session B uses is kept"
+    );
+    assert!(
+        initiator::disk(IQN, 1).is_none(),
+        "A's disk deleted by its rollback"
+    );
+    assert!(b.exists(), "B's disk {} is still there", b.display());
+    let read = crate::fixture::cmd::run(
+        "/bin/dd",
+        &[
+            &format!("if={}", b.display()),
+            "of=/dev/null",
+            "bs=4096",
+            "count=1",
+            "iflag=direct",
+        ],
+    );
+    assert!(
+        read.ok(),
+        "B's disk reads after A's rollback: {}",
+        read.stderr
+    );
+
+    tool.detach(B);
+    assert!(initiator::sessions(IQN).is_empty(), "B's detach logs out");
+    assert_eq!(state_files(), Vec::<String>::new());
+    assert_eq!(Snapshot::take().devices(), clean);
+    vg.remove();
+    Snapshot::take().assert_clean();
+}
