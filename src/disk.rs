@@ -1460,8 +1460,13 @@ impl<'a> Engine<'a> {
             .map(|w| w.wait_event(UDEV_WAIT, &["ACTION=remove", &devpath]))
         {
             Some(Event::Seen) => {}
+            // udevd is stuck: settle would wait as long again (the hotplug
+            // script has 40 s in all); the stale links go below.
+            Some(Event::Timeout) => {
+                tracing::warn!(array = %s.kname, waited = ?UDEV_WAIT, "udev did not finish removing the array")
+            }
             // Stopped earlier by someone else, or udev's events were lost.
-            Some(_) | None => self.settle(),
+            Some(Event::Lost) | None => self.settle(),
         }
         // The kernel drops a stopped array's disk asynchronously; without
         // udev nothing else waits for it before the stale nodes go.
