@@ -106,7 +106,7 @@ if [ "$FLAVOR" = xen ]; then
         -nographic -no-reboot -nic none -monitor none \
         -kernel "$XCACHE/xen.elf" \
         -append "console=com1 com1=115200,8n1 dom0_mem=$DOM0_MEM,max:$DOM0_MEM loglvl=all guest_loglvl=all ${XEN_APPEND:-}" \
-        -initrd "$(qesc "$XCACHE/vmlinuz-dom0") $(qesc "console=hvc0 panic=-1 quiet ${APPEND:-}"),$(qesc "$WORK/initrd.gz")" \
+        -initrd "$(qesc "$XCACHE/vmlinuz-dom0") $(qesc "console=hvc0 panic=-1 oops=panic quiet ${APPEND:-}"),$(qesc "$WORK/initrd.gz")" \
         ${QEMU_EXTRA:-} </dev/null > "$CONSOLE" 2>&1 &
 else
     # shellcheck disable=SC2086
@@ -114,7 +114,7 @@ else
         -accel tcg,thread=multi -cpu max -smp "${SMP:-2}" -m "${MEM:-1024}" \
         -nographic -no-reboot -nic none -monitor none \
         -kernel "$CACHE/vmlinuz" -initrd "$WORK/initrd.gz" \
-        -append "console=ttyS0 panic=-1 quiet ${APPEND:-}" ${QEMU_EXTRA:-} \
+        -append "console=ttyS0 panic=-1 oops=panic quiet ${APPEND:-}" ${QEMU_EXTRA:-} \
         </dev/null > "$CONSOLE" 2>&1 &
 fi
 QPID=$!
