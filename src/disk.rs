@@ -385,6 +385,12 @@ impl<'a> Engine<'a> {
         )
     }
 
+    /// The lock around a target's login, scan, logout and session claim:
+    /// every user of it must name it alike.
+    fn target_lock(&self, target: &str) -> Result<Lock, LockError> {
+        self.lock(&format!("target-{target}"), &format!("target {target}"))
+    }
+
     /// The local leg of `spec` per the label table: None for MISSING or no label.
     fn local_leg(&self, spec: &Spec) -> Result<Option<PathBuf>, (Step, Cause)> {
         let Some(label) = &spec.label else {
@@ -1081,7 +1087,7 @@ impl<'a> Engine<'a> {
     ) -> Result<IscsiLeg, (Step, Cause)> {
         let target = t.as_str();
         let target_lock = self
-            .lock(&format!("target-{target}"), &format!("target {target}"))
+            .target_lock(target)
             .map_err(|e| (Step::Lock, e.into()))?;
         let session = match iscsi::session_of(&self.sys, target).filter(|s| s.state == "LOGGED_IN")
         {
@@ -1577,10 +1583,7 @@ impl<'a> Engine<'a> {
         }
         let member = array.members.iter().find(|x| x.kname == leg.kname);
         let _target_lock = self
-            .lock(
-                &format!("target-{}", leg.target),
-                &format!("target {}", leg.target),
-            )
+            .target_lock(&leg.target)
             .map_err(|e| fail(Step::Lock, e.into()))?;
         let session = iscsi::session_of(&self.sys, &leg.target);
         let session = match session {
@@ -1854,7 +1857,7 @@ impl<'a> Engine<'a> {
     /// to share the session meanwhile (it logs out at its detach).
     fn undo_login(&self, key: &str, target: &str, sid: u32) -> Result<(), (Step, Cause)> {
         let _target_lock = self
-            .lock(&format!("target-{target}"), &format!("target {target}"))
+            .target_lock(target)
             .map_err(|e| (Step::Lock, e.into()))?;
         let others = self.others_of(key, target)?;
         let busy = iscsi::session_of(&self.sys, target)
@@ -1880,7 +1883,7 @@ impl<'a> Engine<'a> {
     /// exists (a rollback that kept it, or another attach that logged in).
     fn undo_own(&self, target: &str) -> Result<(), (Step, Cause)> {
         let _target_lock = self
-            .lock(&format!("target-{target}"), &format!("target {target}"))
+            .target_lock(target)
             .map_err(|e| (Step::Lock, e.into()))?;
         if iscsi::session_of(&self.sys, target).is_some() {
             return Ok(());
@@ -1913,7 +1916,7 @@ impl<'a> Engine<'a> {
         known: Option<&IscsiLeg>,
     ) -> Result<(), (Step, Cause)> {
         let _target_lock = self
-            .lock(&format!("target-{target}"), &format!("target {target}"))
+            .target_lock(target)
             .map_err(|e| (Step::Lock, e.into()))?;
         let owned = self
             .store

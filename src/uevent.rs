@@ -102,53 +102,55 @@ impl Watcher {
             .map(|p| format!("{p}\0").into_bytes())
             .collect();
         let start = Instant::now();
-        let mut buf = vec![0u8; 16384];
         loop {
             let left = timeout.saturating_sub(start.elapsed());
             if left.is_zero() {
                 return Event::Timeout;
             }
-            let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
-            let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, PollTimeout::from(ms)) {
-                Ok(0) => continue,
-                Ok(_) => {}
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => return Event::Lost,
-            }
-            use std::os::fd::AsRawFd;
-            loop {
-                match recv(sock.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
-                    Ok(n) => {
-                        let msg = &buf[..n];
-                        if wanted.iter().all(|w| contains(msg, w)) {
-                            return Event::Seen;
-                        }
-                    }
-                    Err(nix::errno::Errno::EAGAIN) => break,
-                    Err(nix::errno::Errno::EINTR) => {}
-                    // ENOBUFS: the socket overflowed and events were dropped.
-                    Err(_) => return Event::Lost,
-                }
+            match receive(sock, left, |msg| wanted.iter().all(|w| contains(msg, w))) {
+                Ok(true) => return Event::Seen,
+                Ok(false) => {}
+                Err(()) => return Event::Lost,
             }
         }
     }
 
     /// Block until some uevent arrives or `max` passes; drain what is queued.
     fn next_events(&self, max: Duration) {
-        let Some(sock) = &self.sock else {
-            std::thread::sleep(max);
-            return;
-        };
-        let ms = u16::try_from(max.as_millis()).unwrap_or(u16::MAX);
-        let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
-        if poll(&mut fds, PollTimeout::from(ms)).unwrap_or(0) > 0 {
-            use std::os::fd::AsRawFd;
-            let mut buf = [0u8; 8192];
-            while recv(sock.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT)
-                .map(|n| n > 0)
-                .unwrap_or(false)
-            {}
+        match &self.sock {
+            // The caller checks its condition again either way.
+            Some(sock) => {
+                let _ = receive(sock, max, |_| false);
+            }
+            None => std::thread::sleep(max),
+        }
+    }
+}
+
+/// Wait up to `max` for the socket to be readable, then hand each queued
+/// message to `found` until it returns true (Ok(true)) or the queue is
+/// empty (Ok(false)). Err when the socket failed or overflowed (ENOBUFS:
+/// events were dropped).
+fn receive(
+    sock: &OwnedFd,
+    max: Duration,
+    mut found: impl FnMut(&[u8]) -> bool,
+) -> Result<bool, ()> {
+    use std::os::fd::AsRawFd;
+    let ms = u16::try_from(max.as_millis()).unwrap_or(u16::MAX);
+    let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, PollTimeout::from(ms)) {
+        Ok(0) | Err(nix::errno::Errno::EINTR) => return Ok(false),
+        Ok(_) => {}
+        Err(_) => return Err(()),
+    }
+    let mut buf = [0u8; 16384];
+    loop {
+        match recv(sock.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+            Ok(n) if found(&buf[..n]) => return Ok(true),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(nix::errno::Errno::EAGAIN) => return Ok(false),
+            Err(_) => return Err(()),
         }
     }
 }
