@@ -68,18 +68,17 @@ pub enum IscsiError {
         /// Its sysfs state, or "absent".
         state: String,
     },
-    /// Scanning found no such LUN.
-    #[error("target {target} has no LUN {lun}{}", lun_list(.disks))]
+    /// Scanning found no such LUN. (The target's other LUNs are not
+    /// listed: finding them would mean scanning other VMs' disks in.)
+    #[error("target {target} has no LUN {lun}")]
     NoLun {
         /// Target.
         target: String,
         /// The LUN asked for.
         lun: u32,
-        /// Disk LUNs it does have, if known.
-        disks: Option<Vec<u32>>,
     },
     /// The LUN is not a disk (tgt's LUN 0 is its controller).
-    #[error("LUN {lun} of {target} is not a disk (SCSI type {kind}){}", lun_list(.disks))]
+    #[error("LUN {lun} of {target} is not a disk (SCSI type {kind})")]
     NotDisk {
         /// Target.
         target: String,
@@ -87,8 +86,6 @@ pub enum IscsiError {
         lun: u32,
         /// SCSI peripheral type.
         kind: u32,
-        /// Disk LUNs it does have.
-        disks: Option<Vec<u32>>,
     },
     /// The LUN's block device did not show up in time.
     #[error("LUN {lun} of {target} ({hctl}) got no block device within {}s", .waited.as_secs())]
@@ -110,17 +107,6 @@ pub enum IscsiError {
         /// The cause.
         source: std::io::Error,
     },
-}
-
-fn lun_list(disks: &Option<Vec<u32>>) -> String {
-    match disks {
-        Some(d) if d.is_empty() => "; it has no disk LUNs".to_string(),
-        Some(d) => format!(
-            "; its disk LUNs are {}",
-            d.iter().map(u32::to_string).collect::<Vec<_>>().join(", ")
-        ),
-        None => String::new(),
-    }
 }
 
 /// An iSCSI session as sysfs shows it.
@@ -214,19 +200,28 @@ pub fn host_devices(sys: &Sys, host: u32) -> Vec<ScsiDev> {
     sys.list("/sys/bus/scsi/devices")
         .into_iter()
         .filter(|n| n.starts_with(&prefix) && n.split(':').count() == 4)
-        .filter_map(|hctl| {
-            let lun = hctl.rsplit(':').next()?.parse().ok()?;
-            let dir = format!("/sys/bus/scsi/devices/{hctl}");
-            let kind = sys.read(format!("{dir}/type"))?.parse().ok()?;
-            let block = sys.list(format!("{dir}/block")).into_iter().next();
-            Some(ScsiDev {
-                hctl,
-                lun,
-                kind,
-                block,
-            })
-        })
+        .filter_map(|hctl| device_at(sys, &hctl))
         .collect()
+}
+
+/// The SCSI device at address `hctl` (`H:C:T:L`), if present.
+pub fn device_at(sys: &Sys, hctl: &str) -> Option<ScsiDev> {
+    let lun = hctl.rsplit(':').next()?.parse().ok()?;
+    let dir = format!("/sys/bus/scsi/devices/{hctl}");
+    let kind = sys.read(format!("{dir}/type"))?.parse().ok()?;
+    let block = sys.list(format!("{dir}/block")).into_iter().next();
+    Some(ScsiDev {
+        hctl: hctl.to_string(),
+        lun,
+        kind,
+        block,
+    })
+}
+
+/// The SCSI identity (`device/wwid`, from VPD page 0x83) of block device
+/// `kname`: what tells one LUN from another that took its name.
+pub fn wwid(sys: &Sys, kname: &str) -> Option<String> {
+    sys.read(format!("/sys/block/{kname}/device/wwid"))
 }
 
 /// The SCSI device of `lun` on `session`, if present.
@@ -326,6 +321,15 @@ fn split_portal(portal: &str) -> (&str, &str) {
     }
 }
 
+/// What a login did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Login {
+    /// This login made the session.
+    LoggedIn,
+    /// A session existed already (iscsiadm's ISCSI_ERR_SESS_EXISTS).
+    Existed,
+}
+
 /// Thin typed wrappers around iscsiadm.
 #[derive(Debug)]
 pub struct Iscsiadm<'a> {
@@ -402,14 +406,14 @@ impl Iscsiadm<'_> {
         Ok(())
     }
 
-    /// Log in. An existing session is not an error.
-    pub fn login(&self, target: &str, portal: &str) -> Result<(), IscsiError> {
+    /// Log in. An existing session is not an error, but is not ours either.
+    pub fn login(&self, target: &str, portal: &str) -> Result<Login, IscsiError> {
         let cmd = Cmd::new(Program::Iscsiadm)
             .timeout(self.login_timeout)
             .args(["-m", "node", "-T", target, "-p", portal, "--login"]);
         match self.runner.run(&cmd) {
-            Ok(_) => Ok(()),
-            Err(e) if e.code() == Some(ERR_SESS_EXISTS) => Ok(()),
+            Ok(_) => Ok(Login::LoggedIn),
+            Err(e) if e.code() == Some(ERR_SESS_EXISTS) => Ok(Login::Existed),
             Err(e) if e.code() == Some(ERR_LOGIN_AUTH_FAILED) || auth_text(&e) => {
                 Err(IscsiError::AuthFailed {
                     target: target.to_string(),
@@ -669,16 +673,15 @@ mod tests {
     }
 
     #[test]
-    fn lun_lists_read_well() {
+    fn a_lun_that_is_not_a_disk_is_named_alone() {
         let e = IscsiError::NotDisk {
             target: "iqn.x:y".into(),
             lun: 0,
             kind: 12,
-            disks: Some(vec![1, 2]),
         };
         assert_eq!(
             e.to_string(),
-            "LUN 0 of iqn.x:y is not a disk (SCSI type 12); its disk LUNs are 1, 2"
+            "LUN 0 of iqn.x:y is not a disk (SCSI type 12)"
         );
     }
 }

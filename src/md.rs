@@ -33,6 +33,22 @@ pub enum MdError {
         /// The label.
         label: String,
     },
+    /// The recorded array is gone.
+    #[error("array /dev/md/{label} is gone")]
+    Gone {
+        /// The label.
+        label: String,
+    },
+    /// What answers to the recorded name is another array.
+    #[error("{kname} is not the array recorded for /dev/md/{label} ({why}): left alone")]
+    NotOurs {
+        /// The label.
+        label: String,
+        /// The array found.
+        kname: String,
+        /// What differs.
+        why: String,
+    },
 }
 
 /// A leg given to `mdadm --build`.
@@ -55,6 +71,38 @@ pub struct Member {
     pub state: Vec<String>,
     /// Slot, or None while spare/recovering.
     pub slot: Option<u32>,
+    /// Block device number `MAJ:MIN` of the member.
+    pub devnum: Option<String>,
+}
+
+impl Member {
+    /// md's word for the member: in sync, faulty, or on its way in.
+    pub fn condition(&self) -> MemberCondition {
+        let has = |f: &str| self.state.iter().any(|x| x == f);
+        if has("faulty") {
+            MemberCondition::Faulty
+        } else if has("in_sync") {
+            MemberCondition::InSync
+        } else {
+            MemberCondition::Recovering
+        }
+    }
+
+    /// Whether md reads from it only when nothing else can serve.
+    pub fn write_mostly(&self) -> bool {
+        self.state.iter().any(|x| x == "write_mostly")
+    }
+}
+
+/// A member's condition, from its `dev-X/state` flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberCondition {
+    /// `in_sync` and not `faulty`.
+    InSync,
+    /// `faulty`: md stopped using it.
+    Faulty,
+    /// Neither: a spare being resynced, or waiting to be.
+    Recovering,
 }
 
 /// An md array as sysfs shows it.
@@ -76,6 +124,15 @@ pub struct Array {
     pub members: Vec<Member>,
     /// Size in bytes.
     pub size: u64,
+    /// Block device number `MAJ:MIN` of the array.
+    pub devnum: Option<String>,
+}
+
+impl Array {
+    /// The member with kernel name `kname`.
+    pub fn member(&self, kname: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.kname == kname)
+    }
 }
 
 /// `/dev/md/LABEL`.
@@ -111,6 +168,7 @@ pub fn read_array(sys: &Sys, kname: &str) -> Option<Array> {
             slot: sys
                 .read(format!("{d}/dev-{m}/slot"))
                 .and_then(|s| s.parse().ok()),
+            devnum: sys.devnum(&m),
             kname: m,
         })
         .collect();
@@ -132,6 +190,7 @@ pub fn read_array(sys: &Sys, kname: &str) -> Option<Array> {
             .and_then(|s| s.parse().ok()),
         members,
         size: sys.block_size(kname).unwrap_or(0),
+        devnum: sys.devnum(kname),
     })
 }
 

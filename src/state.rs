@@ -53,6 +53,10 @@ pub struct IscsiLeg {
     /// disk incrementally.
     #[serde(default)]
     pub wwid: Option<String>,
+    /// Its block device number `MAJ:MIN`: with the wwid, what tells our
+    /// disk from another one that took its name after a delete.
+    #[serde(default)]
+    pub devnum: Option<String>,
 }
 
 /// The md mirror of an attachment.
@@ -71,6 +75,17 @@ pub struct Mirror {
     /// The write-intent bitmap file, when the array has one.
     #[serde(default)]
     pub bitmap: Option<PathBuf>,
+    /// The array's block device number `MAJ:MIN`, once built: a minor is
+    /// reused by the next array once this one stops.
+    #[serde(default)]
+    pub devnum: Option<String>,
+    /// The local leg's block device number when the array was built.
+    #[serde(default)]
+    pub local_devnum: Option<String>,
+    /// The local leg's identity ([`crate::volume::identity`]): a device
+    /// number is reused, a dm UUID is not.
+    #[serde(default)]
+    pub local_id: Option<String>,
 }
 
 /// Where an attach got to.
@@ -105,6 +120,12 @@ pub struct OwnedSession {
     pub target: String,
     /// Portal.
     pub portal: String,
+    /// The session id our login made. None between the claim (written
+    /// before the login, under the target lock) and the session's
+    /// appearance: a call killed there leaves a pending claim, which the
+    /// next call adopts only for a session that appeared after it.
+    #[serde(default)]
+    pub sid: Option<u32>,
 }
 
 /// A hypervisor backend (a Xen vbd, a libvirt domain disk) holding an
@@ -466,6 +487,7 @@ mod tests {
                 scanned: true,
                 size: 1 << 26,
                 wwid: None,
+                devnum: None,
             }),
             mirror: Some(Mirror {
                 label: "l1".into(),
@@ -473,6 +495,9 @@ mod tests {
                 local: Some("/dev/vg/l1".into()),
                 local_pending: false,
                 bitmap: None,
+                devnum: None,
+                local_devnum: None,
+                local_id: None,
             }),
         }
     }

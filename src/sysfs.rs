@@ -67,6 +67,11 @@ impl Sys {
             .map(|s| s * 512)
     }
 
+    /// Block device number `MAJ:MIN` of block device `kname`.
+    pub fn devnum(&self, kname: &str) -> Option<String> {
+        self.read(format!("/sys/class/block/{kname}/dev"))
+    }
+
     /// Kernel name of the block device with number `major:minor`.
     pub fn block_kname(&self, major: u64, minor: u64) -> Option<String> {
         self.link_name(format!("/sys/dev/block/{major}:{minor}"))

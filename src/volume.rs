@@ -33,6 +33,16 @@ pub enum VolumeError {
         /// Holders listed in sysfs (`md127`, `dm-3`).
         holders: Vec<String>,
     },
+    /// The path now names another volume than the one recorded.
+    #[error("local volume {} is now {found}, not the volume {recorded} recorded at attach", path.display())]
+    Replaced {
+        /// The path.
+        path: PathBuf,
+        /// The identity recorded.
+        recorded: String,
+        /// The identity found.
+        found: String,
+    },
     /// The device is smaller than the iSCSI LUN it must mirror.
     #[error("local volume {} has {size} bytes, smaller than the iSCSI LUN's {needed}", path.display())]
     TooSmall {
@@ -62,6 +72,31 @@ pub struct Volume {
     pub kname: String,
     /// Size in bytes.
     pub size: u64,
+    /// Block device number `MAJ:MIN`.
+    pub devnum: String,
+    /// What stays the same while the volume exists and differs from any
+    /// other volume's (see [`identity`]).
+    pub id: String,
+}
+
+/// The identity of block device `kname`: the dm UUID of an LVM or other
+/// device-mapper volume (`dm:LVM-...`, what LVM names the LV by, kept
+/// across renames and reboots), else the SCSI wwid of a disk (`wwid:...`),
+/// else its device number (`dev:MAJ:MIN`, valid only while it exists).
+pub fn identity(sys: &Sys, kname: &str) -> Option<String> {
+    if let Some(u) = sys
+        .read(format!("/sys/class/block/{kname}/dm/uuid"))
+        .filter(|u| !u.is_empty())
+    {
+        return Some(format!("dm:{u}"));
+    }
+    if let Some(w) = sys
+        .read(format!("/sys/class/block/{kname}/device/wwid"))
+        .filter(|w| !w.is_empty())
+    {
+        return Some(format!("wwid:{w}"));
+    }
+    sys.devnum(kname).map(|d| format!("dev:{d}"))
 }
 
 /// Resolve `path` to a block device and read its size.
@@ -87,10 +122,14 @@ pub fn resolve(sys: &Sys, path: &Path) -> Result<Volume, VolumeError> {
         ),
     })?;
     let size = sys.block_size(&kname).unwrap_or(0);
+    let devnum = format!("{maj}:{min}");
+    let id = identity(sys, &kname).unwrap_or_else(|| format!("dev:{devnum}"));
     Ok(Volume {
         path: path.to_path_buf(),
         kname,
         size,
+        devnum,
+        id,
     })
 }
 
@@ -162,6 +201,8 @@ mod tests {
             path: "/dev/vg/a".into(),
             kname: "dm-0".into(),
             size: 10,
+            devnum: "253:0".into(),
+            id: "dm:LVM-x".into(),
         };
         assert_eq!(
             check_size(&v, 20).expect_err("small").to_string(),

@@ -327,6 +327,7 @@ fn duplicate_uuids_between_attachments() {
                         scanned: true,
                         size: 8192,
                         wwid: None,
+                        devnum: None,
                     }),
                     mirror: None,
                 },

@@ -57,10 +57,14 @@ fn lab_refusals_leave_the_host_unchanged() {
         check(&format!("lun1@{IQN}+busy"), 2, "is in use");
     }
     check(&format!("lun5@{IQN}"), 2, "has no LUN 5");
-    check(
-        &format!("lun0@{IQN}"),
-        2,
-        "is not a disk (SCSI type 12); its disk LUNs are 1",
+    // Only the LUN asked for is ever scanned: other LUNs are other VMs'
+    // disks (udev, LVM and md would see them appear), even to list them.
+    let monitor = ScsiAdds::start();
+    check(&format!("lun0@{IQN}"), 2, "is not a disk (SCSI type 12)");
+    let added = monitor.luns();
+    assert!(
+        added.contains(&0) && added.iter().all(|l| *l == 0),
+        "LUNs scanned in while refusing lun0: {added:?}"
     );
     check(
         "lun1@iqn.2024-01.lab.iscsimple:nosuchtarget",
@@ -78,4 +82,51 @@ fn lab_refusals_leave_the_host_unchanged() {
     tool.detach(&dev.display().to_string());
     assert_eq!(Snapshot::take().devices(), before.devices());
     vg.remove();
+}
+
+/// SCSI devices the kernel adds while it runs (`udevadm monitor --kernel`).
+struct ScsiAdds {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl ScsiAdds {
+    fn start() -> ScsiAdds {
+        let log = std::path::PathBuf::from("/run/scsi-adds.log");
+        let out = std::fs::File::create(&log).expect("log");
+        let child = std::process::Command::new("/usr/bin/udevadm")
+            .args(["monitor", "--kernel", "--subsystem-match=scsi"])
+            .stdout(out)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("udevadm monitor");
+        // It prints a header once it listens.
+        crate::fixture::wait_for(
+            "udevadm monitor to listen",
+            std::time::Duration::from_secs(10),
+            || {
+                std::fs::read_to_string(&log)
+                    .map(|s| s.contains("KERNEL"))
+                    .unwrap_or(false)
+            },
+        );
+        ScsiAdds { child, log }
+    }
+
+    /// The LUN numbers of the SCSI devices added so far.
+    fn luns(mut self) -> Vec<u32> {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        println!("scsi uevents:\n{text}");
+        text.lines()
+            .filter(|l| l.contains(" add ") && l.ends_with("(scsi)"))
+            .filter_map(|l| {
+                let path = l.split_whitespace().nth(2)?;
+                let hctl = path.rsplit('/').next()?;
+                (hctl.split(':').count() == 4).then(|| hctl.rsplit(':').next()?.parse().ok())?
+            })
+            .collect()
+    }
 }

@@ -1,0 +1,608 @@
+//! Attach (and its dry-run plan): input checks first, then the iSCSI leg,
+//! then the mirror; every step that changes the host pushes its undo.
+use std::path::{Path, PathBuf};
+
+use super::array::Expected;
+use super::undo::Undo;
+use super::{
+    key_of, lun_of, remove_file, when, AttachOptions, Cause, DiskError, Engine, NewerConflict, Step,
+};
+use crate::iscsi;
+use crate::labels::{LabelTable, LocalDevice};
+use crate::lock::file_key;
+use crate::md::{self, Bitmap, Leg, MdError};
+use crate::spec::Spec;
+use crate::state::{self, Attachment, LocalNewer, Mirror, OpenRecord, Phase};
+use crate::volume;
+
+impl Engine<'_> {
+    /// The local leg of `spec` per the label table: None for MISSING or no label.
+    fn local_leg(&self, spec: &Spec) -> Result<Option<PathBuf>, (Step, Cause)> {
+        let Some(label) = &spec.label else {
+            return Ok(None);
+        };
+        let table =
+            LabelTable::load(&self.config.label_table).map_err(|e| (Step::LabelTable, e.into()))?;
+        let entry = table.lookup(label).ok_or_else(|| {
+            (
+                Step::LabelTable,
+                Cause::UnknownLabel {
+                    label: label.to_string(),
+                    table: self.config.label_table.clone(),
+                },
+            )
+        })?;
+        Ok(match &entry.device {
+            LocalDevice::Missing => None,
+            LocalDevice::Path(p) => Some(p.clone()),
+        })
+    }
+
+    /// The ordered plan of `attach` (for `--dry-run`): one line per command
+    /// or sysfs write it would do. Changes nothing.
+    pub fn plan(&self, spec: &Spec) -> Result<Vec<String>, DiskError> {
+        let fail = |(step, cause)| DiskError {
+            op: "attach",
+            spec: spec.to_string(),
+            step,
+            cause: Box::new(cause),
+            rollback: vec![],
+        };
+        let local = self.local_leg(spec).map_err(fail)?;
+        if spec.target.is_none() && local.is_none() && spec.label.is_some() {
+            return Err(fail((Step::LocalVolume, Cause::BothMissing)));
+        }
+        let mut p = Vec::new();
+        if let Some(l) = &local {
+            p.push(format!(
+                "check {} is an unused block device (exclusive open, sysfs holders)",
+                l.display()
+            ));
+        }
+        if let Some(t) = &spec.target {
+            let t = t.as_str();
+            match iscsi::session_of(&self.sys, t).filter(|s| s.state == "LOGGED_IN") {
+                Some(s) => p.push(format!("reuse session {} to {t}", s.sid)),
+                None => {
+                    let portal = iscsi::node_portals(&self.sys, t).into_iter().next();
+                    let portal = match portal {
+                        Some(pt) => pt,
+                        None => {
+                            for d in &self.config.discovery.portals {
+                                p.push(format!(
+                                    "iscsiadm -m discovery -t sendtargets -p {d} -o nonpersistent"
+                                ));
+                            }
+                            p.push(format!("iscsiadm -m node -T {t} -p PORTAL -o new"));
+                            "PORTAL".to_string()
+                        }
+                    };
+                    p.push(format!(
+                        "set node.session.scan = manual, node.startup = manual and the session timeouts in the node record of {t} at {portal} (under open-iscsi's lock)"
+                    ));
+                    if self
+                        .config
+                        .chap_for(spec.target.as_ref().expect("checked"))
+                        .ok()
+                        .flatten()
+                        .is_some()
+                    {
+                        p.push(format!("set node.session.auth.authmethod = CHAP and the usernames in the node record of {t} at {portal}"));
+                        p.push(format!("write CHAP secrets into the node record of {t} at {portal} (never on a command line)"));
+                    }
+                    p.push(format!("iscsiadm -m node -T {t} -p {portal} --login"));
+                }
+            }
+            p.push(format!(
+                "echo '- - {}' > /sys/class/scsi_host/hostN/scan",
+                spec.lun
+            ));
+            p.push(format!(
+                "wait for the block device of LUN {} (uevents, {}s)",
+                spec.lun,
+                self.config.timeouts.device.as_secs()
+            ));
+        }
+        if let Some(label) = &spec.label {
+            let mut legs = vec!["missing".to_string()];
+            match &spec.target {
+                Some(_) => legs.push("--write-mostly ISCSI_DEV".into()),
+                None => legs.push(
+                    local
+                        .as_ref()
+                        .map(|l| l.display().to_string())
+                        .unwrap_or_default(),
+                ),
+            }
+            p.push(format!(
+                "mdadm --build /dev/md/{label} --level=1 --raid-devices=2 {}",
+                legs.join(" ")
+            ));
+            if let (Some(_), Some(l)) = (&spec.target, &local) {
+                p.push(format!("mdadm /dev/md/{label} --add {}", l.display()));
+            }
+            p.push(format!("hand out /dev/md/{label}"));
+        } else {
+            p.push("hand out the LUN's block device".to_string());
+        }
+        Ok(p)
+    }
+
+    /// Attach `spec`; returns the device to hand to the hypervisor.
+    pub fn attach(&self, spec: &Spec) -> Result<PathBuf, DiskError> {
+        self.attach_with(spec, AttachOptions::default())
+    }
+
+    /// Attach with options (see [`AttachOptions`]).
+    pub fn attach_with(&self, spec: &Spec, opts: AttachOptions) -> Result<PathBuf, DiskError> {
+        let key = key_of(spec);
+        let mut undo: Vec<Undo> = Vec::new();
+        let r = self.attach_steps(spec, &key, opts, &mut undo);
+        match r {
+            Ok(dev) => Ok(dev),
+            Err((step, cause)) => {
+                tracing::warn!(spec = %spec, %step, error = %cause, "attach failed; rolling back");
+                let rollback = self
+                    .run_undo(undo.into_iter().rev().collect())
+                    .into_iter()
+                    .map(|(s, c)| format!("{s}: {c}"))
+                    .collect();
+                Err(DiskError {
+                    op: "attach",
+                    spec: spec.to_string(),
+                    step,
+                    cause: Box::new(cause),
+                    rollback,
+                })
+            }
+        }
+    }
+
+    fn attach_steps(
+        &self,
+        spec: &Spec,
+        key: &str,
+        opts: AttachOptions,
+        undo: &mut Vec<Undo>,
+    ) -> Result<PathBuf, (Step, Cause)> {
+        // Input first: nothing is touched until the table and volume check out.
+        let local_path = self.local_leg(spec)?;
+        if spec.target.is_none() && local_path.is_none() {
+            return Err((Step::LocalVolume, Cause::BothMissing));
+        }
+        let local = match &local_path {
+            Some(p) => {
+                Some(volume::resolve(&self.sys, p).map_err(|e| (Step::LocalVolume, e.into()))?)
+            }
+            None => None,
+        };
+
+        let _key_lock = self.key_lock(key).map_err(|e| (Step::Lock, e.into()))?;
+        // Every spec naming a target takes its LUN's lock, mirrored or not:
+        // `lun1@T+L` and `lun1@T` must not both get the disk.
+        let _lun_lock = match &spec.target {
+            Some(t) => Some(
+                self.lun_lock(t.as_str(), spec.lun)
+                    .map_err(|e| (Step::Lock, e.into()))?,
+            ),
+            None => None,
+        };
+
+        // Read before any cleanup below: it tells whether the last use of
+        // the label ended cleanly.
+        let open = match &spec.label {
+            Some(l) => self
+                .durable
+                .open(l.as_str())
+                .map_err(|e| (Step::State, e.into()))?,
+            None => None,
+        };
+        // Already attached (a rerun): hand out the same device.
+        if let Some(a) = self.store.load(key).map_err(|e| (Step::State, e.into()))? {
+            if a.phase == Phase::Attached && a.spec == spec.to_string() {
+                if let Some(dev) = a.device.clone().filter(|d| self.sys.path(d).exists()) {
+                    tracing::info!(spec = %spec, device = %dev.display(), "already attached");
+                    return Ok(dev);
+                }
+            }
+            if a.spec != spec.to_string() && a.phase == Phase::Attached {
+                let kname = a
+                    .mirror
+                    .as_ref()
+                    .and_then(|m| m.kname.clone())
+                    .unwrap_or_default();
+                let label = spec
+                    .label
+                    .as_ref()
+                    .map(|l| l.to_string())
+                    .unwrap_or_default();
+                return Err((
+                    Step::Label,
+                    Cause::LabelInUse {
+                        label,
+                        kname,
+                        by: Some(a.spec),
+                    },
+                ));
+            }
+            // A previous attach died half-way (or its devices vanished): undo what it recorded.
+            tracing::warn!(spec = %spec, phase = ?a.phase, "cleaning up an unfinished attachment first");
+            let errors = self.detach_recorded(key, &a);
+            if let Some(e) = errors.into_iter().next() {
+                return Err(e);
+            }
+        }
+        if let Some(label) = &spec.label {
+            if let Some(arr) = md::by_label(&self.sys, label.as_str()) {
+                return Err((
+                    Step::Label,
+                    Cause::LabelInUse {
+                        label: label.to_string(),
+                        kname: arr.kname,
+                        by: None,
+                    },
+                ));
+            }
+        }
+        if let Some(v) = &local {
+            volume::check_unused(&self.sys, v).map_err(|e| (Step::LocalVolume, e.into()))?;
+        }
+        if let Some(t) = &spec.target {
+            // Attachments still logging in count: their leg is not
+            // recorded yet, their spec names the LUN.
+            let want = (t.to_string(), spec.lun);
+            for (k, a) in self.store.all().map_err(|e| (Step::State, e.into()))? {
+                if k != file_key(key) && lun_of(&a).as_ref() == Some(&want) {
+                    return Err((
+                        Step::Scan,
+                        Cause::LunInUse {
+                            target: t.to_string(),
+                            lun: spec.lun,
+                            by: a.spec,
+                        },
+                    ));
+                }
+            }
+        }
+
+        let trust_local = self.choose_source(spec, local.as_ref(), open.as_ref(), opts, undo)?;
+
+        let mut att = Attachment {
+            spec: spec.to_string(),
+            phase: Phase::Attaching,
+            device: None,
+            iscsi: None,
+            mirror: spec.label.as_ref().map(|l| Mirror {
+                label: l.to_string(),
+                kname: None,
+                local: local_path.clone(),
+                local_pending: false,
+                bitmap: None,
+                devnum: None,
+                local_devnum: local.as_ref().map(|v| v.devnum.clone()),
+                local_id: local.as_ref().map(|v| v.id.clone()),
+            }),
+        };
+        self.store
+            .save(key, &att)
+            .map_err(|e| (Step::State, e.into()))?;
+        undo.push(Undo::RemoveState(key.to_string()));
+
+        // iSCSI leg.
+        let iscsi_dev = match &spec.target {
+            Some(t) => {
+                let leg = self.iscsi_leg(key, t, spec.lun, undo)?;
+                let dev = PathBuf::from(format!("/dev/{}", leg.kname));
+                att.iscsi = Some(leg);
+                self.store
+                    .save(key, &att)
+                    .map_err(|e| (Step::State, e.into()))?;
+                Some(dev)
+            }
+            None => None,
+        };
+        if let (Some(v), Some(leg)) = (&local, &att.iscsi) {
+            volume::check_size(v, leg.size).map_err(|e| (Step::Size, e.into()))?;
+        }
+
+        // The mirror.
+        let device = match &spec.label {
+            None => {
+                // Let udev make its links (by-path, by-id) before a caller
+                // such as libvirt looks for them.
+                self.settle();
+                iscsi_dev
+                    .clone()
+                    .expect("a spec without label has a target")
+            }
+            Some(label) => {
+                let label = label.as_str();
+                let mut legs = vec![Leg::Missing];
+                match (&iscsi_dev, &local) {
+                    // The local copy is the source: the iSCSI leg joins later.
+                    (Some(_), Some(v)) if trust_local => legs.push(Leg::Normal(v.path.clone())),
+                    (Some(d), _) => legs.push(Leg::WriteMostly(d.clone())),
+                    (None, Some(v)) => legs.push(Leg::Normal(v.path.clone())),
+                    (None, None) => unreachable!("checked above"),
+                }
+                self.durable
+                    .set_open(&OpenRecord {
+                        label: label.to_string(),
+                        spec: spec.to_string(),
+                        boot_id: state::boot_id(),
+                        since: state::now(),
+                    })
+                    .map_err(|e| (Step::State, e.into()))?;
+                undo.push(Undo::RestoreOpen(label.to_string(), open.clone()));
+                if iscsi_dev.is_none() {
+                    // Every write from now on reaches the local leg only.
+                    self.ensure_newer(
+                        label,
+                        spec,
+                        local.as_ref().map(|v| v.path.clone()),
+                        "iSCSI leg MISSING",
+                        undo,
+                    )?;
+                }
+                let size = att.iscsi.as_ref().map(|i| i.size).unwrap_or(0);
+                let bitmap = match (&iscsi_dev, &local) {
+                    (Some(_), Some(_)) if !opts.defer_local => self.bitmap_for(spec, label, size),
+                    _ => None,
+                };
+                if let Some(stale) = self.sys.link_name(md::label_path(label)) {
+                    // A link left by an array stopped without udev would confuse mdadm.
+                    md::remove_stale_nodes(&self.sys, label, &stale)
+                        .map_err(|e| (Step::Build, e.into()))?;
+                }
+                // What the array must be made of: found and stopped by
+                // that, never by its name alone.
+                let expect = Expected::of(&self.sys, &att).expect("a mirror");
+                {
+                    // No lock of ours: mdadm --build picks the free minor and
+                    // creates the array under its own map lock
+                    // (/run/mdadm/map.lock); builds of different labels overlap.
+                    undo.push(Undo::StopArray {
+                        kname: None,
+                        expect: expect.clone(),
+                        bitmap: Some(self.durable.bitmap(label)),
+                    });
+                    let built = self.mdadm().build(label, &legs, bitmap.as_ref());
+                    match (built, &bitmap) {
+                        (Ok(()), Some(b)) => {
+                            if let Some(m) = att.mirror.as_mut() {
+                                m.bitmap = Some(b.file.clone());
+                            }
+                        }
+                        (Ok(()), None) => {}
+                        (Err(e), Some(b)) => {
+                            // Kernels built without bitmap file support refuse it here.
+                            tracing::warn!(spec = %spec, error = %e, "mdadm --build with a write-intent bitmap failed; building without (a heal will resync fully)");
+                            if let Some(half) = self.array_of_legs(label, &legs) {
+                                self.stop_array(&half.kname, &expect)
+                                    .map_err(|e| (Step::Build, e.into()))?;
+                            }
+                            remove_file(&b.file).map_err(|e| (Step::Build, e.into()))?;
+                            self.mdadm()
+                                .build(label, &legs, None)
+                                .map_err(|e| (Step::Build, e.into()))?;
+                        }
+                        (Err(e), None) => return Err((Step::Build, e.into())),
+                    }
+                }
+                // mdadm names the array itself (see Mdadm::build); settle
+                // only if the name is not there after all.
+                if md::by_label(&self.sys, label).is_none() {
+                    self.settle();
+                }
+                let array = self.array_of_legs(label, &legs).ok_or_else(|| {
+                    (
+                        Step::Build,
+                        MdError::Vanished {
+                            label: label.to_string(),
+                        }
+                        .into(),
+                    )
+                })?;
+                let kname = array.kname.clone();
+                if let Some(Undo::StopArray {
+                    kname: k, expect, ..
+                }) = undo.last_mut()
+                {
+                    *k = Some(kname.clone());
+                    expect.devnum = array.devnum.clone();
+                }
+                md::ensure_label_link(&self.sys, label, &kname)
+                    .map_err(|e| (Step::Build, e.into()))?;
+                md::set_speed_limits(
+                    &self.sys,
+                    &kname,
+                    self.config.md.sync_speed_min,
+                    self.config.md.sync_speed_max,
+                )
+                .map_err(|e| (Step::Build, e.into()))?;
+                if let Some(m) = att.mirror.as_mut() {
+                    m.kname = Some(kname.clone());
+                    m.devnum = array.devnum.clone();
+                }
+                self.store
+                    .save(key, &att)
+                    .map_err(|e| (Step::State, e.into()))?;
+                if let (Some(_), Some(v)) = (&iscsi_dev, &local) {
+                    if opts.defer_local {
+                        tracing::info!(spec = %spec, local = %v.path.display(), "local leg joins later (incoming migration)");
+                        if let Some(m) = att.mirror.as_mut() {
+                            m.local_pending = true;
+                        }
+                    } else if trust_local {
+                        // The local copy is the source: the iSCSI leg joins write-mostly and is overwritten.
+                        self.mdadm()
+                            .add(label, iscsi_dev.as_ref().expect("matched"), true)
+                            .map_err(|e| (Step::AddLocal, e.into()))?;
+                    } else {
+                        // The iSCSI copy is the source: the local leg joins and is overwritten.
+                        self.mdadm()
+                            .add(label, &v.path, false)
+                            .map_err(|e| (Step::AddLocal, e.into()))?;
+                    }
+                }
+                md::label_path(label)
+            }
+        };
+        att.phase = Phase::Attached;
+        att.device = Some(device.clone());
+        self.store
+            .save(key, &att)
+            .map_err(|e| (Step::State, e.into()))?;
+        tracing::info!(spec = %spec, device = %device.display(), "attached");
+        Ok(device)
+    }
+
+    /// Which copy this attach builds from, per what this host recorded:
+    /// true for the local leg (it holds writes the iSCSI disk lacks), false
+    /// for the seed's rule (the iSCSI copy overwrites the local one). Tells
+    /// the caller about an earlier use of the label that did not end cleanly.
+    fn choose_source(
+        &self,
+        spec: &Spec,
+        local: Option<&volume::Volume>,
+        open: Option<&OpenRecord>,
+        opts: AttachOptions,
+        undo: &mut Vec<Undo>,
+    ) -> Result<bool, (Step, Cause)> {
+        let Some(label) = &spec.label else {
+            return Ok(false);
+        };
+        let label = label.as_str();
+        let shown = spec.to_string();
+        let newer = self
+            .durable
+            .newer(label)
+            .map_err(|e| (Step::State, e.into()))?;
+        let mut trust_local = false;
+        if let Some(n) = &newer {
+            let same = local
+                .map(|v| self.same_file(&v.path, &n.local))
+                .unwrap_or(false);
+            if opts.defer_local {
+                // The migrating VM runs on the iSCSI disk elsewhere: that is its disk now.
+                self.notice(
+                    &shown,
+                    format!(
+                        "dropping the record that the local leg {} of {label} is newer ({}): an incoming migration brings the running VM's disk",
+                        n.local.display(),
+                        n.reason
+                    ),
+                );
+                self.durable
+                    .clear_newer(label)
+                    .map_err(|e| (Step::State, e.into()))?;
+                undo.push(Undo::RestoreNewer(label.to_string(), newer.clone()));
+            } else if spec.target.is_some() {
+                if !same {
+                    return Err((
+                        Step::LocalVolume,
+                        Cause::LocalIsNewer(Box::new(NewerConflict {
+                            label: label.to_string(),
+                            local: n.local.clone(),
+                            record: self.durable.path("newer", label),
+                            reason: n.reason.clone(),
+                            what: match local {
+                                None => "the label table makes that leg MISSING".to_string(),
+                                Some(v) => {
+                                    format!("the label table now names {}", v.path.display())
+                                }
+                            },
+                        })),
+                    ));
+                }
+                trust_local = true;
+            }
+        }
+        let why = match (&newer, trust_local) {
+            (Some(n), true) => format!(
+                "trusting the local leg {}: {} ({}); resyncing local -> iSCSI",
+                n.local.display(),
+                n.reason,
+                when(n.since)
+            ),
+            _ if spec.target.is_none() => {
+                "the iSCSI leg is MISSING: the local leg is used alone".to_string()
+            }
+            _ if local.is_none() => {
+                "the local leg is MISSING: the iSCSI disk is used alone".to_string()
+            }
+            _ => "trusting the iSCSI disk (no record of its leg failing); the local leg is resynced from it".to_string(),
+        };
+        if let Some(o) = open {
+            let what = if o.boot_id != state::boot_id() {
+                format!(
+                    "the last attach of {label} ({}, {}) was never detached: the host went down with it",
+                    o.spec,
+                    when(o.since)
+                )
+            } else {
+                format!(
+                    "an earlier attach or detach of {label} ({}) did not finish",
+                    when(o.since)
+                )
+            };
+            self.notice(&shown, format!("{what}; {why}"));
+        } else if trust_local {
+            self.notice(&shown, why);
+        }
+        Ok(trust_local)
+    }
+
+    /// Record that the local leg of `label` is newer, unless already recorded.
+    fn ensure_newer(
+        &self,
+        label: &str,
+        spec: &Spec,
+        local: Option<PathBuf>,
+        reason: &str,
+        undo: &mut Vec<Undo>,
+    ) -> Result<(), (Step, Cause)> {
+        let Some(local) = local else { return Ok(()) };
+        let prior = self
+            .durable
+            .newer(label)
+            .map_err(|e| (Step::State, e.into()))?;
+        if prior.is_none() {
+            self.durable
+                .set_newer(&LocalNewer {
+                    label: label.to_string(),
+                    spec: spec.to_string(),
+                    local,
+                    since: state::now(),
+                    reason: reason.to_string(),
+                })
+                .map_err(|e| (Step::State, e.into()))?;
+            undo.push(Undo::RestoreNewer(label.to_string(), None));
+        }
+        Ok(())
+    }
+
+    /// The write-intent bitmap for a new mirror, when configured and the
+    /// platform supports it (a stale file from an earlier array is removed:
+    /// md would trust its clean bits).
+    fn bitmap_for(&self, spec: &Spec, label: &str, size: u64) -> Option<Bitmap> {
+        if !self.config.md.bitmap {
+            return None;
+        }
+        let file = self.durable.bitmap(label);
+        if let Err(why) = md::bitmap_support(&self.mdadm(), &self.durable.bitmap_dir()) {
+            tracing::info!(spec = %spec, why, "no write-intent bitmap: a heal resyncs the whole disk");
+            return None;
+        }
+        if let Err(e) = remove_file(&file) {
+            tracing::warn!(spec = %spec, error = %e, "cannot remove a stale bitmap file; no bitmap");
+            return None;
+        }
+        Some(Bitmap::for_size(file, size))
+    }
+
+    fn same_file(&self, a: &Path, b: &Path) -> bool {
+        let c = |p: &Path| std::fs::canonicalize(self.sys.path(p)).ok();
+        a == b || (c(a).is_some() && c(a) == c(b))
+    }
+}

@@ -1,0 +1,257 @@
+//! What a failed attach, detach or heal says: the step, the cause, and
+//! whether the caller's input was at fault (exit 2) or the system (exit 1).
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::config::ConfigError;
+use crate::iscsi::IscsiError;
+use crate::labels::LabelTableError;
+use crate::lock::LockError;
+use crate::md::MdError;
+use crate::runner::RunError;
+use crate::state::StateError;
+use crate::volume::VolumeError;
+
+/// A step of attach or detach, named in errors and plans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Reading the label table.
+    LabelTable,
+    /// Resolving and checking the local volume.
+    LocalVolume,
+    /// Checking that the label is free.
+    Label,
+    /// Taking a lock.
+    Lock,
+    /// Recording state.
+    State,
+    /// Finding the target's portal.
+    Portal,
+    /// Preparing the node record.
+    Node,
+    /// Logging in.
+    Login,
+    /// Scanning the LUN.
+    Scan,
+    /// Waiting for the LUN's block device.
+    Device,
+    /// Comparing sizes.
+    Size,
+    /// Building the array.
+    Build,
+    /// Adding the local leg.
+    AddLocal,
+    /// Stopping the array.
+    Stop,
+    /// Removing the SCSI device.
+    DeleteDevice,
+    /// Logging out.
+    Logout,
+    /// Finding what the caller named among the attachments.
+    Find,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Step::LabelTable => "label table",
+            Step::LocalVolume => "local leg",
+            Step::Label => "label",
+            Step::Lock => "lock",
+            Step::State => "state",
+            Step::Portal => "portal",
+            Step::Node => "node record",
+            Step::Login => "login",
+            Step::Scan => "LUN scan",
+            Step::Device => "block device",
+            Step::Size => "size check",
+            Step::Build => "mdadm --build",
+            Step::AddLocal => "mdadm --add",
+            Step::Stop => "mdadm --stop",
+            Step::DeleteDevice => "SCSI device delete",
+            Step::Logout => "logout",
+            Step::Find => "attachment",
+        })
+    }
+}
+
+/// What went wrong in a step.
+#[derive(Debug, thiserror::Error)]
+pub enum Cause {
+    /// Configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Label table.
+    #[error(transparent)]
+    Labels(#[from] LabelTableError),
+    /// Local volume.
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    /// iSCSI.
+    #[error(transparent)]
+    Iscsi(#[from] IscsiError),
+    /// md.
+    #[error(transparent)]
+    Md(#[from] MdError),
+    /// Locks.
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    /// State files.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// An external program.
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// The label is not in the table.
+    #[error("label {label} is not in the label table {}", table.display())]
+    UnknownLabel {
+        /// The label.
+        label: String,
+        /// The table.
+        table: PathBuf,
+    },
+    /// Both legs MISSING.
+    #[error("both legs are MISSING: nothing to attach")]
+    BothMissing,
+    /// The label already names an array this call did not make.
+    #[error("/dev/md/{label} already exists ({kname}){}", held_by(.by))]
+    LabelInUse {
+        /// The label.
+        label: String,
+        /// Its array.
+        kname: String,
+        /// The attachment holding it, if known.
+        by: Option<String>,
+    },
+    /// The local volume holds newer data than the iSCSI disk, but this
+    /// attach would not use that volume as its source.
+    #[error(transparent)]
+    LocalIsNewer(Box<NewerConflict>),
+    /// The LUN is already attached (or being attached) under another spec.
+    #[error("LUN {lun} of {target} is already attached as {by}")]
+    LunInUse {
+        /// Target.
+        target: String,
+        /// LUN.
+        lun: u32,
+        /// The other attachment's spec.
+        by: String,
+    },
+    /// A spec names an attachment only if it is that attachment's spec:
+    /// the label (or LUN) it shares is held by another spec.
+    #[error("{asked} is not attached: its {what} is attached as {attached}; name that spec (or the device) to act on it")]
+    OtherSpec {
+        /// The spec the caller gave.
+        asked: String,
+        /// What the two share ("label vm1", "LUN 1 of iqn...").
+        what: String,
+        /// The attached spec.
+        attached: String,
+    },
+}
+
+/// An attach that would lose a local leg's newer data.
+#[derive(Debug, thiserror::Error)]
+#[error("the local leg {} of {label} holds writes the iSCSI disk lacks (recorded in {}: {reason}); {what}; put it back in the label table, or delete that file to accept the iSCSI copy", local.display(), record.display())]
+pub struct NewerConflict {
+    /// The label.
+    pub label: String,
+    /// The local volume with the newer data.
+    pub local: PathBuf,
+    /// The record file.
+    pub record: PathBuf,
+    /// Why it was recorded.
+    pub reason: String,
+    /// What this attach would do instead.
+    pub what: String,
+}
+
+fn held_by(by: &Option<String>) -> String {
+    by.as_ref()
+        .map(|b| format!(", attached as {b}"))
+        .unwrap_or_default()
+}
+
+impl Cause {
+    /// True when the caller's input (spec, table, config, credentials) is at
+    /// fault rather than the system: exit code 2.
+    pub fn is_input(&self) -> bool {
+        matches!(
+            self,
+            Cause::Config(_)
+                | Cause::Labels(_)
+                | Cause::UnknownLabel { .. }
+                | Cause::BothMissing
+                | Cause::LabelInUse { .. }
+                | Cause::LunInUse { .. }
+                | Cause::OtherSpec { .. }
+                | Cause::LocalIsNewer(_)
+                | Cause::Volume(_)
+                | Cause::Iscsi(IscsiError::AuthFailed { .. })
+                | Cause::Iscsi(IscsiError::NotDisk { .. })
+                | Cause::Iscsi(IscsiError::NoLun { .. })
+                | Cause::Iscsi(IscsiError::TargetUnknown { .. })
+        )
+    }
+}
+
+/// A failed attach or detach: the spec, the step, the cause, and any undo
+/// that failed too.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {spec}: {step}: {cause}{}", rollback_text(.rollback))]
+pub struct DiskError {
+    /// `attach` or `detach`.
+    pub op: &'static str,
+    /// The spec (canonical) or what detach was given.
+    pub spec: String,
+    /// The step that failed.
+    pub step: Step,
+    /// Why. Not exposed as `source()`: the message already carries the whole
+    /// chain, and the edge prints `{:#}`.
+    pub cause: Box<Cause>,
+    /// Undo steps that failed as well (empty when the rollback was clean).
+    pub rollback: Vec<String>,
+}
+
+impl DiskError {
+    /// An error with nothing left to roll back.
+    pub(crate) fn new(op: &'static str, spec: &str, step: Step, cause: Cause) -> DiskError {
+        DiskError {
+            op,
+            spec: spec.to_string(),
+            step,
+            cause: Box::new(cause),
+            rollback: vec![],
+        }
+    }
+
+    /// The first of `errors` with the others as its incomplete rollback.
+    pub(crate) fn from_list(
+        op: &'static str,
+        spec: &str,
+        mut errors: Vec<(Step, Cause)>,
+    ) -> Option<DiskError> {
+        if errors.is_empty() {
+            return None;
+        }
+        let (step, cause) = errors.remove(0);
+        Some(DiskError {
+            op,
+            spec: spec.to_string(),
+            step,
+            cause: Box::new(cause),
+            rollback: errors
+                .into_iter()
+                .map(|(s, c)| format!("{s}: {c}"))
+                .collect(),
+        })
+    }
+}
+
+fn rollback_text(r: &[String]) -> String {
+    if r.is_empty() {
+        String::new()
+    } else {
+        format!(" (rollback incomplete: {})", r.join("; "))
+    }
+}

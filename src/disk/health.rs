@@ -1,0 +1,312 @@
+//! What a mirror's legs say, keeping the local-is-newer record in line
+//! with it, healing a failed iSCSI leg, and letting a deferred local leg
+//! join. Every mdadm call here acts on an array first verified to be the
+//! attachment's own.
+use std::path::PathBuf;
+
+use super::array::Expected;
+use super::{Cause, DiskError, Engine, Healed, Health, Step};
+use crate::iscsi::{self, IscsiError};
+use crate::md::{Array, MemberCondition};
+use crate::state::{self, Attachment, LocalNewer, Phase, StateError};
+use crate::uevent::Watcher;
+use crate::volume;
+
+/// The condition of the member of `arr` that is `leg`, if it has one.
+fn leg_condition(
+    arr: &Array,
+    leg: Option<&super::array::LegId>,
+) -> Option<(MemberCondition, String)> {
+    let leg = leg?;
+    arr.members
+        .iter()
+        .find(|m| match (&m.devnum, &leg.devnum) {
+            (Some(a), Some(b)) => a == b,
+            _ => m.kname == leg.kname,
+        })
+        .map(|m| (m.condition(), m.kname.clone()))
+}
+
+impl Engine<'_> {
+    /// What the legs of an attachment's mirror say now; None when it is
+    /// not a two-legged mirror whose array exists and is its own.
+    pub fn health(&self, a: &Attachment) -> Option<Health> {
+        let m = a.mirror.as_ref()?;
+        m.local.as_ref()?;
+        let (array, expect) = match self.our_array(a) {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(spec = %a.spec, error = %e, "no array to look at");
+                return None;
+            }
+        };
+        self.health_of(a, &array, &expect)
+    }
+
+    fn health_of(&self, a: &Attachment, array: &Array, expect: &Expected) -> Option<Health> {
+        let m = a.mirror.as_ref()?;
+        if m.local_pending {
+            return Some(Health::Other("local leg joins later".to_string()));
+        }
+        let local = leg_condition(array, expect.local.as_ref()).map(|(c, _)| c);
+        let local_ok = local == Some(MemberCondition::InSync);
+        if a.iscsi.is_none() {
+            return Some(if local_ok {
+                Health::LocalNewer {
+                    reason: "iSCSI leg MISSING".to_string(),
+                    heal: false,
+                }
+            } else {
+                Health::Other("local leg not in sync".to_string())
+            });
+        }
+        let iscsi = leg_condition(array, expect.iscsi.as_ref()).map(|(c, _)| c);
+        let iscsi_ok = iscsi == Some(MemberCondition::InSync);
+        Some(match (local_ok, iscsi_ok) {
+            (true, true) if array.degraded == 0 && array.sync_action == "idle" => Health::InSync,
+            (true, false) => {
+                let faulty = iscsi.map_or(true, |c| c == MemberCondition::Faulty);
+                let recovering = !faulty && array.sync_action == "recover";
+                Health::LocalNewer {
+                    reason: if recovering {
+                        "iSCSI leg resyncing from the local leg".to_string()
+                    } else if iscsi.is_some() {
+                        "iSCSI leg faulty".to_string()
+                    } else {
+                        "iSCSI leg removed".to_string()
+                    },
+                    heal: !recovering,
+                }
+            }
+            (false, true) => Health::Other("local leg resyncing from the iSCSI disk".to_string()),
+            _ => Health::Other(format!("array {} {}", array.kname, array.sync_action)),
+        })
+    }
+
+    /// Keep the local-is-newer record in line with `health`: written
+    /// (fsynced) as soon as the local leg holds writes the iSCSI leg lacks,
+    /// removed once both are in sync. True when the record changed.
+    pub(super) fn record_health(
+        &self,
+        a: &Attachment,
+        health: &Health,
+    ) -> Result<bool, StateError> {
+        let Some((m, local)) = a.mirror.as_ref().and_then(|m| Some((m, m.local.clone()?))) else {
+            return Ok(false);
+        };
+        let had = self.durable.newer(&m.label)?;
+        match (health, had) {
+            (Health::LocalNewer { reason, .. }, None) => {
+                self.durable.set_newer(&LocalNewer {
+                    label: m.label.clone(),
+                    spec: a.spec.clone(),
+                    local,
+                    since: state::now(),
+                    reason: reason.clone(),
+                })?;
+                tracing::warn!(spec = %a.spec, reason, "the local leg now holds writes the iSCSI disk lacks: recorded");
+                Ok(true)
+            }
+            (Health::InSync, Some(_)) => {
+                self.durable.clear_newer(&m.label)?;
+                tracing::info!(spec = %a.spec, "iSCSI leg back in sync: local-is-newer record cleared");
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Look at one attachment's mirror and keep its records in line (what
+    /// `watch` does on every event). None when it is not attached or not a
+    /// two-legged mirror.
+    pub fn reconcile(&self, what: &str) -> Result<Option<Health>, DiskError> {
+        let Some((_key, a, _lock)) = self.locked("watch", what)? else {
+            return Ok(None);
+        };
+        if a.phase != Phase::Attached {
+            return Ok(None);
+        }
+        let Some(h) = self.health(&a) else {
+            return Ok(None);
+        };
+        self.record_health(&a, &h)
+            .map_err(|e| DiskError::new("watch", &a.spec, Step::State, e.into()))?;
+        Ok(Some(h))
+    }
+
+    /// Bring a mirror's failed iSCSI leg back once its session is logged in
+    /// again. With a write-intent bitmap and the same disk (same SCSI wwid):
+    /// `--remove`, then `--re-add --write-mostly`, and md copies only the
+    /// regions written during the outage. Otherwise: fail and remove the old
+    /// member, then `--add --write-mostly`, a full resync local → iSCSI.
+    /// Never `--re-add` without a bitmap: mdadm 4.2 accepts it, marks the
+    /// leg in sync and skips the resync, leaving stale blocks on the iSCSI
+    /// disk.
+    pub fn heal(&self, what: &str) -> Result<Healed, DiskError> {
+        let Some((key, mut a, _key_lock)) = self.locked("heal", what)? else {
+            return Ok(Healed::Nothing);
+        };
+        let spec = a.spec.clone();
+        let fail = |step, cause: Cause| DiskError::new("heal", &spec, step, cause);
+        let (Some(m), Some(leg)) = (a.mirror.clone(), a.iscsi.clone()) else {
+            return Ok(Healed::Nothing);
+        };
+        if m.kname.is_none() {
+            return Ok(Healed::Nothing);
+        }
+        let (array, expect) = self
+            .our_array(&a)
+            .map_err(|e| fail(Step::Build, e.into()))?;
+        let health = self.health_of(&a, &array, &expect);
+        if let Some(h) = &health {
+            self.record_health(&a, h)
+                .map_err(|e| fail(Step::State, e.into()))?;
+        }
+        if !matches!(health, Some(Health::LocalNewer { heal: true, .. })) {
+            return Ok(Healed::Nothing);
+        }
+        let member = leg_condition(&array, expect.iscsi.as_ref());
+        let _target_lock = self
+            .target_lock(&leg.target)
+            .map_err(|e| fail(Step::Lock, e.into()))?;
+        let session = iscsi::session_of(&self.sys, &leg.target);
+        let session = match session {
+            Some(s) if s.state == "LOGGED_IN" => s,
+            other => {
+                let state = other
+                    .map(|s| s.state)
+                    .unwrap_or_else(|| "absent".to_string());
+                return Err(fail(
+                    Step::Login,
+                    IscsiError::SessionDown {
+                        target: leg.target.clone(),
+                        state,
+                    }
+                    .into(),
+                ));
+            }
+        };
+        if iscsi::lun_device(&self.sys, &session, leg.lun).is_none() {
+            iscsi::scan_lun(&self.sys, &session, leg.lun)
+                .map_err(|e| fail(Step::Scan, e.into()))?;
+        }
+        let wait = self.config.timeouts.device;
+        let dev = Watcher::new()
+            .wait(wait, || {
+                let d = iscsi::lun_device(&self.sys, &session, leg.lun)?;
+                let b = d.block.clone()?;
+                self.sys.exists(format!("/dev/{b}")).then_some(d)
+            })
+            .ok_or_else(|| {
+                fail(
+                    Step::Device,
+                    IscsiError::NoBlockDevice {
+                        target: leg.target.clone(),
+                        lun: leg.lun,
+                        hctl: leg.hctl.clone(),
+                        waited: wait,
+                    }
+                    .into(),
+                )
+            })?;
+        let new_kname = dev.block.clone().expect("checked above");
+        let new_dev = PathBuf::from(format!("/dev/{new_kname}"));
+        let wwid = iscsi::wwid(&self.sys, &new_kname);
+        let same_disk = leg.wwid.is_some() && wwid == leg.wwid;
+        let kname = array.kname.clone();
+        let bitmap_on = m.bitmap.is_some()
+            && self
+                .sys
+                .read(format!("/sys/block/{kname}/md/bitmap/location"))
+                .as_deref()
+                == Some("file");
+        let mdadm = self.mdadm();
+        if let Some((_, member_kname)) = &member {
+            let old = PathBuf::from(format!("/dev/{member_kname}"));
+            if self.sys.exists(&old) {
+                let _ = mdadm.fail(&m.label, &old); // already faulty: mdadm says so
+            }
+        }
+        mdadm
+            .remove_failed(&m.label)
+            .map_err(|e| fail(Step::Stop, e.into()))?;
+        let mut how = Healed::Full;
+        if bitmap_on && same_disk {
+            match mdadm.re_add_write_mostly(&m.label, &new_dev) {
+                Ok(()) => how = Healed::Incremental,
+                Err(e) => {
+                    tracing::warn!(spec = %a.spec, error = %e, "--re-add refused; adding the leg anew (full resync)")
+                }
+            }
+        } else {
+            tracing::info!(spec = %a.spec, bitmap_on, same_disk, "full resync: no bitmap, or not the same disk");
+        }
+        if how == Healed::Full {
+            mdadm
+                .add(&m.label, &new_dev, true)
+                .map_err(|e| fail(Step::AddLocal, e.into()))?;
+        }
+        if let Some(i) = a.iscsi.as_mut() {
+            i.devnum = self.sys.devnum(&new_kname);
+            i.kname = new_kname.clone();
+            i.hctl = dev.hctl.clone();
+            if wwid.is_some() {
+                i.wwid = wwid;
+            }
+        }
+        self.store
+            .save(&key, &a)
+            .map_err(|e| fail(Step::State, e.into()))?;
+        tracing::info!(spec = %a.spec, device = %new_kname, how = ?how, "iSCSI leg back; resync local -> iSCSI started");
+        Ok(how)
+    }
+
+    /// Let a deferred local leg join its mirror (the resync then copies the
+    /// iSCSI data onto it). Ok(false) when nothing was pending.
+    pub fn join_local(&self, what: &str) -> Result<bool, DiskError> {
+        let Some((key, mut a, _key_lock)) = self.locked("join", what)? else {
+            return Ok(false);
+        };
+        let spec = a.spec.clone();
+        let fail = |step, cause: Cause| DiskError::new("join", &spec, step, cause);
+        let Some(m) = a.mirror.clone().filter(|m| m.local_pending) else {
+            return Ok(false);
+        };
+        let Some(local) = &m.local else {
+            return Ok(false);
+        };
+        self.our_array(&a)
+            .map_err(|e| fail(Step::Build, e.into()))?;
+        let v = volume::resolve(&self.sys, local).map_err(|e| fail(Step::LocalVolume, e.into()))?;
+        if let Some(id) = &m.local_id {
+            if &v.id != id {
+                return Err(fail(
+                    Step::LocalVolume,
+                    volume::VolumeError::Replaced {
+                        path: v.path.clone(),
+                        recorded: id.clone(),
+                        found: v.id.clone(),
+                    }
+                    .into(),
+                ));
+            }
+        }
+        volume::check_unused(&self.sys, &v).map_err(|e| fail(Step::LocalVolume, e.into()))?;
+        if let Some(i) = &a.iscsi {
+            volume::check_size(&v, i.size).map_err(|e| fail(Step::Size, e.into()))?;
+        }
+        self.mdadm()
+            .add(&m.label, &v.path, false)
+            .map_err(|e| fail(Step::AddLocal, e.into()))?;
+        if let Some(mm) = a.mirror.as_mut() {
+            mm.local_pending = false;
+            mm.local_devnum = Some(v.devnum.clone());
+            mm.local_id = Some(v.id.clone());
+        }
+        self.store
+            .save(&key, &a)
+            .map_err(|e| fail(Step::State, e.into()))?;
+        tracing::info!(spec = %a.spec, local = %v.path.display(), "local leg joined; resync from iSCSI started");
+        Ok(true)
+    }
+}

@@ -1,0 +1,429 @@
+//! The iSCSI leg: find the portal, prepare the node record, log in (or
+//! share the target's session), scan the one LUN asked, wait for its disk;
+//! and the way back: delete that disk, and the one logout rule that
+//! rollback, detach and crash recovery share.
+use std::path::PathBuf;
+
+use super::undo::Undo;
+use super::{Cause, Engine, Step};
+use crate::iscsi::{self, IscsiError, Login, Session};
+use crate::spec::TargetName;
+use crate::state::{IscsiLeg, OwnedSession, StateError};
+use crate::uevent::Watcher;
+
+/// Whether session `s` is the one this tool's login made: the claim names
+/// its id, or is pending (written before a login whose call died before it
+/// could record the id; no session existed then, under the target lock, so
+/// the one there now came from that login).
+fn claimed(claim: Option<&OwnedSession>, s: &Session) -> bool {
+    claim
+        .map(|c| c.sid.map_or(true, |sid| sid == s.sid))
+        .unwrap_or(false)
+}
+
+impl Engine<'_> {
+    /// Login (or share the target's session), scan the LUN, wait for its disk.
+    pub(super) fn iscsi_leg(
+        &self,
+        key: &str,
+        t: &TargetName,
+        lun: u32,
+        undo: &mut Vec<Undo>,
+    ) -> Result<IscsiLeg, (Step, Cause)> {
+        let target = t.as_str();
+        let target_lock = self
+            .target_lock(target)
+            .map_err(|e| (Step::Lock, e.into()))?;
+        let session = match iscsi::session_of(&self.sys, target) {
+            Some(s) if s.state == "LOGGED_IN" => s,
+            // A session that is recovering (the target was away) is not
+            // ours to log in again, nor to claim: wait for it to recover.
+            Some(s) => self.await_recovery(target, s)?,
+            None => self.login(key, t, undo)?,
+        };
+        let portal = session.portal.clone().unwrap_or_default();
+        // Our own sessions scan manually, so a LUN device found on one was
+        // scanned by an earlier (perhaps interrupted) call of ours.
+        let owned = claimed(
+            self.store
+                .owned_session(target)
+                .map_err(|e| (Step::State, e.into()))?
+                .as_ref(),
+            &session,
+        );
+        let (dev, scanned) = match iscsi::lun_device(&self.sys, &session, lun) {
+            Some(d) => (d, owned),
+            None => {
+                iscsi::scan_lun(&self.sys, &session, lun).map_err(|e| (Step::Scan, e.into()))?;
+                let d = iscsi::lun_device(&self.sys, &session, lun).ok_or_else(|| {
+                    (
+                        Step::Scan,
+                        IscsiError::NoLun {
+                            target: target.to_string(),
+                            lun,
+                        }
+                        .into(),
+                    )
+                })?;
+                undo.push(Undo::DeleteScsi {
+                    target: target.to_string(),
+                    hctl: d.hctl.clone(),
+                    wwid: None,
+                });
+                (d, true)
+            }
+        };
+        if dev.kind != 0 {
+            // Never scan the other LUNs to list them: they are other VMs'
+            // disks, and udev, LVM and md would see them appear.
+            return Err((
+                Step::Scan,
+                IscsiError::NotDisk {
+                    target: target.to_string(),
+                    lun,
+                    kind: dev.kind,
+                }
+                .into(),
+            ));
+        }
+        // The disk keeps the session alive from here on (a detach of another
+        // LUN sees it, and our record, and keeps the session): let the
+        // other attaches of this target scan while the kernel probes it.
+        drop(target_lock);
+        let wait = self.config.timeouts.device;
+        let watcher = Watcher::new();
+        let kname = watcher
+            .wait(wait, || {
+                let d = iscsi::lun_device(&self.sys, &session, lun)?;
+                let b = d.block?;
+                self.sys.exists(format!("/dev/{b}")).then_some(b)
+            })
+            .ok_or_else(|| {
+                (
+                    Step::Device,
+                    IscsiError::NoBlockDevice {
+                        target: target.to_string(),
+                        lun,
+                        hctl: dev.hctl.clone(),
+                        waited: wait,
+                    }
+                    .into(),
+                )
+            })?;
+        let size = self.sys.block_size(&kname).unwrap_or(0);
+        let wwid = iscsi::wwid(&self.sys, &kname);
+        if let Some(Undo::DeleteScsi { wwid: w, .. }) = undo.last_mut() {
+            *w = wwid.clone();
+        }
+        tracing::info!(target, lun, device = %kname, size, wwid = ?wwid, "LUN ready");
+        Ok(IscsiLeg {
+            target: target.to_string(),
+            lun,
+            portal,
+            hctl: dev.hctl,
+            devnum: self.sys.devnum(&kname),
+            kname,
+            scanned,
+            size,
+            wwid,
+        })
+    }
+
+    /// Wait (the login timeout) for someone else's recovering session to
+    /// be logged in again.
+    fn await_recovery(&self, target: &str, s: Session) -> Result<Session, (Step, Cause)> {
+        let wait = self.config.timeouts.login;
+        tracing::info!(target, sid = s.sid, state = %s.state, "waiting for the target's session to recover");
+        Watcher::new()
+            .wait(wait, || {
+                iscsi::session_of(&self.sys, target).filter(|x| x.state == "LOGGED_IN")
+            })
+            .ok_or_else(|| {
+                let state = iscsi::session_of(&self.sys, target)
+                    .map(|x| x.state)
+                    .unwrap_or_else(|| "absent".to_string());
+                (
+                    Step::Login,
+                    IscsiError::SessionDown {
+                        target: target.to_string(),
+                        state,
+                    }
+                    .into(),
+                )
+            })
+    }
+
+    /// Find the portal, prepare the node record, log in; returns the session.
+    /// Called with the target lock held and no session to the target.
+    fn login(
+        &self,
+        key: &str,
+        t: &TargetName,
+        undo: &mut Vec<Undo>,
+    ) -> Result<Session, (Step, Cause)> {
+        let target = t.as_str();
+        let adm = self.iscsiadm();
+        let portal = match iscsi::node_portals(&self.sys, target).into_iter().next() {
+            Some(p) => p,
+            None => {
+                let mut found = None;
+                for d in &self.config.discovery.portals {
+                    let d = d.to_string();
+                    match adm.discover(&d) {
+                        Ok(list) => {
+                            if let Some((p, _)) = list.into_iter().find(|(_, n)| n == target) {
+                                found = Some(p);
+                                break;
+                            }
+                        }
+                        Err(e) => tracing::warn!(portal = %d, error = %e, "discovery failed"),
+                    }
+                }
+                let tried = if self.config.discovery.portals.is_empty() {
+                    "none configured".to_string()
+                } else {
+                    self.config
+                        .discovery
+                        .portals
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                let p = found.ok_or_else(|| {
+                    (
+                        Step::Portal,
+                        IscsiError::TargetUnknown {
+                            target: target.to_string(),
+                            tried,
+                        }
+                        .into(),
+                    )
+                })?;
+                adm.node_new(target, &p)
+                    .map_err(|e| (Step::Node, e.into()))?;
+                undo.push(Undo::DeleteNode {
+                    target: target.to_string(),
+                    portal: p.clone(),
+                });
+                p
+            }
+        };
+        let record = iscsi::node_record_file(&self.sys, target, &portal);
+        if let Some(path) = &record {
+            if !undo.iter().any(|u| matches!(u, Undo::DeleteNode { .. })) {
+                let content = std::fs::read_to_string(path).map_err(|source| {
+                    (
+                        Step::Node,
+                        IscsiError::Io {
+                            path: path.clone(),
+                            source,
+                        }
+                        .into(),
+                    )
+                })?;
+                undo.push(Undo::RestoreRecord {
+                    path: path.clone(),
+                    content,
+                });
+            }
+        }
+        // The settings go into the record file in one locked write (as the
+        // secrets always did), not one `iscsiadm -o update` process per
+        // value: five to eight processes were a third of a cold attach.
+        let path = record.ok_or_else(|| {
+            (
+                Step::Node,
+                IscsiError::Io {
+                    path: PathBuf::from(iscsi::NODE_DB).join(target),
+                    source: std::io::ErrorKind::NotFound.into(),
+                }
+                .into(),
+            )
+        })?;
+        let timeouts = &self.config.timeouts;
+        let [replacement, interval, timeout] = [
+            timeouts.replacement,
+            timeouts.noop_interval,
+            timeouts.noop_timeout,
+        ]
+        .map(|d| d.as_secs().to_string());
+        let mut values: Vec<(&str, &str)> = vec![
+            ("node.session.scan", "manual"),
+            ("node.startup", "manual"),
+            ("node.session.timeo.replacement_timeout", &replacement),
+            ("node.conn[0].timeo.noop_out_interval", &interval),
+            ("node.conn[0].timeo.noop_out_timeout", &timeout),
+        ];
+        let chap = self
+            .config
+            .chap_for(t)
+            .map_err(|e| (Step::Node, e.into()))?;
+        let mut secrets = Vec::new();
+        if let Some(chap) = &chap {
+            values.push(("node.session.auth.authmethod", "CHAP"));
+            values.push(("node.session.auth.username", &chap.credentials.username));
+            secrets.push(("node.session.auth.password", &chap.credentials.password));
+            if let Some(m) = &chap.mutual {
+                values.push(("node.session.auth.username_in", &m.username));
+                secrets.push(("node.session.auth.password_in", &m.password));
+            }
+        }
+        iscsi::set_record_values(&self.sys, &path, &values).map_err(|e| (Step::Node, e.into()))?;
+        if !secrets.is_empty() {
+            iscsi::set_record_secrets(&self.sys, &path, &secrets)
+                .map_err(|e| (Step::Node, e.into()))?;
+        }
+        // Claimed before the login: a call killed right after it must still
+        // know that the session is ours to log out. Pending until the
+        // session's id is known.
+        self.store
+            .own_session(&OwnedSession {
+                target: target.to_string(),
+                portal: portal.clone(),
+                sid: None,
+            })
+            .map_err(|e| (Step::State, e.into()))?;
+        undo.push(Undo::ReleaseSession {
+            key: key.to_string(),
+            target: target.to_string(),
+        });
+        let login = adm
+            .login(target, &portal)
+            .map_err(|e| (Step::Login, e.into()))?;
+        let wait = self.config.timeouts.device;
+        let session = Watcher::new()
+            .wait(wait, || {
+                iscsi::session_of(&self.sys, target).filter(|s| s.state == "LOGGED_IN")
+            })
+            .ok_or_else(|| {
+                (
+                    Step::Login,
+                    IscsiError::NoSession {
+                        target: target.to_string(),
+                        waited: wait,
+                    }
+                    .into(),
+                )
+            })?;
+        let claim = match login {
+            Login::LoggedIn => Some(session.sid),
+            // Someone outside our lock logged in first: that session is theirs.
+            Login::Existed => None,
+        };
+        match claim {
+            Some(sid) => self.store.own_session(&OwnedSession {
+                target: target.to_string(),
+                portal: portal.clone(),
+                sid: Some(sid),
+            }),
+            None => self.store.disown_session(target),
+        }
+        .map_err(|e| (Step::State, e.into()))?;
+        tracing::info!(target, portal = %portal, sid = session.sid, ours = claim.is_some(), "logged in");
+        Ok(session)
+    }
+
+    /// Whether an attachment other than `key` uses `target`, including one
+    /// still logging in (its leg not recorded yet).
+    fn others_of(&self, key: &str, target: &str) -> Result<bool, StateError> {
+        Ok(self.store.all()?.into_iter().any(|(k, o)| {
+            k != crate::lock::file_key(key) && super::target_of(&o).as_deref() == Some(target)
+        }))
+    }
+
+    /// The one logout rule, for rollback, detach and crash recovery: log
+    /// out the target's session only when this tool's login made it, no
+    /// other attachment uses the target, and no SCSI disk is left on it.
+    /// A claim whose session is gone is forgotten.
+    pub(super) fn release_session(&self, key: &str, target: &str) -> Result<(), (Step, Cause)> {
+        let _target_lock = self
+            .target_lock(target)
+            .map_err(|e| (Step::Lock, e.into()))?;
+        self.release_session_locked(key, target)
+    }
+
+    fn release_session_locked(&self, key: &str, target: &str) -> Result<(), (Step, Cause)> {
+        let state = |e: StateError| (Step::State, Cause::from(e));
+        let claim = self.store.owned_session(target).map_err(state)?;
+        let others = self.others_of(key, target).map_err(state)?;
+        let Some(s) = iscsi::session_of(&self.sys, target) else {
+            if !others {
+                // Not logged in: forget our claim, and the temporary file
+                // of a claim write that a kill cut short (no json, so no
+                // claim was read). The target lock keeps other writers out.
+                self.store.disown_session(target).map_err(state)?;
+            }
+            return Ok(());
+        };
+        let ours = claimed(claim.as_ref(), &s);
+        let busy = !iscsi::host_devices(&self.sys, s.host).is_empty();
+        if ours && !others && !busy {
+            self.iscsiadm()
+                .logout(s.sid)
+                .map_err(|e| (Step::Logout, e.into()))?;
+            self.store.disown_session(target).map_err(state)?;
+            tracing::info!(target, sid = s.sid, "logged out");
+        } else {
+            if claim.is_some() && !ours {
+                // Our session went away and another took its place.
+                self.store.disown_session(target).map_err(state)?;
+            }
+            tracing::info!(target, sid = s.sid, ours, others, busy, "session kept");
+        }
+        Ok(())
+    }
+
+    /// Delete the SCSI disk of an attachment's LUN when it is the one the
+    /// record names (this tool scanned it, same address, same wwid), then
+    /// apply the logout rule. `known` is the leg as attach recorded it;
+    /// None when attach was interrupted before that, and then a disk of
+    /// that LUN on a session of ours is ours (we scan manually, and the LUN
+    /// lock keeps other specs of the LUN out).
+    pub(super) fn release_lun(
+        &self,
+        key: &str,
+        target: &str,
+        lun: u32,
+        known: Option<&IscsiLeg>,
+    ) -> Result<(), (Step, Cause)> {
+        let _target_lock = self
+            .target_lock(target)
+            .map_err(|e| (Step::Lock, e.into()))?;
+        let claim = self
+            .store
+            .owned_session(target)
+            .map_err(|e| (Step::State, e.into()))?;
+        if let Some(s) = iscsi::session_of(&self.sys, target) {
+            let owned = claimed(claim.as_ref(), &s);
+            let dev = iscsi::host_devices(&self.sys, s.host)
+                .into_iter()
+                .find(|d| match known {
+                    Some(i) => i.scanned && d.hctl == i.hctl,
+                    None => owned && d.lun == lun,
+                });
+            if let Some(d) = dev {
+                self.delete_ours(target, &d, known.and_then(|i| i.wwid.as_deref()))?;
+            }
+        }
+        self.release_session_locked(key, target)
+    }
+
+    /// Delete SCSI device `d` if its disk still carries `wwid` (when one is
+    /// known): another LUN may answer at that address by now.
+    pub(super) fn delete_ours(
+        &self,
+        target: &str,
+        d: &iscsi::ScsiDev,
+        wwid: Option<&str>,
+    ) -> Result<(), (Step, Cause)> {
+        let now = d.block.as_deref().and_then(|b| iscsi::wwid(&self.sys, b));
+        if let (Some(want), Some(now)) = (wwid, now.as_deref()) {
+            if want != now {
+                tracing::warn!(target, hctl = %d.hctl, recorded = want, found = now, "the SCSI disk at the recorded address is another LUN now: left alone");
+                return Ok(());
+            }
+        }
+        iscsi::delete_device(&self.sys, d).map_err(|e| (Step::DeleteDevice, e.into()))
+    }
+}
