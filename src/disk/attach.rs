@@ -15,6 +15,14 @@ use crate::spec::Spec;
 use crate::state::{self, Attachment, LocalNewer, Mirror, OpenRecord, Phase};
 use crate::volume;
 
+/// What a spec asks for, from the label table and the local volume.
+struct Inputs {
+    /// The local leg's path, unless MISSING.
+    local_path: Option<PathBuf>,
+    /// The local leg resolved.
+    local: Option<volume::Volume>,
+}
+
 impl Engine<'_> {
     /// The local leg of `spec` per the label table: None for MISSING or no label.
     fn local_leg(&self, spec: &Spec) -> Result<Option<PathBuf>, (Step, Cause)> {
@@ -36,6 +44,111 @@ impl Engine<'_> {
             LocalDevice::Missing => None,
             LocalDevice::Path(p) => Some(p.clone()),
         })
+    }
+
+    /// What the spec asks for, read from the label table and the local
+    /// volume: no host state is changed or locked.
+    fn inputs(&self, spec: &Spec) -> Result<Inputs, (Step, Cause)> {
+        let local_path = self.local_leg(spec)?;
+        if spec.target.is_none() && local_path.is_none() {
+            return Err((Step::LocalVolume, Cause::BothMissing));
+        }
+        let local = match &local_path {
+            Some(p) => {
+                Some(volume::resolve(&self.sys, p).map_err(|e| (Step::LocalVolume, e.into()))?)
+            }
+            None => None,
+        };
+        Ok(Inputs { local_path, local })
+    }
+
+    /// What else on the host would make this attach wrong: the label's
+    /// array exists, the local volume is in use, another attachment
+    /// (finished or still logging in) has the LUN.
+    fn conflicts(
+        &self,
+        spec: &Spec,
+        key: &str,
+        local: Option<&volume::Volume>,
+    ) -> Result<(), (Step, Cause)> {
+        if let Some(label) = &spec.label {
+            if let Some(arr) = md::by_label(&self.sys, label.as_str()) {
+                return Err((
+                    Step::Label,
+                    Cause::LabelInUse {
+                        label: label.to_string(),
+                        kname: arr.kname,
+                        by: None,
+                    },
+                ));
+            }
+        }
+        if let Some(v) = local {
+            volume::check_unused(&self.sys, v).map_err(|e| (Step::LocalVolume, e.into()))?;
+        }
+        if let Some(t) = &spec.target {
+            // Attachments still logging in count: their leg is not
+            // recorded yet, their spec names the LUN.
+            let want = (t.to_string(), spec.lun);
+            for (k, a) in self.store.all().map_err(|e| (Step::State, e.into()))? {
+                if k != file_key(key) && lun_of(&a).as_ref() == Some(&want) {
+                    return Err((
+                        Step::Scan,
+                        Cause::LunInUse {
+                            target: t.to_string(),
+                            lun: spec.lun,
+                            by: a.spec,
+                        },
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Check `spec` as attach would before it changes anything (label
+    /// table, local volume, label and LUN free, recorded newer data),
+    /// without locking or changing anything: for a caller about to attach
+    /// several disks, so that a bad one is refused before any is touched.
+    /// An attachment of this very spec passes (attach hands it out again).
+    pub fn check(&self, spec: &Spec, opts: AttachOptions) -> Result<(), DiskError> {
+        let key = key_of(spec);
+        let fail = |(step, cause)| DiskError {
+            op: "attach",
+            spec: spec.to_string(),
+            step,
+            cause: Box::new(cause),
+            rollback: vec![],
+        };
+        let inputs = self.inputs(spec).map_err(fail)?;
+        match self
+            .store
+            .load(&key)
+            .map_err(|e| fail((Step::State, e.into())))?
+        {
+            Some(a) if a.phase == Phase::Attached && a.spec == spec.to_string() => return Ok(()),
+            Some(a) if a.phase == Phase::Attached => {
+                return Err(fail((
+                    Step::Label,
+                    Cause::LabelInUse {
+                        label: spec
+                            .label
+                            .as_ref()
+                            .map(|l| l.to_string())
+                            .unwrap_or_default(),
+                        kname: a.mirror.and_then(|m| m.kname).unwrap_or_default(),
+                        by: Some(a.spec),
+                    },
+                )))
+            }
+            // A record of a call that died: attach cleans it up first.
+            Some(_) => {}
+            None => self
+                .conflicts(spec, &key, inputs.local.as_ref())
+                .map_err(fail)?,
+        }
+        self.newer_conflict(spec, inputs.local.as_ref(), opts)
+            .map_err(fail)
     }
 
     /// The ordered plan of `attach` (for `--dry-run`): one line per command
@@ -166,16 +279,7 @@ impl Engine<'_> {
         undo: &mut Vec<Undo>,
     ) -> Result<PathBuf, (Step, Cause)> {
         // Input first: nothing is touched until the table and volume check out.
-        let local_path = self.local_leg(spec)?;
-        if spec.target.is_none() && local_path.is_none() {
-            return Err((Step::LocalVolume, Cause::BothMissing));
-        }
-        let local = match &local_path {
-            Some(p) => {
-                Some(volume::resolve(&self.sys, p).map_err(|e| (Step::LocalVolume, e.into()))?)
-            }
-            None => None,
-        };
+        let Inputs { local_path, local } = self.inputs(spec)?;
 
         let _key_lock = self.key_lock(key).map_err(|e| (Step::Lock, e.into()))?;
         // Every spec naming a target takes its LUN's lock, mirrored or not:
@@ -232,38 +336,7 @@ impl Engine<'_> {
                 return Err(e);
             }
         }
-        if let Some(label) = &spec.label {
-            if let Some(arr) = md::by_label(&self.sys, label.as_str()) {
-                return Err((
-                    Step::Label,
-                    Cause::LabelInUse {
-                        label: label.to_string(),
-                        kname: arr.kname,
-                        by: None,
-                    },
-                ));
-            }
-        }
-        if let Some(v) = &local {
-            volume::check_unused(&self.sys, v).map_err(|e| (Step::LocalVolume, e.into()))?;
-        }
-        if let Some(t) = &spec.target {
-            // Attachments still logging in count: their leg is not
-            // recorded yet, their spec names the LUN.
-            let want = (t.to_string(), spec.lun);
-            for (k, a) in self.store.all().map_err(|e| (Step::State, e.into()))? {
-                if k != file_key(key) && lun_of(&a).as_ref() == Some(&want) {
-                    return Err((
-                        Step::Scan,
-                        Cause::LunInUse {
-                            target: t.to_string(),
-                            lun: spec.lun,
-                            by: a.spec,
-                        },
-                    ));
-                }
-            }
-        }
+        self.conflicts(spec, key, local.as_ref())?;
 
         let trust_local = self.choose_source(spec, local.as_ref(), open.as_ref(), opts, undo)?;
 
@@ -499,21 +572,7 @@ impl Engine<'_> {
                 undo.push(Undo::RestoreNewer(label.to_string(), newer.clone()));
             } else if spec.target.is_some() {
                 if !same {
-                    return Err((
-                        Step::LocalVolume,
-                        Cause::LocalIsNewer(Box::new(NewerConflict {
-                            label: label.to_string(),
-                            local: n.local.clone(),
-                            record: self.durable.path("newer", label),
-                            reason: n.reason.clone(),
-                            what: match local {
-                                None => "the label table makes that leg MISSING".to_string(),
-                                Some(v) => {
-                                    format!("the label table now names {}", v.path.display())
-                                }
-                            },
-                        })),
-                    ));
+                    self.newer_conflict(spec, local, opts)?;
                 }
                 trust_local = true;
             }
@@ -551,6 +610,46 @@ impl Engine<'_> {
             self.notice(&shown, why);
         }
         Ok(trust_local)
+    }
+
+    /// The refusal [`Engine::choose_source`] would give: the local leg
+    /// recorded as newer is not the one this attach would use as source.
+    fn newer_conflict(
+        &self,
+        spec: &Spec,
+        local: Option<&volume::Volume>,
+        opts: AttachOptions,
+    ) -> Result<(), (Step, Cause)> {
+        let (Some(label), Some(_)) = (&spec.label, &spec.target) else {
+            return Ok(());
+        };
+        if opts.defer_local {
+            return Ok(());
+        }
+        let label = label.as_str();
+        let Some(n) = self
+            .durable
+            .newer(label)
+            .map_err(|e| (Step::State, e.into()))?
+        else {
+            return Ok(());
+        };
+        if local.is_some_and(|v| self.same_file(&v.path, &n.local)) {
+            return Ok(());
+        }
+        Err((
+            Step::LocalVolume,
+            Cause::LocalIsNewer(Box::new(NewerConflict {
+                label: label.to_string(),
+                local: n.local.clone(),
+                record: self.durable.path("newer", label),
+                reason: n.reason.clone(),
+                what: match local {
+                    None => "the label table makes that leg MISSING".to_string(),
+                    Some(v) => format!("the label table now names {}", v.path.display()),
+                },
+            })),
+        ))
     }
 
     /// Record that the local leg of `label` is newer, unless already recorded.
