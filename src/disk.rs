@@ -252,7 +252,7 @@ enum Undo {
     },
     RestoreRecord {
         path: PathBuf,
-        content: String,
+        content: iscsi::RecordText,
     },
     Logout {
         /// The attachment whose rollback this is (other ones keep the session).
@@ -1264,7 +1264,7 @@ impl<'a> Engine<'a> {
                 })?;
                 undo.push(Undo::RestoreRecord {
                     path: path.clone(),
-                    content,
+                    content: content.into(),
                 });
             }
         }

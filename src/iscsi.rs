@@ -6,6 +6,7 @@
 //! (`/sys/class/scsi_host/hostN/scan`), so other VMs' LUNs never appear on
 //! this host. CHAP secrets never go on a command line: they are written into
 //! the node record file (root-only, where open-iscsi keeps them anyway).
+use std::fmt;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -494,6 +495,43 @@ impl Drop for IdbmLock {
     }
 }
 
+/// The text of a node record. It holds the CHAP secrets in clear
+/// (`node.session.auth.password`, `..._in`), so Debug and Display show its
+/// size only: an undo that carries it can be logged, and an error that
+/// quotes it leaks nothing.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RecordText(String);
+
+impl RecordText {
+    /// Read a record file.
+    pub fn read(path: &Path) -> std::io::Result<RecordText> {
+        fs::read_to_string(path).map(RecordText)
+    }
+
+    /// The text itself, to write it back or parse it; never to log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for RecordText {
+    fn from(s: String) -> Self {
+        RecordText(s)
+    }
+}
+
+impl fmt::Debug for RecordText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RecordText(<{} bytes, not shown>)", self.0.len())
+    }
+}
+
+impl fmt::Display for RecordText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<node record, {} bytes, not shown>", self.0.len())
+    }
+}
+
 /// Set secret values (`node.session.auth.password`, `..._in`) in a node
 /// record file, under open-iscsi's lock, atomically. Returns the previous
 /// content so the caller can restore it.
@@ -501,7 +539,7 @@ pub fn set_record_secrets(
     sys: &Sys,
     record: &Path,
     values: &[(&str, &Secret)],
-) -> Result<String, IscsiError> {
+) -> Result<RecordText, IscsiError> {
     let values: Vec<(&str, &str)> = values.iter().map(|(k, v)| (*k, v.expose())).collect();
     set_record_values(sys, record, &values)
 }
@@ -515,7 +553,7 @@ pub fn set_record_values(
     sys: &Sys,
     record: &Path,
     values: &[(&str, &str)],
-) -> Result<String, IscsiError> {
+) -> Result<RecordText, IscsiError> {
     let io = |source| IscsiError::Io {
         path: record.to_path_buf(),
         source,
@@ -544,13 +582,13 @@ pub fn set_record_values(
     if new != old {
         write_record(record, &new).map_err(io)?;
     }
-    Ok(old)
+    Ok(RecordText(old))
 }
 
 /// Put back a node record's previous content (rollback).
-pub fn restore_record(sys: &Sys, record: &Path, content: &str) -> Result<(), IscsiError> {
+pub fn restore_record(sys: &Sys, record: &Path, content: &RecordText) -> Result<(), IscsiError> {
     let _lock = IdbmLock::take(sys)?;
-    write_record(record, content).map_err(|source| IscsiError::Io {
+    write_record(record, content.expose()).map_err(|source| IscsiError::Io {
         path: record.to_path_buf(),
         source,
     })
@@ -635,8 +673,9 @@ mod tests {
             !d.path().join("run/lock/iscsi/lock.write").exists(),
             "lock released"
         );
+        assert!(!format!("{old:?} {old}").contains("old"), "{old:?} {old}");
         restore_record(&sys, &rec, &old).expect("restore");
-        assert_eq!(fs::read_to_string(&rec).expect("read"), old);
+        assert_eq!(fs::read_to_string(&rec).expect("read"), old.expose());
     }
 
     #[test]
@@ -656,7 +695,7 @@ mod tests {
             ],
         )
         .expect("set");
-        assert_eq!(old, body);
+        assert_eq!(old.expose(), body);
         assert_eq!(
             fs::read_to_string(&rec).expect("read"),
             "# BEGIN RECORD 2.1.8\nnode.session.scan = manual\nnode.startup = manual\n# END RECORD\nnode.conn[0].timeo.noop_out_interval = 5\n"
