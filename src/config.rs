@@ -536,13 +536,20 @@ impl Config {
     /// at the file system (password files are read by [`Config::chap_for`]).
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let (line, column) = line_col(text, e.span().map_or(0, |s| s.start));
+            let start = e.span().map_or(0, |s| s.start);
+            let (line, column) = line_col(text, start);
+            let message = match secret_key_at(text, start) {
+                // serde quotes a value of the wrong type (`invalid type:
+                // integer `1234``): an unquoted password would be printed.
+                Some(key) => format!("{key} must be a quoted string (its value is not shown)"),
+                // The message is one line; make sure of it.
+                None => e.message().trim().replace('\n', " "),
+            };
             ConfigError::Syntax {
                 path: path.to_owned(),
                 line,
                 column,
-                // The message is one line; make sure of it.
-                message: e.message().trim().replace('\n', " "),
+                message,
             }
         })?;
         let mut v = Validator {
@@ -583,6 +590,24 @@ impl Config {
                 .any(|u| matches!(u.password, SecretSource::Inline(_)))
         })
     }
+}
+
+/// The secret key (`password`, `password_in`) whose value holds byte
+/// `offset` of `text`, if any.
+fn secret_key_at(text: &str, offset: usize) -> Option<&'static str> {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    // The key right before the last `=` ahead of the value, on its line
+    // (an inline table has several).
+    let line = &text[text[..offset].rfind('\n').map_or(0, |i| i + 1)..offset];
+    let before = line[..line.rfind('=')?].trim_end();
+    let key = before
+        .rsplit(|c: char| !(c.is_ascii_alphanumeric() || "_-\"'".contains(c)))
+        .next()?
+        .trim_matches(|c| c == '"' || c == '\'');
+    ["password", "password_in"].into_iter().find(|k| *k == key)
 }
 
 /// 1-based line and column (in characters) of byte `offset` in `text`.
@@ -1412,6 +1437,29 @@ password_in = "p-in"
             "Inline(<redacted>)"
         );
         assert_eq!(s.expose(), "hunter2");
+    }
+
+    #[test]
+    fn a_password_of_the_wrong_type_is_not_echoed() {
+        // serde quotes the value of an invalid type: an unquoted numeric
+        // password would land in the error line, stderr and the journal.
+        for value in ["12345678901", "3.14159265", "true", "1979-05-27"] {
+            for key in ["password", "password_in"] {
+                let text = format!(
+                    "[[chap]]\ntarget = \"*\"\nusername = \"u\"\nusername_in = \"t\"\n{key} = {value}\n"
+                );
+                let e = parse_err(&text);
+                assert!(!e.contains(value), "{e}");
+                assert!(e.contains(&format!("{key} must be a quoted string")), "{e}");
+                assert!(e.starts_with("/etc/i.toml:5:"), "{e}");
+            }
+        }
+        let e =
+            parse_err("chap = [{ target = \"*\", username = \"u\", password = 12345678901 }]\n");
+        assert!(!e.contains("12345678901"), "{e}");
+        // Other keys keep serde's message, value included.
+        let e = parse_err("[timeouts]\nlogin = true\n");
+        assert!(e.contains("invalid type: boolean `true`"), "{e}");
     }
 
     #[test]

@@ -6,12 +6,14 @@
 //! (`/sys/class/scsi_host/hostN/scan`), so other VMs' LUNs never appear on
 //! this host. CHAP secrets never go on a command line: they are written into
 //! the node record file (root-only, where open-iscsi keeps them anyway).
+use std::fmt;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::Secret;
+use crate::fsutil::{self, FsError};
 use crate::runner::{Cmd, Program, RunError, Runner};
 use crate::sysfs::Sys;
 
@@ -24,9 +26,13 @@ const ERR_SESS_EXISTS: i32 = 15;
 
 /// Where open-iscsi keeps node records.
 pub const NODE_DB: &str = "/etc/iscsi/nodes";
-/// open-iscsi's database lock (see idbm_lock in open-iscsi's idbm.c).
-const IDBM_LOCK: &str = "/run/lock/iscsi/lock";
-const IDBM_LOCK_WRITE: &str = "/run/lock/iscsi/lock.write";
+/// open-iscsi's lock directory (LOCK_DIR in open-iscsi 2.1.8's usr/initiator.h).
+pub const IDBM_LOCK_DIR: &str = "/run/lock/iscsi";
+/// How long to wait for a live holder of open-iscsi's lock.
+const IDBM_WAIT: Duration = Duration::from_secs(10);
+/// How long a holder may keep open-iscsi's lock before it counts as dead
+/// (see [`IdbmLock`]).
+const IDBM_STALE_AFTER: Duration = Duration::from_secs(5);
 
 /// Why an iSCSI step failed.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +102,18 @@ pub enum IscsiError {
         lun: u32,
         /// SCSI address.
         hctl: String,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// open-iscsi's lock directory, or a file in the node DB, is not safe
+    /// to use (a symlink, someone else's, writable by others).
+    #[error(transparent)]
+    Path(#[from] FsError),
+    /// A live iscsiadm or iscsid held open-iscsi's node DB lock all along.
+    #[error("open-iscsi's node DB lock {} was held by another process for {}s", path.display(), .waited.as_secs())]
+    IdbmBusy {
+        /// `lock.write`.
+        path: PathBuf,
         /// How long we waited.
         waited: Duration,
     },
@@ -448,39 +466,70 @@ fn auth_text(e: &RunError) -> bool {
     }
 }
 
-/// open-iscsi's node DB lock, taken the way iscsiadm takes it (a hard link).
+/// open-iscsi's node DB lock, taken the way iscsiadm 2.1.8 takes it
+/// (`idbm_lock()` in usr/idbm.c): the lock directory is made if missing,
+/// `lock` is created if missing, and the lock is held while the hard link
+/// `lock.write` → `lock` exists.
+///
+/// open-iscsi has no staleness rule: a holder that dies keeps the lock.
+/// iscsiadm retries `link()` every 10 ms, 3000 times (30 s), then carries on
+/// *without* the lock and removes `lock.write` when done (libopeniscsiusr's
+/// copy fails instead). So a holder past 30 s is ignored by iscsiadm anyway,
+/// and iscsiadm and iscsid hold it only around reading or writing record
+/// files (milliseconds). We count `lock.write` as stale, and remove it, when
+/// it is not a link of `lock` (no `idbm_lock()` made it from this lock file),
+/// or when it has been held for [`IDBM_STALE_AFTER`]: the `link()` that took
+/// it set its inode's ctime, and nothing changes that inode while it is
+/// held. The removal is judged again under an `flock` of `lock` (between
+/// iscsimple calls) and only removes the very inode and ctime judged stale,
+/// so a lock taken meanwhile stays. A live holder is waited for up to
+/// [`IDBM_WAIT`].
 #[derive(Debug)]
 struct IdbmLock {
     write: PathBuf,
+    /// `lock.write` as we made it: removed on drop only while it is still ours.
+    ours: Option<Stamp>,
+}
+
+/// Which link, and when it was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(m: &fs::Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
 }
 
 impl IdbmLock {
     fn take(sys: &Sys) -> Result<IdbmLock, IscsiError> {
-        let (lock, write) = (sys.path(IDBM_LOCK), sys.path(IDBM_LOCK_WRITE));
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| IscsiError::Io { path, source }
-        };
-        fs::create_dir_all(lock.parent().expect("has parent")).map_err(io(&lock))?;
-        if !lock.exists() {
-            fs::OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&lock)
-                .map_err(io(&lock))?;
-        }
-        // iscsiadm retries every 10 ms for 30 s; we hold it for a few ms only.
+        IdbmLock::take_with(sys, IDBM_WAIT, IDBM_STALE_AFTER)
+    }
+
+    fn take_with(sys: &Sys, wait: Duration, stale_after: Duration) -> Result<IdbmLock, IscsiError> {
+        let dir = sys.path(IDBM_LOCK_DIR);
+        // /run/lock is world-writable on Debian: whoever makes iscsi/ owns it.
+        fsutil::root_dir(&dir)?;
+        let (lock, write) = (dir.join("lock"), dir.join("lock.write"));
+        let file = fsutil::open_lock(&lock)?;
         let start = std::time::Instant::now();
         loop {
+            // link(2) follows no symlink, and fails if anything is at `write`.
             match fs::hard_link(&lock, &write) {
-                Ok(()) => return Ok(IdbmLock { write }),
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::AlreadyExists
-                        && start.elapsed() < Duration::from_secs(10) =>
-                {
-                    std::thread::sleep(Duration::from_millis(10));
+                Ok(()) => {
+                    let ours = fs::symlink_metadata(&write).ok().map(|m| Stamp::of(&m));
+                    return Ok(IdbmLock { write, ours });
                 }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
                 Err(source) => {
                     return Err(IscsiError::Io {
                         path: write,
@@ -488,13 +537,141 @@ impl IdbmLock {
                     })
                 }
             }
+            if break_stale(&file, &lock, &write, stale_after)? {
+                continue;
+            }
+            if start.elapsed() >= wait {
+                return Err(IscsiError::IdbmBusy {
+                    path: write,
+                    waited: start.elapsed(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 }
 
 impl Drop for IdbmLock {
     fn drop(&mut self) {
-        let _ = fs::remove_file(&self.write);
+        let still_ours = match (self.ours, fs::symlink_metadata(&self.write)) {
+            (Some(ours), Ok(m)) => Stamp::of(&m) == ours,
+            (None, Ok(_)) => true,
+            (_, Err(_)) => false,
+        };
+        if still_ours {
+            let _ = fs::remove_file(&self.write);
+        }
+    }
+}
+
+/// Why `lock.write` (`write`) no longer stands for a live holder of `lock`,
+/// if it does not.
+fn stale_reason(
+    lock: &fs::Metadata,
+    write: &fs::Metadata,
+    stale_after: Duration,
+    now: std::time::SystemTime,
+) -> Option<String> {
+    let (l, w) = (Stamp::of(lock), Stamp::of(write));
+    if (w.dev, w.ino) != (l.dev, l.ino) {
+        return Some("it is not a link of lock: no idbm_lock() made it".to_string());
+    }
+    let secs = u64::try_from(w.ctime.0).unwrap_or(0);
+    let nanos = u32::try_from(w.ctime.1).unwrap_or(0);
+    let taken = std::time::UNIX_EPOCH + Duration::new(secs, nanos);
+    // A clock stepped back makes the age 0: waited for, never broken.
+    let held = now.duration_since(taken).unwrap_or_default();
+    (held >= stale_after).then(|| {
+        format!(
+            "held for {:.1}s; iscsiadm and iscsid hold it for milliseconds",
+            held.as_secs_f32()
+        )
+    })
+}
+
+/// Remove `write` if it is stale; true when it was (or is gone already).
+fn break_stale(
+    file: &fs::File,
+    lock: &Path,
+    write: &Path,
+    stale_after: Duration,
+) -> Result<bool, IscsiError> {
+    use std::os::fd::AsRawFd;
+    let judge = || -> Result<Option<(Stamp, String)>, IscsiError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| IscsiError::Io { path, source }
+        };
+        let w = match fs::symlink_metadata(write) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(write)(e)),
+        };
+        let l = fs::symlink_metadata(lock).map_err(io(lock))?;
+        let why = stale_reason(&l, &w, stale_after, std::time::SystemTime::now());
+        Ok(why.map(|why| (Stamp::of(&w), why)))
+    };
+    let Some((seen, _)) = judge()? else {
+        return Ok(false);
+    };
+    // One iscsimple call at a time judges again and removes: another one
+    // cannot remove the lock this one takes right after.
+    // SAFETY: flock(2) on a descriptor we own; no memory is passed.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+    let removed = match judge() {
+        Ok(Some((now, why))) if now == seen => match fs::remove_file(write) {
+            Ok(()) => {
+                tracing::warn!(lock = %write.display(), why, "removed a stale open-iscsi node DB lock (its holder died)");
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+            Err(source) => Err(IscsiError::Io {
+                path: write.to_path_buf(),
+                source,
+            }),
+        },
+        Ok(_) => Ok(false),
+        Err(e) => Err(e),
+    };
+    // SAFETY: as above.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
+    removed
+}
+
+/// The text of a node record. It holds the CHAP secrets in clear
+/// (`node.session.auth.password`, `..._in`), so Debug and Display show its
+/// size only: an undo that carries it can be logged, and an error that
+/// quotes it leaks nothing.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RecordText(String);
+
+impl RecordText {
+    /// Read a record file.
+    pub fn read(path: &Path) -> std::io::Result<RecordText> {
+        fs::read_to_string(path).map(RecordText)
+    }
+
+    /// The text itself, to write it back or parse it; never to log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for RecordText {
+    fn from(s: String) -> Self {
+        RecordText(s)
+    }
+}
+
+impl fmt::Debug for RecordText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RecordText(<{} bytes, not shown>)", self.0.len())
+    }
+}
+
+impl fmt::Display for RecordText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<node record, {} bytes, not shown>", self.0.len())
     }
 }
 
@@ -505,7 +682,7 @@ pub fn set_record_secrets(
     sys: &Sys,
     record: &Path,
     values: &[(&str, &Secret)],
-) -> Result<String, IscsiError> {
+) -> Result<RecordText, IscsiError> {
     let values: Vec<(&str, &str)> = values.iter().map(|(k, v)| (*k, v.expose())).collect();
     set_record_values(sys, record, &values)
 }
@@ -519,7 +696,7 @@ pub fn set_record_values(
     sys: &Sys,
     record: &Path,
     values: &[(&str, &str)],
-) -> Result<String, IscsiError> {
+) -> Result<RecordText, IscsiError> {
     let io = |source| IscsiError::Io {
         path: record.to_path_buf(),
         source,
@@ -546,39 +723,39 @@ pub fn set_record_values(
     }
     let new = lines.join("\n") + "\n";
     if new != old {
-        write_record(record, &new).map_err(io)?;
+        write_record(record, &new)?;
     }
-    Ok(old)
+    Ok(RecordText(old))
 }
 
 /// Put back a node record's previous content (rollback).
-pub fn restore_record(sys: &Sys, record: &Path, content: &str) -> Result<(), IscsiError> {
+pub fn restore_record(sys: &Sys, record: &Path, content: &RecordText) -> Result<(), IscsiError> {
     let _lock = IdbmLock::take(sys)?;
-    write_record(record, content).map_err(|source| IscsiError::Io {
-        path: record.to_path_buf(),
-        source,
-    })
+    write_record(record, content.expose())
 }
 
-fn write_record(record: &Path, content: &str) -> std::io::Result<()> {
+/// Replace a record file through a new temporary file next to it: a
+/// leftover one (a killed write, or a link planted there) is removed, never
+/// written through.
+fn write_record(record: &Path, content: &str) -> Result<(), IscsiError> {
     crate::crash::point("node record write", record);
-    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| IscsiError::Io {
+        path: record.to_path_buf(),
+        source,
+    };
     let tmp = record.with_extension("iscsimple-tmp");
-    let mut f = fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(content.as_bytes())?;
-    f.sync_all()?;
-    fs::rename(&tmp, record)
+    fsutil::remove_stale(&tmp)?;
+    let mut f = fsutil::create_new(&tmp, 0o600)?;
+    f.write_all(content.as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    fs::rename(&tmp, record).map_err(io)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::runner::recording::RecordingRunner;
+    use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn discovery_output_is_parsed_into_portal_and_target() {
@@ -639,8 +816,9 @@ mod tests {
             !d.path().join("run/lock/iscsi/lock.write").exists(),
             "lock released"
         );
+        assert!(!format!("{old:?} {old}").contains("old"), "{old:?} {old}");
         restore_record(&sys, &rec, &old).expect("restore");
-        assert_eq!(fs::read_to_string(&rec).expect("read"), old);
+        assert_eq!(fs::read_to_string(&rec).expect("read"), old.expose());
     }
 
     #[test]
@@ -660,7 +838,7 @@ mod tests {
             ],
         )
         .expect("set");
-        assert_eq!(old, body);
+        assert_eq!(old.expose(), body);
         assert_eq!(
             fs::read_to_string(&rec).expect("read"),
             "# BEGIN RECORD 2.1.8\nnode.session.scan = manual\nnode.startup = manual\n# END RECORD\nnode.conn[0].timeo.noop_out_interval = 5\n"
@@ -683,5 +861,165 @@ mod tests {
             e.to_string(),
             "LUN 0 of iqn.x:y is not a disk (SCSI type 12)"
         );
+    }
+
+    /// A fake host with a node record and open-iscsi's lock directory.
+    fn idbm_host() -> (tempfile::TempDir, Sys, PathBuf) {
+        let d = tempfile::tempdir().expect("tempdir");
+        let sys = Sys::new(d.path());
+        let rec = d.path().join("rec");
+        fs::write(&rec, "node.startup = automatic\n").expect("write");
+        (d, sys, rec)
+    }
+
+    #[test]
+    fn a_stale_idbm_lock_does_not_block_the_record_write() {
+        // lock.write is not a link of lock: no idbm_lock() taker made it.
+        let (d, sys, rec) = idbm_host();
+        let lockdir = d.path().join("run/lock/iscsi");
+        fs::create_dir_all(&lockdir).expect("mkdir");
+        fs::write(lockdir.join("lock"), "").expect("lock");
+        fs::write(lockdir.join("lock.write"), "").expect("stale lock.write");
+        let start = std::time::Instant::now();
+        set_record_values(&sys, &rec, &[("node.startup", "manual")]).expect("set");
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+        assert_eq!(
+            fs::read_to_string(&rec).expect("read"),
+            "node.startup = manual\n"
+        );
+        assert!(!lockdir.join("lock.write").exists(), "released");
+    }
+
+    #[test]
+    fn a_live_idbm_holder_is_waited_for_not_broken() {
+        let (d, sys, rec) = idbm_host();
+        let lockdir = d.path().join("run/lock/iscsi");
+        fs::create_dir_all(&lockdir).expect("mkdir");
+        let (lock, write) = (lockdir.join("lock"), lockdir.join("lock.write"));
+        fs::write(&lock, "").expect("lock");
+        fs::hard_link(&lock, &write).expect("held");
+        let holder = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(400));
+            // Still the holder's own link: nobody broke it meanwhile.
+            let m = fs::metadata(&write).expect("still held");
+            assert_eq!(m.ino(), fs::metadata(&lock).expect("lock").ino());
+            fs::remove_file(&write).expect("release");
+            std::time::Instant::now()
+        });
+        set_record_values(&sys, &rec, &[("node.startup", "manual")]).expect("set");
+        let done = std::time::Instant::now();
+        let released = holder.join().expect("holder");
+        assert!(done >= released, "wrote only after the holder let go");
+    }
+
+    #[test]
+    fn a_symlinked_idbm_lock_dir_is_refused_and_nothing_lands_at_its_target() {
+        let (d, sys, rec) = idbm_host();
+        let planted = d.path().join("planted");
+        fs::create_dir(&planted).expect("mkdir");
+        fs::create_dir_all(d.path().join("run/lock")).expect("mkdir");
+        std::os::unix::fs::symlink(&planted, d.path().join("run/lock/iscsi")).expect("plant");
+        let e = set_record_values(&sys, &rec, &[("node.startup", "manual")]).expect_err("refused");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert_eq!(
+            fs::read_dir(&planted).expect("ls").count(),
+            0,
+            "nothing there"
+        );
+        assert_eq!(
+            fs::read_to_string(&rec).expect("read"),
+            "node.startup = automatic\n"
+        );
+    }
+
+    #[test]
+    fn a_foreign_idbm_lock_dir_is_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // only root can give a directory away
+        }
+        let (d, sys, rec) = idbm_host();
+        let lockdir = d.path().join("run/lock/iscsi");
+        fs::create_dir_all(&lockdir).expect("mkdir");
+        std::os::unix::fs::chown(&lockdir, Some(65534), Some(65534)).expect("chown");
+        let e = set_record_values(&sys, &rec, &[("node.startup", "manual")]).expect_err("refused");
+        assert!(e.to_string().contains("owned by uid 65534"), "{e}");
+        assert_eq!(
+            fs::read_dir(&lockdir).expect("ls").count(),
+            0,
+            "nothing made in it"
+        );
+    }
+
+    #[test]
+    fn a_missing_idbm_lock_dir_is_made_not_writable_by_others() {
+        let (d, sys, rec) = idbm_host();
+        set_record_values(&sys, &rec, &[("node.startup", "manual")]).expect("set");
+        let m = fs::symlink_metadata(d.path().join("run/lock/iscsi")).expect("made");
+        assert!(m.is_dir());
+        assert_eq!(m.uid(), nix::unistd::geteuid().as_raw());
+        assert_eq!(m.mode() & 0o022, 0, "{:o}", m.mode());
+    }
+
+    #[test]
+    fn a_planted_record_temporary_symlink_is_not_followed() {
+        let (d, sys, rec) = idbm_host();
+        let victim = d.path().join("victim");
+        fs::write(&victim, "precious").expect("write");
+        std::os::unix::fs::symlink(&victim, rec.with_extension("iscsimple-tmp")).expect("plant");
+        set_record_values(&sys, &rec, &[("node.startup", "manual")]).expect("set");
+        assert_eq!(fs::read_to_string(&victim).expect("read"), "precious");
+        assert_eq!(
+            fs::read_to_string(&rec).expect("read"),
+            "node.startup = manual\n"
+        );
+    }
+
+    #[test]
+    fn a_dead_holders_link_is_removed_once_held_too_long() {
+        // What a holder killed between link() and unlink() leaves.
+        let (d, sys, _rec) = idbm_host();
+        let lockdir = d.path().join("run/lock/iscsi");
+        fs::create_dir_all(&lockdir).expect("mkdir");
+        let (lock, write) = (lockdir.join("lock"), lockdir.join("lock.write"));
+        fs::write(&lock, "").expect("lock");
+        fs::hard_link(&lock, &write).expect("left behind");
+        let start = std::time::Instant::now();
+        let held = IdbmLock::take_with(&sys, Duration::from_secs(5), Duration::from_millis(300))
+            .expect("taken");
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_millis(250),
+            "{waited:?}: judged by age"
+        );
+        assert!(waited < Duration::from_secs(2), "{waited:?}");
+        assert!(write.exists(), "ours now");
+        drop(held);
+        assert!(!write.exists(), "released");
+        // And before it is old enough, it is waited for, not removed.
+        fs::hard_link(&lock, &write).expect("held");
+        let e = IdbmLock::take_with(&sys, Duration::from_millis(100), Duration::from_secs(5))
+            .expect_err("busy");
+        assert!(matches!(e, IscsiError::IdbmBusy { .. }), "{e}");
+        assert!(write.exists(), "a live holder's lock stays");
+    }
+
+    #[test]
+    fn a_lock_that_is_no_longer_ours_is_left_on_release() {
+        let (d, sys, _rec) = idbm_host();
+        let held = IdbmLock::take(&sys).expect("taken");
+        let (lock, write) = (
+            d.path().join("run/lock/iscsi/lock"),
+            d.path().join("run/lock/iscsi/lock.write"),
+        );
+        // Someone judged ours stale and took it: a new link, a new ctime.
+        fs::remove_file(&write).expect("broken");
+        std::thread::sleep(Duration::from_millis(20));
+        fs::hard_link(&lock, &write).expect("theirs");
+        drop(held);
+        assert!(write.exists(), "their lock stays");
     }
 }

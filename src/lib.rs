@@ -10,7 +10,8 @@
 //! - [`runner`] — the only place that spawns programs.
 //! - [`sysfs`], [`uevent`] — reading and watching the kernel.
 //! - [`iscsi`], [`md`], [`volume`] — the three kinds of device.
-//! - [`lock`], [`state`] — concurrency and memory across calls.
+//! - [`lock`], [`state`] — concurrency and memory across calls; [`fsutil`]:
+//!   the directories and files they make, safe from other users.
 //! - [`disk`] — attach and detach with rollback; [`status`]: what is attached.
 //! - [`doctor`] — host checks, each with the exact fix.
 #![deny(missing_docs)]
@@ -19,6 +20,7 @@ pub mod config;
 pub mod crash;
 pub mod disk;
 pub mod doctor;
+pub mod fsutil;
 pub mod iscsi;
 pub mod labels;
 pub mod libvirt;

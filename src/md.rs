@@ -377,10 +377,13 @@ pub fn bitmap_support(mdadm: &Mdadm<'_>, dir: &Path) -> Result<(), String> {
 fn maps_blocks(dir: &Path) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::fd::AsRawFd;
-    fs::create_dir_all(dir)?;
+    // The bitmap directory and the state directory above it are ours:
+    // mdadm creates the bitmap file there as root.
+    crate::fsutil::private_subdir(dir).map_err(std::io::Error::other)?;
     let probe = dir.join(".fibmap-probe");
+    crate::fsutil::remove_stale(&probe).map_err(std::io::Error::other)?;
     let result = (|| {
-        let mut f = fs::File::create(&probe)?;
+        let mut f = crate::fsutil::create_new(&probe, 0o600).map_err(std::io::Error::other)?;
         f.write_all(&[0u8; 4096])?;
         f.sync_all()?;
         let mut block: libc::c_int = 0;
@@ -573,5 +576,18 @@ mod tests {
         assert_eq!(a.members[1].kname, "sda");
         assert_eq!(a.members[1].state, vec!["in_sync", "write_mostly"]);
         assert_eq!(a.members[0].slot, None);
+    }
+
+    #[test]
+    fn the_bitmap_probe_never_goes_through_a_symlinked_dir() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let elsewhere = d.path().join("elsewhere");
+        fs::create_dir(&elsewhere).expect("mkdir");
+        let state = d.path().join("state");
+        fs::create_dir(&state).expect("mkdir");
+        std::os::unix::fs::symlink(&elsewhere, state.join("bitmaps")).expect("plant");
+        let e = maps_blocks(&state.join("bitmaps")).expect_err("refused");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert_eq!(fs::read_dir(&elsewhere).expect("ls").count(), 0);
     }
 }

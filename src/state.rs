@@ -4,11 +4,15 @@
 //! Small JSON files under the run directory (`/run/iscsimple` by default,
 //! gone at reboot like the sessions and arrays they describe), written
 //! atomically: temporary file, fsync, rename, fsync of the directory.
+//! The tool acts on what they say, so they are read and written only in
+//! directories that are its own (0700, see [`crate::fsutil`]).
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::fsutil::{self, FsError};
 
 /// Why state could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +25,10 @@ pub enum StateError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A state directory is not safely ours (a symlink, someone else's,
+    /// writable by others), or a file could not be made safely in it.
+    #[error(transparent)]
+    Path(#[from] FsError),
     /// A state file is not valid JSON of the expected shape.
     #[error("state file {} is corrupt: {source}", path.display())]
     Corrupt {
@@ -239,7 +247,10 @@ impl Store {
         max_age: std::time::Duration,
     ) -> Result<bool, StateError> {
         let p = self.incoming_path(name);
-        let fresh = match fs::metadata(&p) {
+        if !fsutil::check_private_subdir(p.parent().expect("has parent"))? {
+            return Ok(false);
+        }
+        let fresh = match fs::symlink_metadata(&p) {
             Ok(m) => m
                 .modified()
                 .ok()
@@ -392,6 +403,14 @@ pub fn boot_id() -> String {
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, StateError> {
+    // What the file says is acted on as root: only from a directory of ours.
+    if !fsutil::check_private_subdir(path.parent().expect("state paths have a parent"))? {
+        return Ok(None);
+    }
+    read_checked(path)
+}
+
+fn read_checked<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, StateError> {
     match fs::read(path) {
         Ok(b) => serde_json::from_slice(&b)
             .map(Some)
@@ -414,6 +433,9 @@ fn list_json<T: for<'de> Deserialize<'de>>(dir: &Path) -> Result<Vec<(String, T)
         path: dir.to_path_buf(),
         source,
     };
+    if !fsutil::check_private_subdir(dir)? {
+        return Ok(Vec::new());
+    }
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -424,7 +446,7 @@ fn list_json<T: for<'de> Deserialize<'de>>(dir: &Path) -> Result<Vec<(String, T)
         let e = e.map_err(io)?;
         let name = e.file_name().to_string_lossy().into_owned();
         if let Some(key) = name.strip_suffix(".json") {
-            if let Some(v) = read_json::<T>(&e.path())? {
+            if let Some(v) = read_checked::<T>(&e.path())? {
                 out.push((key.to_string(), v));
             }
         }
@@ -436,6 +458,9 @@ fn list_json<T: for<'de> Deserialize<'de>>(dir: &Path) -> Result<Vec<(String, T)
 /// Remove a state file and the temporary file a write killed before its
 /// rename may have left next to it.
 fn remove(path: &Path) -> Result<(), StateError> {
+    if !fsutil::check_private_subdir(path.parent().expect("state paths have a parent"))? {
+        return Ok(());
+    }
     for p in [path.with_extension("tmp"), path.to_path_buf()] {
         if !p.exists() {
             continue;
@@ -451,16 +476,20 @@ fn remove(path: &Path) -> Result<(), StateError> {
 }
 
 /// Write `value` as JSON to `path` so that a crash leaves the old or the new file, never half of one.
+/// Its directory and the one above (the run or state directory) must be ours.
 pub fn write_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
     let io = |source| StateError::Io {
         path: path.to_path_buf(),
         source,
     };
     let dir = path.parent().expect("state paths have a parent");
-    fs::create_dir_all(dir).map_err(io)?;
+    fsutil::private_subdir(dir)?;
     let tmp = path.with_extension("tmp");
     let body = serde_json::to_vec_pretty(value).expect("state serializes");
-    let mut f = File::create(&tmp).map_err(io)?;
+    // A killed write may have left the temporary file: made anew, never
+    // reused (O_EXCL), so a link planted there cannot redirect the write.
+    fsutil::remove_stale(&tmp)?;
+    let mut f = fsutil::create_new(&tmp, 0o600)?;
     f.write_all(&body).map_err(io)?;
     f.sync_all().map_err(io)?;
     crate::crash::point("state write", path);
@@ -523,5 +552,119 @@ mod tests {
         fs::write(d.path().join("attachments/x.json"), "{").expect("write");
         let e = s.load("x").expect_err("corrupt");
         assert!(e.to_string().contains("x.json is corrupt"), "{e}");
+    }
+
+    fn mode(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        fs::symlink_metadata(p).expect("stat").permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn new_state_dirs_are_0700_and_files_0600() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let base = d.path().join("run/iscsimple");
+        let s = Store::new(&base);
+        s.save("l1", &sample()).expect("save");
+        s.mark_incoming("vm1").expect("mark");
+        let durable = Durable::new(&d.path().join("lib/iscsimple"));
+        durable
+            .set_open(&OpenRecord {
+                label: "l1".into(),
+                spec: "x".into(),
+                boot_id: "b".into(),
+                since: 1,
+            })
+            .expect("open record");
+        for dir in [
+            base.clone(),
+            base.join("attachments"),
+            base.join("incoming"),
+            d.path().join("lib/iscsimple/open"),
+        ] {
+            assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+        }
+        for file in [
+            base.join("attachments/l1.json"),
+            base.join("incoming/vm1.json"),
+            d.path().join("lib/iscsimple/open/l1.json"),
+        ] {
+            assert_eq!(mode(&file), 0o600, "{}", file.display());
+        }
+    }
+
+    #[test]
+    fn a_state_dir_others_can_write_is_refused_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().expect("tempdir");
+        let base = d.path().join("iscsimple");
+        fs::create_dir(&base).expect("mkdir");
+        fs::set_permissions(&base, fs::Permissions::from_mode(0o777)).expect("chmod");
+        let e = Store::new(&base)
+            .save("l1", &sample())
+            .expect_err("refused");
+        let fix = format!("fix: chmod 0700 {}", base.display());
+        assert!(e.to_string().contains(&fix), "{e}");
+        assert!(!base.join("attachments").exists(), "nothing written");
+        assert_eq!(mode(&base), 0o777, "left as it was");
+    }
+
+    #[test]
+    fn a_symlinked_state_dir_is_refused_and_nothing_lands_at_its_target() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let base = d.path().join("iscsimple");
+        fs::create_dir(&base).expect("mkdir");
+        let elsewhere = d.path().join("elsewhere");
+        fs::create_dir(&elsewhere).expect("mkdir");
+        std::os::unix::fs::symlink(&elsewhere, base.join("attachments")).expect("plant");
+        let e = Store::new(&base)
+            .save("l1", &sample())
+            .expect_err("refused");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert_eq!(
+            fs::read_dir(&elsewhere).expect("ls").count(),
+            0,
+            "nothing there"
+        );
+        // The base itself as a symlink.
+        let e = Store::new(&base.join("attachments"))
+            .save("l1", &sample())
+            .expect_err("refused");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert_eq!(
+            fs::read_dir(&elsewhere).expect("ls").count(),
+            0,
+            "nothing there"
+        );
+    }
+
+    #[test]
+    fn a_foreign_state_dir_is_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            return; // only root can give a directory away
+        }
+        let d = tempfile::tempdir().expect("tempdir");
+        let base = d.path().join("iscsimple");
+        fs::create_dir(&base).expect("mkdir");
+        std::os::unix::fs::chown(&base, Some(65534), Some(65534)).expect("chown");
+        let e = Store::new(&base)
+            .save("l1", &sample())
+            .expect_err("refused");
+        assert!(e.to_string().contains("owned by uid 65534"), "{e}");
+        assert!(!base.join("attachments").exists(), "nothing written");
+    }
+
+    #[test]
+    fn a_planted_temporary_file_symlink_is_not_followed() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let s = Store::new(d.path());
+        s.save("l1", &sample()).expect("save");
+        let victim = d.path().join("victim");
+        fs::write(&victim, "precious").expect("write");
+        std::os::unix::fs::symlink(&victim, d.path().join("attachments/l1.tmp")).expect("plant");
+        s.save("l1", &sample())
+            .expect("save over a stale temporary file");
+        assert_eq!(fs::read_to_string(&victim).expect("read"), "precious");
+        assert_eq!(s.load("l1").expect("load"), Some(sample()));
+        assert!(!d.path().join("attachments/l1.tmp").exists());
     }
 }

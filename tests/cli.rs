@@ -295,4 +295,51 @@ mod tests {
             stderr(&o)
         );
     }
+
+    #[test]
+    fn an_unsafe_state_dir_is_refused_with_exit_2_the_fix_and_nothing_changed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (run_dir, state_dir) = (dir.path().join("run"), dir.path().join("state"));
+        fs::create_dir(&state_dir).expect("mkdir");
+        fs::set_permissions(&state_dir, fs::Permissions::from_mode(0o777)).expect("chmod");
+        let table = dir.path().join("labels.conf");
+        write(&table, "vm1 /dev/vg0/vm1\n", 0o644);
+        let config = dir.path().join("iscsimple.toml");
+        write(
+            &config,
+            &format!(
+                "label_table = \"{}\"\nrun_dir = \"{}\"\nstate_dir = \"{}\"\n",
+                table.display(),
+                run_dir.display(),
+                state_dir.display()
+            ),
+            0o600,
+        );
+        let c = config.to_str().expect("utf-8");
+        let spec = "lun1@iqn.2024-01.lab:t+vm1";
+        let o = run(&["--config", c, "attach", spec]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert_eq!(
+            stderr(&o),
+            format!(
+                "iscsimple: attach {spec}: {0}: has mode 0777: others can write in it; not using it (fix: chmod 0700 {0})\n",
+                state_dir.display()
+            )
+        );
+        assert!(stdout(&o).is_empty());
+        assert!(!run_dir.exists(), "nothing made");
+        // A run directory that is a symlink: refused, nothing made at its target.
+        fs::set_permissions(&state_dir, fs::Permissions::from_mode(0o700)).expect("chmod");
+        let elsewhere = dir.path().join("elsewhere");
+        fs::create_dir(&elsewhere).expect("mkdir");
+        std::os::unix::fs::symlink(&elsewhere, &run_dir).expect("plant");
+        let o = run(&["--config", c, "detach", spec]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains(&format!("fix: rm {}", run_dir.display())),
+            "{}",
+            stderr(&o)
+        );
+        assert_eq!(fs::read_dir(&elsewhere).expect("ls").count(), 0);
+    }
 }

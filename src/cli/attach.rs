@@ -34,6 +34,7 @@ pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
         }
         return Ok(());
     }
+    super::check_dirs(&config, &format!("attach {spec}"))?;
     super::require_programs(&runner)?;
     let opts = iscsimple::disk::AttachOptions {
         defer_local: args.defer_local,

@@ -43,6 +43,7 @@ pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
         }
         return Ok(());
     }
+    super::check_dirs(&config, &format!("detach {}", args.what))?;
     super::require_programs(&runner)?;
     let r = engine.detach(&args.what);
     super::print_notices(&engine, &args.what);

@@ -19,6 +19,7 @@ pub(crate) struct Args {
 pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
     let config = load_config(config)?;
     let runner = RealRunner::new();
+    super::check_dirs(&config, "heal")?;
     super::require_programs(&runner)?;
     let engine = Engine::new(&config, &runner);
     let targets: Vec<String> = match args.what {

@@ -32,6 +32,7 @@ pub(crate) struct Args {
 
 pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
     let config = load_config(config)?;
+    super::check_dirs(&config, &format!("join {}", args.what))?;
     let runner = RealRunner::new();
     let engine = Engine::new(&config, &runner);
     if let Some(domid) = args.after_xen_domain {

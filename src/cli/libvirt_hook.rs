@@ -70,6 +70,7 @@ pub(crate) fn run(args: Args, config: Option<&Path>) -> CmdResult {
             Ok(())
         }
         Action::Attach if !disks.is_empty() => {
+            super::check_dirs(&config, &format!("libvirt hook {} {}", args.op, args.subop))?;
             super::require_programs(&runner)?;
             let incoming = engine
                 .store
@@ -78,6 +79,7 @@ pub(crate) fn run(args: Args, config: Option<&Path>) -> CmdResult {
             attach_all(&engine, &args.name, &disks, incoming)
         }
         Action::Detach => {
+            super::check_dirs(&config, &format!("libvirt hook {} {}", args.op, args.subop))?;
             let _ = engine.store.take_incoming(&args.name, INCOMING_MAX_AGE);
             detach_all(&engine, &args.name)
         }

@@ -110,6 +110,21 @@ pub(crate) fn load_config(
     iscsimple::config::Config::load(path).map_err(Failure::input)
 }
 
+/// Before acting on what they hold: refuse (exit 2, nothing changed) a run
+/// or state directory, or open-iscsi's lock directory, that is not safely
+/// ours (a symlink, someone else's, writable by others), naming the fix.
+/// What is missing is made, safely, where it is first needed.
+pub(crate) fn check_dirs(config: &iscsimple::config::Config, what: &str) -> CmdResult {
+    use iscsimple::fsutil;
+    let check = || -> Result<(), fsutil::FsError> {
+        fsutil::check_dir(&config.run_dir)?;
+        fsutil::check_dir(&config.state_dir)?;
+        fsutil::check_root_dir(std::path::Path::new(iscsimple::iscsi::IDBM_LOCK_DIR))?;
+        Ok(())
+    };
+    check().map_err(|e| Failure::input(anyhow::Error::from(e).context(what.to_string())))
+}
+
 /// Print what the engine wants the person to know, one line each.
 pub(crate) fn print_notices(engine: &iscsimple::disk::Engine<'_>, what: &str) {
     for n in engine.take_notices() {

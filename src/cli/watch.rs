@@ -17,6 +17,7 @@ pub(crate) struct Args {
 pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
     let config = load_config(config)?;
     let runner = RealRunner::new();
+    super::check_dirs(&config, "watch")?;
     super::require_programs(&runner)?;
     let engine = Engine::new(&config, &runner);
     let mut watch = Watch::default();

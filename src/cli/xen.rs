@@ -36,6 +36,7 @@ pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
     t.command = t.command.min(BUDGET / 3);
     t.lock = t.lock.min(BUDGET / 2);
     let runner = RealRunner::new();
+    super::check_dirs(&config, &format!("xen {}", args.xenbus_path))?;
     super::require_programs(&runner)?;
     let engine = Engine::new(&config, &runner);
     match args.action {

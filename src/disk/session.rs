@@ -224,7 +224,7 @@ impl Engine<'_> {
                 })?;
                 undo.push(Undo::RestoreRecord {
                     path: path.clone(),
-                    content,
+                    content: content.into(),
                 });
             }
         }

@@ -20,7 +20,10 @@ pub(super) enum Undo {
     /// Delete a node record this call created.
     DeleteNode { target: String, portal: String },
     /// Put back a node record's previous content.
-    RestoreRecord { path: PathBuf, content: String },
+    RestoreRecord {
+        path: PathBuf,
+        content: iscsi::RecordText,
+    },
     /// The logout rule for this attachment's target.
     ReleaseSession { key: String, target: String },
     /// Delete the SCSI disk this call scanned in, if it still is that LUN.

@@ -4,7 +4,7 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use super::{Cmd, Output, Program, RunError, Runner};
+use super::{Arg, Cmd, Output, Program, RunError, Runner};
 
 type Rule = (String, Result<Output, (i32, String)>);
 
@@ -12,6 +12,7 @@ type Rule = (String, Result<Output, (i32, String)>);
 #[derive(Debug, Default)]
 pub struct RecordingRunner {
     calls: Mutex<Vec<String>>,
+    argvs: Mutex<Vec<Vec<String>>>,
     rules: Mutex<VecDeque<Rule>>,
 }
 
@@ -46,6 +47,12 @@ impl RecordingRunner {
     pub fn calls(&self) -> Vec<String> {
         self.calls.lock().expect("lock").clone()
     }
+
+    /// Every command's real argument vector, program first, secret
+    /// arguments included: what `/proc/PID/cmdline` would show any user.
+    pub fn argvs(&self) -> Vec<Vec<String>> {
+        self.argvs.lock().expect("lock").clone()
+    }
 }
 
 impl Runner for RecordingRunner {
@@ -64,6 +71,12 @@ impl Runner for RecordingRunner {
     fn run(&self, cmd: &Cmd) -> Result<Output, RunError> {
         let shown = cmd.display();
         self.calls.lock().expect("lock").push(shown.clone());
+        let argv = std::iter::once(cmd.program.name().to_string())
+            .chain(cmd.args.iter().map(|a| match a {
+                Arg::Plain(s) | Arg::Secret(s) => s.clone(),
+            }))
+            .collect();
+        self.argvs.lock().expect("lock").push(argv);
         let mut rules = self.rules.lock().expect("lock");
         let Some(i) = rules
             .iter()

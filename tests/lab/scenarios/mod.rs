@@ -14,6 +14,7 @@ mod package;
 mod persist;
 mod refusals;
 mod resilience;
+mod security;
 mod seed_flow;
 mod status;
 mod xen_hotplug;
