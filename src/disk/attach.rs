@@ -113,13 +113,8 @@ impl Engine<'_> {
     /// An attachment of this very spec passes (attach hands it out again).
     pub fn check(&self, spec: &Spec, opts: AttachOptions) -> Result<(), DiskError> {
         let key = key_of(spec);
-        let fail = |(step, cause)| DiskError {
-            op: "attach",
-            spec: spec.to_string(),
-            step,
-            cause: Box::new(cause),
-            rollback: vec![],
-        };
+        let shown = spec.to_string();
+        let fail = |(step, cause)| DiskError::new("attach", &shown, step, cause);
         let inputs = self.inputs(spec).map_err(fail)?;
         match self
             .store
@@ -154,13 +149,8 @@ impl Engine<'_> {
     /// The ordered plan of `attach` (for `--dry-run`): one line per command
     /// or sysfs write it would do. Changes nothing.
     pub fn plan(&self, spec: &Spec) -> Result<Vec<String>, DiskError> {
-        let fail = |(step, cause)| DiskError {
-            op: "attach",
-            spec: spec.to_string(),
-            step,
-            cause: Box::new(cause),
-            rollback: vec![],
-        };
+        let shown = spec.to_string();
+        let fail = |(step, cause)| DiskError::new("attach", &shown, step, cause);
         let local = self.local_leg(spec).map_err(fail)?;
         if spec.target.is_none() && local.is_none() && spec.label.is_some() {
             return Err(fail((Step::LocalVolume, Cause::BothMissing)));

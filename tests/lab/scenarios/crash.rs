@@ -12,6 +12,7 @@ use crate::fixture::cmd::Out;
 use crate::fixture::initiator;
 use crate::fixture::lvm::Vg;
 use crate::fixture::md::Md;
+use crate::fixture::points::{self, Held};
 use crate::fixture::system::Snapshot;
 use crate::fixture::target::{Kind, Target, TargetSpec};
 use crate::fixture::tool::Tool;
@@ -19,26 +20,10 @@ use crate::fixture::{Lab, Udev};
 
 const IQN: &str = "iqn.2024-01.lab.iscsimple:crash";
 const SPEC: &str = "lun1@iqn.2024-01.lab.iscsimple:crash+vm1-disk";
-const LOG: &str = "/run/crash-points.log";
 const MIB: u64 = 16;
 
-/// Run the tool with its kill points logged, killed at the `at`-th one.
 fn run_killed(tool: &Tool, args: &[&str], at: Option<usize>) -> (Out, Vec<String>) {
-    let _ = fs::remove_file(LOG);
-    std::env::set_var("ISCSIMPLE_CRASH_LOG", LOG);
-    match at {
-        Some(n) => std::env::set_var("ISCSIMPLE_CRASH_AT", n.to_string()),
-        None => std::env::remove_var("ISCSIMPLE_CRASH_AT"),
-    }
-    let out = tool.run(args);
-    std::env::remove_var("ISCSIMPLE_CRASH_AT");
-    std::env::remove_var("ISCSIMPLE_CRASH_LOG");
-    let points = fs::read_to_string(LOG)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect();
-    (out, points)
+    points::run(tool, args, at)
 }
 
 /// Every state file the tool keeps (run and persistent), locks aside.
@@ -234,44 +219,15 @@ fn lab_rollback_keeps_the_session_another_attach_shares() {
     println!("holding A at point {hold}: {}", points[hold - 1]);
 
     forget_nodes();
-    let paused = format!("{LOG}.paused");
-    let go = format!("{LOG}.go");
-    for f in [LOG, &paused, &go] {
-        let _ = fs::remove_file(f);
-    }
-    let a = std::process::Command::new(crate::fixture::tool::bin())
-        .args(["--config", "/etc/iscsimple/iscsimple.toml", "attach", A])
-        .env("ISCSIMPLE_CRASH_LOG", LOG)
-        .env("ISCSIMPLE_PAUSE_AT", hold.to_string())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn attach A");
-    let start = std::time::Instant::now();
-    while !Path::new(&paused).exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "A never reached point {hold}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let a = Held::start(&tool, &["attach", A], hold);
     assert!(
         initiator::disk(IQN, 1).is_some(),
         "A holds LUN 1 at the pause"
     );
     let b = tool.attach(B);
-    fs::write(&go, b"").expect("release A");
-    let out = a.wait_with_output().expect("attach A");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!(
-        "$ iscsimple attach {A} -> {:?}\n{stderr}",
-        out.status.code()
-    );
-    assert!(
-        !out.status.success() && stderr.contains("small-disk"),
-        "{stderr}"
-    );
+    let out = a.go();
+    let stderr = out.stderr.clone();
+    assert!(!out.ok() && stderr.contains("small-disk"), "{stderr}");
 
     assert_eq!(
         initiator::sessions(IQN).len(),

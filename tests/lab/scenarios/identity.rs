@@ -2,99 +2,21 @@
 //! number, a session. Each scenario makes the name point at something
 //! else, or two callers race for it, and checks the tool acts only on what
 //! it verified is its own.
-use std::fs;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::fixture::cmd::Out;
 use crate::fixture::data;
 use crate::fixture::initiator;
 use crate::fixture::lvm::{kname, Vg};
 use crate::fixture::md::Md;
+use crate::fixture::points::{self, Held};
 use crate::fixture::system::Snapshot;
 use crate::fixture::target::{Kind, Target, TargetSpec};
-use crate::fixture::tool::{bin, Tool};
+use crate::fixture::tool::Tool;
 use crate::fixture::{wait_for, Lab, Udev};
 
 const IQN: &str = "iqn.2024-01.lab.iscsimple:identity";
-const LOG: &str = "/run/identity-points.log";
 const MIB: u64 = 16;
-
-/// Run the tool with its kill points logged, killed at the `at`-th one.
-fn run_logged(tool: &Tool, args: &[&str], at: Option<usize>) -> (Out, Vec<String>) {
-    let _ = fs::remove_file(LOG);
-    std::env::set_var("ISCSIMPLE_CRASH_LOG", LOG);
-    match at {
-        Some(n) => std::env::set_var("ISCSIMPLE_CRASH_AT", n.to_string()),
-        None => std::env::remove_var("ISCSIMPLE_CRASH_AT"),
-    }
-    let out = tool.run(args);
-    std::env::remove_var("ISCSIMPLE_CRASH_AT");
-    std::env::remove_var("ISCSIMPLE_CRASH_LOG");
-    let points = fs::read_to_string(LOG)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect();
-    (out, points)
-}
-
-/// Start `iscsimple ARGS` held at its `at`-th kill point (it goes on once
-/// [`go`] is called); returns once it is held there.
-fn start_held(args: &[&str], at: usize) -> std::process::Child {
-    let (paused, go) = (format!("{LOG}.paused"), format!("{LOG}.go"));
-    for f in [LOG, &paused, &go] {
-        let _ = fs::remove_file(f);
-    }
-    let mut v = vec!["--config", "/etc/iscsimple/iscsimple.toml"];
-    v.extend_from_slice(args);
-    let child = Command::new(bin())
-        .args(&v)
-        .env("ISCSIMPLE_CRASH_LOG", LOG)
-        .env("ISCSIMPLE_PAUSE_AT", at.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let start = Instant::now();
-    while !Path::new(&paused).exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "{args:?} never reached point {at}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-}
-
-fn go() {
-    fs::write(format!("{LOG}.go"), b"").expect("release");
-}
-
-fn finish(child: std::process::Child, what: &str) -> Out {
-    let o = child.wait_with_output().expect("wait");
-    let out = Out {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    };
-    println!(
-        "$ {what} -> exit {}\n{}{}",
-        out.code, out.stdout, out.stderr
-    );
-    out
-}
-
-/// The 1-based index of the first point whose line contains `what`.
-fn point_of(points: &[String], what: &str) -> usize {
-    points
-        .iter()
-        .position(|p| p.contains(what))
-        .unwrap_or_else(|| panic!("no point {what:?} in {points:#?}"))
-        + 1
-}
 
 /// Item 4: a detach killed after `mdadm --stop` leaves a record naming
 /// md127; the next array takes md127; the retried detach must not stop it.
@@ -117,9 +39,9 @@ fn lab_identity_reused_minor_and_one_user_per_lun() {
 
     // The kill points of an uninterrupted detach.
     tool.attach(&spec_a);
-    let (out, points) = run_logged(&tool, &["detach", &spec_a], None);
+    let (out, points) = points::run(&tool, &["detach", &spec_a], None);
     assert!(out.ok(), "{}", out.stderr);
-    let after_stop = point_of(&points, "mdadm --stop") + 1;
+    let after_stop = points::index_of(&points, "mdadm --stop") + 1;
     println!("detach points:\n{}", points.join("\n"));
 
     // Killed right after the stop: the record still names md127.
@@ -131,7 +53,7 @@ fn lab_identity_reused_minor_and_one_user_per_lun() {
         .unwrap()
         .to_string_lossy()
         .into_owned();
-    let (out, p) = run_logged(&tool, &["detach", &spec_a], Some(after_stop));
+    let (out, p) = points::run(&tool, &["detach", &spec_a], Some(after_stop));
     assert!(
         out.code == -1 && p.last().is_some_and(|l| l.ends_with("KILLED")),
         "killed after the stop: {p:#?}"
@@ -188,18 +110,17 @@ fn lab_identity_reused_minor_and_one_user_per_lun() {
     // itself, before its scan; a plain attach of LUN 3 comes meanwhile.
     let spec_m = format!("lun3@{IQN}+disk-a");
     let spec_p = format!("lun3@{IQN}");
-    let (out, points) = run_logged(&tool, &["attach", &spec_m], None);
+    let (out, points) = points::run(&tool, &["attach", &spec_m], None);
     assert!(out.ok(), "{}", out.stderr);
     tool.detach(&spec_m);
-    let hold = point_of(&points, "scan");
-    let held = start_held(&["attach", &spec_m], hold);
+    let hold = points::index_of(&points, "scan");
+    let held = Held::start(&tool, &["attach", &spec_m], hold);
     let plain = {
         let spec_p = spec_p.clone();
         std::thread::spawn(move || Tool::new_shared().run(&["attach", &spec_p]))
     };
     std::thread::sleep(Duration::from_secs(3));
-    go();
-    let m = finish(held, &format!("iscsimple attach {spec_m}"));
+    let m = held.go();
     let p = plain.join().expect("plain attach");
     assert!(m.ok(), "the mirrored attach: {}", m.stderr);
     assert_eq!(
