@@ -255,15 +255,16 @@ impl Engine<'_> {
     /// its links), then remove what nobody removed (no udev).
     pub(super) fn stop_end(&self, s: Stopping) -> Result<(), MdError> {
         let devpath = format!("DEVPATH=/devices/virtual/block/{}", s.kname);
+        let udev_wait = self.limit(UDEV_WAIT).wait;
         match s
             .udev
-            .map(|w| w.wait_event(UDEV_WAIT, &["ACTION=remove", &devpath]))
+            .map(|w| w.wait_event(udev_wait, &["ACTION=remove", &devpath]))
         {
             Some(Event::Seen) => {}
             // udevd is stuck: settle would wait as long again (the hotplug
             // script has 40 s in all); the stale links go below.
             Some(Event::Timeout) => {
-                tracing::warn!(array = %s.kname, waited = ?UDEV_WAIT, "udev did not finish removing the array")
+                tracing::warn!(array = %s.kname, waited = ?udev_wait, "udev did not finish removing the array")
             }
             // Stopped earlier by someone else, or udev's events were lost.
             Some(Event::Lost) | None => self.settle(),
@@ -271,7 +272,7 @@ impl Engine<'_> {
         // The kernel drops a stopped array's disk asynchronously; without
         // udev nothing else waits for it before the stale nodes go.
         let gone = format!("/sys/block/{}", s.kname);
-        let _ = Watcher::new().wait(Duration::from_secs(5), || {
+        let _ = Watcher::new().wait(self.limit(Duration::from_secs(5)).wait, || {
             (!self.sys.exists(&gone)).then_some(())
         });
         md::remove_stale_nodes(&self.sys, &s.label, &s.kname)

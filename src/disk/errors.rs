@@ -2,6 +2,7 @@
 //! whether the caller's input was at fault (exit 2) or the system (exit 1).
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::config::ConfigError;
 use crate::iscsi::IscsiError;
@@ -137,6 +138,18 @@ pub enum Cause {
         /// The other attachment's spec.
         by: String,
     },
+    /// The call's time budget ([`super::Budget`]) limited the wait of this
+    /// step, which then timed out: the budget ran out, or (a login, whose
+    /// attempts are set to end within their wait) left it too little.
+    #[error("{}: {cause}", budget_text(*.budget, *.left))]
+    Budget {
+        /// The whole budget.
+        budget: Duration,
+        /// What it left for the wait, when the wait ended before it.
+        left: Option<Duration>,
+        /// The wait that it ended.
+        cause: Box<Cause>,
+    },
     /// A spec names an attachment only if it is that attachment's spec:
     /// the label (or LUN) it shares is held by another spec.
     #[error("{asked} is not attached: its {what} is attached as {attached}; name that spec (or the device) to act on it")]
@@ -166,6 +179,17 @@ pub struct NewerConflict {
     pub what: String,
 }
 
+fn budget_text(budget: Duration, left: Option<Duration>) -> String {
+    match left {
+        None => format!("the {}s budget ran out", budget.as_secs()),
+        Some(l) => format!(
+            "only {}s of the {}s budget were left for it",
+            l.as_secs(),
+            budget.as_secs()
+        ),
+    }
+}
+
 fn held_by(by: &Option<String>) -> String {
     by.as_ref()
         .map(|b| format!(", attached as {b}"))
@@ -191,6 +215,25 @@ impl Cause {
                 | Cause::Iscsi(IscsiError::NotDisk { .. })
                 | Cause::Iscsi(IscsiError::NoLun { .. })
                 | Cause::Iscsi(IscsiError::TargetUnknown { .. })
+        )
+    }
+
+    /// True when the cause is a wait that ran out (a lock, a device, a
+    /// session, a login, a command killed at its timeout).
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self,
+            Cause::Budget { .. }
+                | Cause::Lock(LockError::Busy { .. })
+                | Cause::Run(RunError::Timeout { .. })
+                | Cause::Md(MdError::Run(RunError::Timeout { .. }))
+                | Cause::Iscsi(
+                    IscsiError::Run(RunError::Timeout { .. })
+                        | IscsiError::LoginTimeout { .. }
+                        | IscsiError::NoSession { .. }
+                        | IscsiError::SessionDown { .. }
+                        | IscsiError::NoBlockDevice { .. }
+                )
         )
     }
 }

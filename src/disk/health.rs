@@ -143,6 +143,10 @@ impl Engine<'_> {
     /// leg in sync and skips the resync, leaving stale blocks on the iSCSI
     /// disk.
     pub fn heal(&self, what: &str) -> Result<Healed, DiskError> {
+        self.heal_inner(what).map_err(|e| self.blame_err(e))
+    }
+
+    fn heal_inner(&self, what: &str) -> Result<Healed, DiskError> {
         let Some((key, mut a, _key_lock)) = self.locked("heal", what)? else {
             return Ok(Healed::Nothing);
         };
@@ -168,7 +172,7 @@ impl Engine<'_> {
         let member = leg_condition(&array, expect.iscsi.as_ref());
         let _target_lock = self
             .target_lock(&leg.target)
-            .map_err(|e| fail(Step::Lock, e.into()))?;
+            .map_err(|e| fail(Step::Lock, e))?;
         let session = iscsi::session_of(&self.sys, &leg.target);
         let session = match session {
             Some(s) if s.state == "LOGGED_IN" => s,
@@ -190,24 +194,21 @@ impl Engine<'_> {
             iscsi::scan_lun(&self.sys, &session, leg.lun)
                 .map_err(|e| fail(Step::Scan, e.into()))?;
         }
-        let wait = self.config.timeouts.device;
+        let limit = self.limit(self.config.timeouts.device);
         let dev = Watcher::new()
-            .wait(wait, || {
+            .wait(limit.wait, || {
                 let d = iscsi::lun_device(&self.sys, &session, leg.lun)?;
                 let b = d.block.clone()?;
                 self.sys.exists(format!("/dev/{b}")).then_some(d)
             })
             .ok_or_else(|| {
-                fail(
-                    Step::Device,
-                    IscsiError::NoBlockDevice {
-                        target: leg.target.clone(),
-                        lun: leg.lun,
-                        hctl: leg.hctl.clone(),
-                        waited: wait,
-                    }
-                    .into(),
-                )
+                let e = IscsiError::NoBlockDevice {
+                    target: leg.target.clone(),
+                    lun: leg.lun,
+                    hctl: leg.hctl.clone(),
+                    waited: limit.wait,
+                };
+                fail(Step::Device, self.over(limit, e.into()))
             })?;
         let new_kname = dev.block.clone().expect("checked above");
         let new_dev = PathBuf::from(format!("/dev/{new_kname}"));
@@ -264,6 +265,10 @@ impl Engine<'_> {
     /// Let a deferred local leg join its mirror (the resync then copies the
     /// iSCSI data onto it). Ok(false) when nothing was pending.
     pub fn join_local(&self, what: &str) -> Result<bool, DiskError> {
+        self.join_inner(what).map_err(|e| self.blame_err(e))
+    }
+
+    fn join_inner(&self, what: &str) -> Result<bool, DiskError> {
         let Some((key, mut a, _key_lock)) = self.locked("join", what)? else {
             return Ok(false);
         };

@@ -253,3 +253,132 @@ fn a_spec_names_only_its_own_attachment() {
     assert_eq!(runner.calls(), Vec::<String>::new(), "nothing run");
     assert_eq!(e.store.load("label-vm1").expect("load"), Some(a));
 }
+
+fn fake_root() -> (tempfile::TempDir, Config) {
+    let d = tempfile::tempdir().expect("tempdir");
+    let config = Config {
+        state_dir: d.path().join("var/lib/iscsimple"),
+        run_dir: d.path().join("run/iscsimple"),
+        ..Config::default()
+    };
+    (d, config)
+}
+
+/// A runner that fails every `iscsiadm --login` as iscsid does when the
+/// target never answers (exit 11), and keeps the node record as it was
+/// when iscsiadm ran.
+#[derive(Debug)]
+struct SilentTarget {
+    inner: RecordingRunner,
+    record: std::path::PathBuf,
+    seen: std::sync::Mutex<Option<String>>,
+}
+
+impl crate::runner::Runner for SilentTarget {
+    fn run(&self, cmd: &crate::runner::Cmd) -> Result<crate::runner::Output, RunError> {
+        if cmd.display().ends_with("--login") {
+            *self.seen.lock().expect("lock") = fs::read_to_string(&self.record).ok();
+            self.inner.fail(
+                "iscsiadm -m node",
+                11,
+                "iscsiadm: Could not log into all portals",
+            );
+        }
+        self.inner.run(cmd)
+    }
+    fn verify(&self, p: &[Program]) -> Result<(), RunError> {
+        self.inner.verify(p)
+    }
+    fn spawn_self_detached(&self, args: &[String]) -> Result<u32, RunError> {
+        self.inner.spawn_self_detached(args)
+    }
+}
+
+/// Item 14: with a budget, a login gets what the budget leaves (less than
+/// the configured 60 s), iscsid's own attempts are set to end within it
+/// (so none go on after iscsiadm returns), and the error names the budget;
+/// the node record is put back as it was.
+#[test]
+fn a_login_draws_from_the_budget_and_iscsids_attempts_fit_it() {
+    let (d, mut c) = fake_root();
+    c.timeouts.login = Duration::from_secs(60);
+    let target = "iqn.2024-01.lab:silent";
+    let dir = d.path().join(format!("etc/iscsi/nodes/{target}"));
+    fs::create_dir_all(&dir).expect("mkdir");
+    let record = dir.join("127.0.0.1,3261");
+    let body = format!("# BEGIN RECORD 2.1.8\nnode.name = {target}\nnode.conn[0].timeo.login_timeout = 15\nnode.session.initial_login_retry_max = 8\n# END RECORD\n");
+    fs::write(&record, &body).expect("write record");
+    let runner = SilentTarget {
+        inner: RecordingRunner::new(),
+        record: record.clone(),
+        seen: std::sync::Mutex::new(None),
+    };
+    let e = engine(d.path(), &c, &runner.inner);
+    let e = Engine {
+        runner: &runner,
+        ..e
+    }
+    .with_budget(Budget::new(
+        Duration::from_secs(30),
+        Duration::from_secs(10),
+    ));
+    let spec: Spec = format!("lun0@{target}").parse().expect("spec");
+    let err = e.attach(&spec).expect_err("no answer");
+    let text = err.to_string();
+    assert!(
+        text.contains("s of the 30s budget were left for it: no answer to the login to"),
+        "names the step and the budget: {text}"
+    );
+    assert!(err.rollback.is_empty(), "clean rollback: {text}");
+    let seen = runner
+        .seen
+        .lock()
+        .expect("lock")
+        .clone()
+        .expect("login ran");
+    let value = |key: &str| -> u64 {
+        seen.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key} = ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{key} in {seen}"))
+    };
+    let (attempt, retries) = (
+        value("node.conn[0].timeo.login_timeout"),
+        value("node.session.initial_login_retry_max"),
+    );
+    assert!(
+        retries * attempt + 3 + attempt <= 20,
+        "iscsid's attempts ({attempt}s, {retries} retries) end within the 20s the budget leaves"
+    );
+    assert_eq!(
+        fs::read_to_string(&record).expect("read"),
+        body,
+        "record as before"
+    );
+    assert_eq!(e.store.all().expect("all"), vec![], "no attachment left");
+}
+
+/// Item 14: a lock wait draws from the budget too, and says so.
+#[test]
+fn a_lock_wait_ends_with_the_budget() {
+    let (d, mut c) = fake_root();
+    c.timeouts.lock = Duration::from_secs(5);
+    let runner = RecordingRunner::new();
+    let e = engine(d.path(), &c, &runner)
+        .with_budget(Budget::new(Duration::from_millis(300), Duration::ZERO));
+    let spec: Spec = "lun0@iqn.2024-01.lab:t".parse().expect("spec");
+    let _held = Lock::take(
+        &e.store.lock_dir(),
+        &file_key(&format!("attach-{}", key_of(&spec))),
+        "held",
+        Duration::from_secs(1),
+    )
+    .expect("lock");
+    let err = e.attach(&spec).expect_err("busy");
+    assert!(
+        err.to_string()
+            .contains("lock: the 0s budget ran out: attachment"),
+        "{err}"
+    );
+    assert!(runner.calls().is_empty());
+}
