@@ -257,6 +257,10 @@ pub struct Timeouts {
     /// wait draws from it, a third of it kept for the rollback of an add.
     /// libxl kills the script after 40 s.
     pub hotplug: Duration,
+    /// One mirror's look and heal (`heal`, and each mirror in `watch`):
+    /// every wait draws from it, so a LUN that hangs holds up the others
+    /// at most this long.
+    pub heal: Duration,
 }
 
 impl Default for Timeouts {
@@ -271,6 +275,7 @@ impl Default for Timeouts {
             noop_timeout: Duration::from_secs(5),
             watch: Duration::from_secs(2),
             hotplug: Duration::from_secs(30),
+            heal: Duration::from_secs(30),
         }
     }
 }
@@ -638,6 +643,7 @@ struct RawTimeouts {
     noop_timeout: Option<Spanned<u64>>,
     watch: Option<Spanned<u64>>,
     hotplug: Option<Spanned<u64>>,
+    heal: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -707,6 +713,7 @@ impl Validator<'_> {
             noop_timeout: self.timeout("noop_timeout", raw.timeouts.noop_timeout, t.noop_timeout),
             watch: self.timeout("watch", raw.timeouts.watch, t.watch),
             hotplug: self.timeout("hotplug", raw.timeouts.hotplug, t.hotplug),
+            heal: self.timeout("heal", raw.timeouts.heal, t.heal),
         };
         let md = self.md(raw.md);
         let chap = self.chap(raw.chap);
@@ -1111,7 +1118,7 @@ password_file = "/etc/iscsimple/secret"
     fn unknown_key_is_rejected_with_line() {
         assert_eq!(
             parse_err("[timeouts]\nlogin = 5\nlogn = 3\n"),
-            "/etc/i.toml:3:1: unknown field `logn`, expected one of `login`, `device`, `command`, `lock`, `replacement`, `noop_interval`, `noop_timeout`, `watch`, `hotplug`"
+            "/etc/i.toml:3:1: unknown field `logn`, expected one of `login`, `device`, `command`, `lock`, `replacement`, `noop_interval`, `noop_timeout`, `watch`, `hotplug`, `heal`"
         );
         let e = parse_err("label_tabel = \"/x\"\n");
         assert!(

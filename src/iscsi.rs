@@ -260,6 +260,17 @@ pub fn scan_lun(sys: &Sys, session: &Session, lun: u32) -> Result<(), IscsiError
     fs::write(&path, format!("- - {lun}")).map_err(|source| IscsiError::Io { path, source })
 }
 
+/// Ask the kernel to read a SCSI device's identity (VPD pages, hence
+/// `device/wwid`) and capacity again. The kernel reads them when it adds
+/// the device and keeps them: after an outage the target may serve
+/// another disk at the same address, and only this shows it. Blocks while
+/// the target does not answer.
+pub fn rescan_device(sys: &Sys, dev: &ScsiDev) -> Result<(), IscsiError> {
+    let path = sys.path(format!("/sys/bus/scsi/devices/{}/rescan", dev.hctl));
+    tracing::debug!(hctl = %dev.hctl, "rescanning SCSI device");
+    fs::write(&path, "1").map_err(|source| IscsiError::Io { path, source })
+}
+
 /// Flush a SCSI disk's cache and remove the device from the kernel.
 pub fn delete_device(sys: &Sys, dev: &ScsiDev) -> Result<(), IscsiError> {
     // An offline device (its session failed past the replacement timeout)

@@ -91,6 +91,10 @@ impl Expected {
         if arr.members.is_empty() {
             return Some(format!("{} has no members", arr.kname));
         }
+        // A faulty member whose address now answers as another disk: md no
+        // longer uses it; the array is ours if a member md uses is ours.
+        let mut replaced = None;
+        let mut ours_in_use = false;
         for m in &arr.members {
             let is = |leg: &LegId| match (&m.devnum, &leg.devnum) {
                 (Some(a), Some(b)) => a == b,
@@ -98,16 +102,20 @@ impl Expected {
                 // record predates device numbers: by name.
                 _ => m.kname == leg.kname,
             };
+            let faulty = m.condition() == md::MemberCondition::Faulty;
             if let Some(leg) = self.iscsi.as_ref().filter(|l| is(l)) {
                 let now = iscsi::wwid(sys, &m.kname);
                 if let (Some(want), Some(now)) = (&leg.id, &now) {
                     if want != now {
-                        return Some(format!(
-                            "member {} is SCSI disk {now}, recorded {want}",
-                            m.kname
-                        ));
+                        let why = format!("member {} is SCSI disk {now}, recorded {want}", m.kname);
+                        if !faulty {
+                            return Some(why);
+                        }
+                        replaced = Some(why);
+                        continue;
                     }
                 }
+                ours_in_use |= !faulty;
                 continue;
             }
             if let Some(leg) = self.local.as_ref().filter(|l| is(l)) {
@@ -117,6 +125,7 @@ impl Expected {
                         return Some(format!("member {} is {now}, recorded {want}", m.kname));
                     }
                 }
+                ours_in_use |= !faulty;
                 continue;
             }
             return Some(format!(
@@ -125,7 +134,10 @@ impl Expected {
                 m.devnum.as_deref().unwrap_or("gone")
             ));
         }
-        None
+        match replaced {
+            Some(why) if !ours_in_use => Some(why),
+            _ => None,
+        }
     }
 }
 

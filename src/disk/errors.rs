@@ -150,6 +150,42 @@ pub enum Cause {
         /// The wait that it ended.
         cause: Box<Cause>,
     },
+    /// heal: the LUN now answers with another disk than the mirror's iSCSI
+    /// leg was (another SCSI identity, or one that cannot be compared).
+    #[error("LUN {lun} of {target} is now disk {found}, but the mirror's iSCSI leg was disk {recorded}: not copying the local leg onto another disk; `heal --accept-new-disk` copies it in full onto this one")]
+    OtherDisk {
+        /// Target.
+        target: String,
+        /// LUN.
+        lun: u32,
+        /// The wwid recorded at attach ("unknown" when none was).
+        recorded: String,
+        /// The wwid the LUN shows now ("unknown" when it has none).
+        found: String,
+    },
+    /// heal: the disk at the LUN is smaller than the array it would join.
+    #[error("LUN {lun} of {target} (disk {found}) has {size} bytes, smaller than the array's {need}: md cannot take it back")]
+    DiskTooSmall {
+        /// Target.
+        target: String,
+        /// LUN.
+        lun: u32,
+        /// Its wwid ("unknown" when it has none).
+        found: String,
+        /// Its size in bytes.
+        size: u64,
+        /// The array's size in bytes.
+        need: u64,
+    },
+    /// heal: the local leg is not a whole copy (it is being resynced from
+    /// the iSCSI disk, or is not in the array): it cannot be the source.
+    #[error("the local leg of {label} is not in sync ({state}): it cannot be copied onto the iSCSI disk")]
+    LocalNotInSync {
+        /// The label.
+        label: String,
+        /// What the mirror says.
+        state: String,
+    },
     /// A spec names an attachment only if it is that attachment's spec:
     /// the label (or LUN) it shares is held by another spec.
     #[error("{asked} is not attached: its {what} is attached as {attached}; name that spec (or the device) to act on it")]
@@ -210,6 +246,9 @@ impl Cause {
                 | Cause::LunInUse { .. }
                 | Cause::OtherSpec { .. }
                 | Cause::LocalIsNewer(_)
+                | Cause::OtherDisk { .. }
+                | Cause::DiskTooSmall { .. }
+                | Cause::LocalNotInSync { .. }
                 | Cause::Volume(_)
                 | Cause::Iscsi(IscsiError::AuthFailed { .. })
                 | Cause::Iscsi(IscsiError::NotDisk { .. })

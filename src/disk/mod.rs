@@ -92,6 +92,18 @@ pub enum Health {
     Other(String),
 }
 
+/// How to heal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HealOptions {
+    /// The LUN answers with another disk (another SCSI wwid) than the leg
+    /// recorded: copy the local leg onto it in full instead of refusing.
+    pub accept_new_disk: bool,
+    /// Copy the whole local leg onto the iSCSI disk, even where md's
+    /// write-intent bitmap says the legs agree, and even if they are in
+    /// sync: for a target that may have come back from an older copy.
+    pub full: bool,
+}
+
 /// What `heal` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Healed {
