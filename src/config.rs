@@ -232,7 +232,8 @@ pub struct Discovery {
 /// `[timeouts]`, each in whole seconds in the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
-    /// One iSCSI login attempt.
+    /// An iSCSI login, all of iscsid's attempts included
+    /// ([`crate::iscsi::login_attempts`]).
     pub login: Duration,
     /// Waiting for a LUN's block device to appear.
     pub device: Duration,
@@ -252,6 +253,14 @@ pub struct Timeouts {
     /// How often `iscsimple watch` looks at sessions when no md event
     /// wakes it (a leg failing wakes it at once).
     pub watch: Duration,
+    /// The whole of one Xen hotplug call (`xen add`, `xen remove`): every
+    /// wait draws from it, a third of it kept for the rollback of an add.
+    /// libxl kills the script after 40 s.
+    pub hotplug: Duration,
+    /// One mirror's look and heal (`heal`, and each mirror in `watch`):
+    /// every wait draws from it, so a LUN that hangs holds up the others
+    /// at most this long.
+    pub heal: Duration,
 }
 
 impl Default for Timeouts {
@@ -265,6 +274,8 @@ impl Default for Timeouts {
             noop_interval: Duration::from_secs(5),
             noop_timeout: Duration::from_secs(5),
             watch: Duration::from_secs(2),
+            hotplug: Duration::from_secs(30),
+            heal: Duration::from_secs(30),
         }
     }
 }
@@ -656,6 +667,8 @@ struct RawTimeouts {
     noop_interval: Option<Spanned<u64>>,
     noop_timeout: Option<Spanned<u64>>,
     watch: Option<Spanned<u64>>,
+    hotplug: Option<Spanned<u64>>,
+    heal: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -724,6 +737,8 @@ impl Validator<'_> {
             ),
             noop_timeout: self.timeout("noop_timeout", raw.timeouts.noop_timeout, t.noop_timeout),
             watch: self.timeout("watch", raw.timeouts.watch, t.watch),
+            hotplug: self.timeout("hotplug", raw.timeouts.hotplug, t.hotplug),
+            heal: self.timeout("heal", raw.timeouts.heal, t.heal),
         };
         let md = self.md(raw.md);
         let chap = self.chap(raw.chap);
@@ -1128,7 +1143,7 @@ password_file = "/etc/iscsimple/secret"
     fn unknown_key_is_rejected_with_line() {
         assert_eq!(
             parse_err("[timeouts]\nlogin = 5\nlogn = 3\n"),
-            "/etc/i.toml:3:1: unknown field `logn`, expected one of `login`, `device`, `command`, `lock`, `replacement`, `noop_interval`, `noop_timeout`, `watch`"
+            "/etc/i.toml:3:1: unknown field `logn`, expected one of `login`, `device`, `command`, `lock`, `replacement`, `noop_interval`, `noop_timeout`, `watch`, `hotplug`, `heal`"
         );
         let e = parse_err("label_tabel = \"/x\"\n");
         assert!(

@@ -10,7 +10,7 @@ use std::fmt;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::Secret;
 use crate::fsutil::{self, FsError};
@@ -23,13 +23,15 @@ const ERR_LOGIN_AUTH_FAILED: i32 = 24;
 const ERR_NO_OBJS_FOUND: i32 = 21;
 /// iscsiadm's exit code when the session already exists (ISCSI_ERR_SESS_EXISTS).
 const ERR_SESS_EXISTS: i32 = 15;
+/// iscsiadm's exit codes when iscsid gave up a login that got no answer in
+/// time: no connection (ISCSI_ERR_TRANS_TIMEOUT) or no login response
+/// (ISCSI_ERR_PDU_TIMEOUT).
+const ERR_LOGIN_TIMEOUTS: [i32; 2] = [8, 11];
 
 /// Where open-iscsi keeps node records.
 pub const NODE_DB: &str = "/etc/iscsi/nodes";
 /// open-iscsi's lock directory (LOCK_DIR in open-iscsi 2.1.8's usr/initiator.h).
 pub const IDBM_LOCK_DIR: &str = "/run/lock/iscsi";
-/// How long to wait for a live holder of open-iscsi's lock.
-const IDBM_WAIT: Duration = Duration::from_secs(10);
 /// How long a holder may keep open-iscsi's lock before it counts as dead
 /// (see [`IdbmLock`]).
 const IDBM_STALE_AFTER: Duration = Duration::from_secs(5);
@@ -65,6 +67,21 @@ pub enum IscsiError {
         target: String,
         /// How long we waited.
         waited: Duration,
+    },
+    /// No login within the wait: iscsid's attempts (made to fit it, see
+    /// [`login_attempts`]) got no answer, or iscsiadm was stopped.
+    #[error("no answer to the login to {target} at {portal} after {}s (iscsid's attempts set to end within {}s): {run}", .elapsed.as_secs(), .waited.as_secs())]
+    LoginTimeout {
+        /// Target.
+        target: String,
+        /// Portal.
+        portal: String,
+        /// How long the login could take.
+        waited: Duration,
+        /// How long it took.
+        elapsed: Duration,
+        /// What iscsiadm said, or that it was stopped.
+        run: Box<RunError>,
     },
     /// The session exists but is not logged in (the target is away).
     #[error("session to {target} is {state}, not LOGGED_IN: retry once the target is back")]
@@ -259,6 +276,17 @@ pub fn scan_lun(sys: &Sys, session: &Session, lun: u32) -> Result<(), IscsiError
     fs::write(&path, format!("- - {lun}")).map_err(|source| IscsiError::Io { path, source })
 }
 
+/// Ask the kernel to read a SCSI device's identity (VPD pages, hence
+/// `device/wwid`) and capacity again. The kernel reads them when it adds
+/// the device and keeps them: after an outage the target may serve
+/// another disk at the same address, and only this shows it. Blocks while
+/// the target does not answer.
+pub fn rescan_device(sys: &Sys, dev: &ScsiDev) -> Result<(), IscsiError> {
+    let path = sys.path(format!("/sys/bus/scsi/devices/{}/rescan", dev.hctl));
+    tracing::debug!(hctl = %dev.hctl, "rescanning SCSI device");
+    fs::write(&path, "1").map_err(|source| IscsiError::Io { path, source })
+}
+
 /// Flush a SCSI disk's cache and remove the device from the kernel.
 pub fn delete_device(sys: &Sys, dev: &ScsiDev) -> Result<(), IscsiError> {
     // An offline device (its session failed past the replacement timeout)
@@ -348,6 +376,30 @@ pub enum Login {
     Existed,
 }
 
+/// iscsid's own login attempts, made to end within `wait`: the node
+/// record's per-attempt timeout (`node.conn[0].timeo.login_timeout`, in
+/// seconds) and `node.session.initial_login_retry_max`. iscsid keeps
+/// retrying a first login until an attempt fails after retries × attempt
+/// seconds, and with open-iscsi's defaults (15 s, 8) that is over two
+/// minutes; it does so even when the iscsiadm that asked is killed, and
+/// no logout can cancel it meanwhile ("in invalid state for logout"). A
+/// login whose attempts end within its wait leaves nothing behind: iscsid
+/// destroys the half-made session before it answers. Worst case: the
+/// retry window, iscsid's 3 s reconnect delay, and one more attempt; a
+/// target that never answers gets `retries` attempts.
+pub fn login_attempts(wait: Duration) -> (u64, u64) {
+    const RECONNECT_DELAY: u64 = 3;
+    const ATTEMPT_MAX: u64 = 15; // open-iscsi's default per attempt
+    let w = wait.as_secs();
+    if w < 5 {
+        // One attempt only (the retry window is then zero).
+        return (w.saturating_sub(1).max(1), 0);
+    }
+    let attempt = ((w - RECONNECT_DELAY) / 3).clamp(1, ATTEMPT_MAX);
+    let retries = ((w - RECONNECT_DELAY - attempt) / attempt).max(1);
+    (attempt, retries)
+}
+
 /// Thin typed wrappers around iscsiadm.
 #[derive(Debug)]
 pub struct Iscsiadm<'a> {
@@ -357,11 +409,20 @@ pub struct Iscsiadm<'a> {
     pub timeout: Duration,
     /// Timeout of a login.
     pub login_timeout: Duration,
+    /// No call may run past this (the caller's time budget).
+    pub deadline: Option<Instant>,
 }
 
 impl Iscsiadm<'_> {
+    fn cap(&self, t: Duration) -> Duration {
+        match self.deadline {
+            Some(d) => t.min(d.saturating_duration_since(Instant::now())),
+            None => t,
+        }
+    }
+
     fn cmd(&self) -> Cmd {
-        Cmd::new(Program::Iscsiadm).timeout(self.timeout)
+        Cmd::new(Program::Iscsiadm).timeout(self.cap(self.timeout))
     }
 
     /// SendTargets discovery on `portal` without touching the node DB:
@@ -425,9 +486,13 @@ impl Iscsiadm<'_> {
     }
 
     /// Log in. An existing session is not an error, but is not ours either.
+    /// The node record's attempts should fit `login_timeout` (see
+    /// [`login_attempts`]): iscsiadm is killed only if they do not.
     pub fn login(&self, target: &str, portal: &str) -> Result<Login, IscsiError> {
+        let waited = self.cap(self.login_timeout);
+        let start = Instant::now();
         let cmd = Cmd::new(Program::Iscsiadm)
-            .timeout(self.login_timeout)
+            .timeout(waited)
             .args(["-m", "node", "-T", target, "-p", portal, "--login"]);
         match self.runner.run(&cmd) {
             Ok(_) => Ok(Login::LoggedIn),
@@ -436,6 +501,18 @@ impl Iscsiadm<'_> {
                 Err(IscsiError::AuthFailed {
                     target: target.to_string(),
                     portal: portal.to_string(),
+                })
+            }
+            Err(run)
+                if matches!(run, RunError::Timeout { .. })
+                    || run.code().is_some_and(|c| ERR_LOGIN_TIMEOUTS.contains(&c)) =>
+            {
+                Err(IscsiError::LoginTimeout {
+                    target: target.to_string(),
+                    portal: portal.to_string(),
+                    waited,
+                    elapsed: start.elapsed(),
+                    run: Box::new(run),
                 })
             }
             Err(e) => Err(e.into()),
@@ -483,7 +560,7 @@ fn auth_text(e: &RunError) -> bool {
 /// held. The removal is judged again under an `flock` of `lock` (between
 /// iscsimple calls) and only removes the very inode and ctime judged stale,
 /// so a lock taken meanwhile stays. A live holder is waited for up to
-/// [`IDBM_WAIT`].
+/// the caller's wait (10 s, or what is left of a time budget).
 #[derive(Debug)]
 struct IdbmLock {
     write: PathBuf,
@@ -511,8 +588,8 @@ impl Stamp {
 }
 
 impl IdbmLock {
-    fn take(sys: &Sys) -> Result<IdbmLock, IscsiError> {
-        IdbmLock::take_with(sys, IDBM_WAIT, IDBM_STALE_AFTER)
+    fn take(sys: &Sys, wait: Duration) -> Result<IdbmLock, IscsiError> {
+        IdbmLock::take_with(sys, wait, IDBM_STALE_AFTER)
     }
 
     fn take_with(sys: &Sys, wait: Duration, stale_after: Duration) -> Result<IdbmLock, IscsiError> {
@@ -676,32 +753,34 @@ impl fmt::Display for RecordText {
 }
 
 /// Set secret values (`node.session.auth.password`, `..._in`) in a node
-/// record file, under open-iscsi's lock, atomically. Returns the previous
-/// content so the caller can restore it.
+/// record file, under open-iscsi's lock (waited for up to `wait`),
+/// atomically. Returns the previous content so the caller can restore it.
 pub fn set_record_secrets(
     sys: &Sys,
     record: &Path,
     values: &[(&str, &Secret)],
+    wait: Duration,
 ) -> Result<RecordText, IscsiError> {
     let values: Vec<(&str, &str)> = values.iter().map(|(k, v)| (*k, v.expose())).collect();
-    set_record_values(sys, record, &values)
+    set_record_values(sys, record, &values, wait)
 }
 
 /// Set node record values (`node.session.scan = manual`, ...) in a record
-/// file, under open-iscsi's lock, atomically: what `iscsiadm -o update`
-/// does, without a process per value. A line is replaced where its key
-/// is, a missing key is appended; the file is not rewritten when it holds
-/// every value already. Returns the previous content.
+/// file, under open-iscsi's lock (waited for up to `wait`), atomically:
+/// what `iscsiadm -o update` does, without a process per value. A line is
+/// replaced where its key is, a missing key is appended; the file is not
+/// rewritten when it holds every value already. Returns the previous content.
 pub fn set_record_values(
     sys: &Sys,
     record: &Path,
     values: &[(&str, &str)],
+    wait: Duration,
 ) -> Result<RecordText, IscsiError> {
     let io = |source| IscsiError::Io {
         path: record.to_path_buf(),
         source,
     };
-    let _lock = IdbmLock::take(sys)?;
+    let _lock = IdbmLock::take(sys, wait)?;
     let old = fs::read_to_string(record).map_err(io)?;
     let key = |l: &str| l.split('=').next().map(str::trim).unwrap_or("").to_string();
     let mut done = vec![false; values.len()];
@@ -729,8 +808,13 @@ pub fn set_record_values(
 }
 
 /// Put back a node record's previous content (rollback).
-pub fn restore_record(sys: &Sys, record: &Path, content: &RecordText) -> Result<(), IscsiError> {
-    let _lock = IdbmLock::take(sys)?;
+pub fn restore_record(
+    sys: &Sys,
+    record: &Path,
+    content: &RecordText,
+    wait: Duration,
+) -> Result<(), IscsiError> {
+    let _lock = IdbmLock::take(sys, wait)?;
     write_record(record, content.expose())
 }
 
@@ -757,6 +841,8 @@ mod tests {
     use crate::runner::recording::RecordingRunner;
     use std::os::unix::fs::MetadataExt;
 
+    const WAIT: Duration = Duration::from_secs(1);
+
     #[test]
     fn discovery_output_is_parsed_into_portal_and_target() {
         let r = RecordingRunner::new();
@@ -768,6 +854,7 @@ mod tests {
             runner: &r,
             timeout: Duration::from_secs(1),
             login_timeout: Duration::from_secs(1),
+            deadline: None,
         };
         let v = a.discover("127.0.0.1").expect("discover");
         assert_eq!(
@@ -791,6 +878,7 @@ mod tests {
             runner: &r,
             timeout: Duration::from_secs(1),
             login_timeout: Duration::from_secs(1),
+            deadline: None,
         };
         let e = a
             .login("iqn.2024-01.lab:a", "127.0.0.1:3260")
@@ -805,8 +893,8 @@ mod tests {
         let rec = d.path().join("rec");
         fs::write(&rec, "node.name = x\nnode.session.auth.password = old\n").expect("write");
         let s = Secret::from("n3wsecret".to_string());
-        let old =
-            set_record_secrets(&sys, &rec, &[("node.session.auth.password", &s)]).expect("set");
+        let old = set_record_secrets(&sys, &rec, &[("node.session.auth.password", &s)], WAIT)
+            .expect("set");
         let now = fs::read_to_string(&rec).expect("read");
         assert_eq!(
             now,
@@ -817,7 +905,7 @@ mod tests {
             "lock released"
         );
         assert!(!format!("{old:?} {old}").contains("old"), "{old:?} {old}");
-        restore_record(&sys, &rec, &old).expect("restore");
+        restore_record(&sys, &rec, &old, WAIT).expect("restore");
         assert_eq!(fs::read_to_string(&rec).expect("read"), old.expose());
     }
 
@@ -836,6 +924,7 @@ mod tests {
                 ("node.startup", "manual"),
                 ("node.conn[0].timeo.noop_out_interval", "5"),
             ],
+            WAIT,
         )
         .expect("set");
         assert_eq!(old.expose(), body);
@@ -845,9 +934,57 @@ mod tests {
         );
         let before = fs::metadata(&rec).expect("stat").modified().expect("mtime");
         std::thread::sleep(std::time::Duration::from_millis(20));
-        set_record_values(&sys, &rec, &[("node.startup", "manual")]).expect("set");
+        set_record_values(&sys, &rec, &[("node.startup", "manual")], WAIT).expect("set");
         let after = fs::metadata(&rec).expect("stat").modified().expect("mtime");
         assert_eq!(before, after, "nothing to change: not rewritten");
+    }
+
+    #[test]
+    fn iscsids_login_attempts_end_within_the_wait() {
+        // iscsid gives up at the first failure after retries × attempt
+        // seconds; the last attempt may start just before, after its 3 s
+        // reconnect delay. Everything must end within the wait.
+        for w in 1..=120u64 {
+            let (attempt, retries) = login_attempts(Duration::from_secs(w));
+            assert!(attempt >= 1, "{w}s: an attempt lasts at least a second");
+            let worst = if retries == 0 {
+                attempt
+            } else {
+                retries * attempt + 3 + attempt
+            };
+            assert!(
+                worst <= w.max(2),
+                "{w}s: attempts of {attempt}s, {retries} retries end at {worst}s"
+            );
+        }
+        assert_eq!(login_attempts(Duration::from_secs(15)), (4, 2));
+        assert_eq!(login_attempts(Duration::from_secs(60)), (15, 2));
+    }
+
+    #[test]
+    fn a_login_that_gets_no_answer_in_time_says_so() {
+        let r = RecordingRunner::new();
+        r.fail(
+            "iscsiadm -m node",
+            11,
+            "iscsiadm: Could not login to [iface: default, target: iqn.2024-01.lab:a, portal: 127.0.0.1,3261].",
+        );
+        let a = Iscsiadm {
+            runner: &r,
+            timeout: Duration::from_secs(1),
+            login_timeout: Duration::from_secs(15),
+            deadline: None,
+        };
+        let e = a
+            .login("iqn.2024-01.lab:a", "127.0.0.1:3261")
+            .expect_err("no answer");
+        assert!(matches!(e, IscsiError::LoginTimeout { .. }), "{e}");
+        assert!(
+            e.to_string().starts_with(
+                "no answer to the login to iqn.2024-01.lab:a at 127.0.0.1:3261 after 0s (iscsid's attempts set to end within 15s)"
+            ),
+            "{e}"
+        );
     }
 
     #[test]
@@ -881,7 +1018,7 @@ mod tests {
         fs::write(lockdir.join("lock"), "").expect("lock");
         fs::write(lockdir.join("lock.write"), "").expect("stale lock.write");
         let start = std::time::Instant::now();
-        set_record_values(&sys, &rec, &[("node.startup", "manual")]).expect("set");
+        set_record_values(&sys, &rec, &[("node.startup", "manual")], WAIT).expect("set");
         assert!(
             start.elapsed() < Duration::from_secs(2),
             "{:?}",
@@ -910,7 +1047,7 @@ mod tests {
             fs::remove_file(&write).expect("release");
             std::time::Instant::now()
         });
-        set_record_values(&sys, &rec, &[("node.startup", "manual")]).expect("set");
+        set_record_values(&sys, &rec, &[("node.startup", "manual")], WAIT).expect("set");
         let done = std::time::Instant::now();
         let released = holder.join().expect("holder");
         assert!(done >= released, "wrote only after the holder let go");
@@ -923,7 +1060,8 @@ mod tests {
         fs::create_dir(&planted).expect("mkdir");
         fs::create_dir_all(d.path().join("run/lock")).expect("mkdir");
         std::os::unix::fs::symlink(&planted, d.path().join("run/lock/iscsi")).expect("plant");
-        let e = set_record_values(&sys, &rec, &[("node.startup", "manual")]).expect_err("refused");
+        let e = set_record_values(&sys, &rec, &[("node.startup", "manual")], WAIT)
+            .expect_err("refused");
         assert!(e.to_string().contains("symbolic link"), "{e}");
         assert_eq!(
             fs::read_dir(&planted).expect("ls").count(),
@@ -945,7 +1083,8 @@ mod tests {
         let lockdir = d.path().join("run/lock/iscsi");
         fs::create_dir_all(&lockdir).expect("mkdir");
         std::os::unix::fs::chown(&lockdir, Some(65534), Some(65534)).expect("chown");
-        let e = set_record_values(&sys, &rec, &[("node.startup", "manual")]).expect_err("refused");
+        let e = set_record_values(&sys, &rec, &[("node.startup", "manual")], WAIT)
+            .expect_err("refused");
         assert!(e.to_string().contains("owned by uid 65534"), "{e}");
         assert_eq!(
             fs::read_dir(&lockdir).expect("ls").count(),
@@ -957,7 +1096,7 @@ mod tests {
     #[test]
     fn a_missing_idbm_lock_dir_is_made_not_writable_by_others() {
         let (d, sys, rec) = idbm_host();
-        set_record_values(&sys, &rec, &[("node.startup", "manual")]).expect("set");
+        set_record_values(&sys, &rec, &[("node.startup", "manual")], WAIT).expect("set");
         let m = fs::symlink_metadata(d.path().join("run/lock/iscsi")).expect("made");
         assert!(m.is_dir());
         assert_eq!(m.uid(), nix::unistd::geteuid().as_raw());
@@ -970,7 +1109,7 @@ mod tests {
         let victim = d.path().join("victim");
         fs::write(&victim, "precious").expect("write");
         std::os::unix::fs::symlink(&victim, rec.with_extension("iscsimple-tmp")).expect("plant");
-        set_record_values(&sys, &rec, &[("node.startup", "manual")]).expect("set");
+        set_record_values(&sys, &rec, &[("node.startup", "manual")], WAIT).expect("set");
         assert_eq!(fs::read_to_string(&victim).expect("read"), "precious");
         assert_eq!(
             fs::read_to_string(&rec).expect("read"),
@@ -1010,7 +1149,7 @@ mod tests {
     #[test]
     fn a_lock_that_is_no_longer_ours_is_left_on_release() {
         let (d, sys, _rec) = idbm_host();
-        let held = IdbmLock::take(&sys).expect("taken");
+        let held = IdbmLock::take(&sys, WAIT).expect("taken");
         let (lock, write) = (
             d.path().join("run/lock/iscsi/lock"),
             d.path().join("run/lock/iscsi/lock.write"),

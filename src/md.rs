@@ -5,7 +5,7 @@ use std::fs;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::runner::{Cmd, Program, RunError, Runner};
 use crate::sysfs::Sys;
@@ -210,11 +210,19 @@ pub struct Mdadm<'a> {
     pub runner: &'a dyn Runner,
     /// Timeout of each call.
     pub timeout: Duration,
+    /// No call may run past this (the caller's time budget).
+    pub deadline: Option<Instant>,
 }
 
 impl Mdadm<'_> {
     fn cmd(&self) -> Cmd {
-        Cmd::new(Program::Mdadm).timeout(self.timeout)
+        let t = match self.deadline {
+            Some(d) => self
+                .timeout
+                .min(d.saturating_duration_since(Instant::now())),
+            None => self.timeout,
+        };
+        Cmd::new(Program::Mdadm).timeout(t)
     }
 
     /// `mdadm --build /dev/md/LABEL --level=1 --raid-devices=2
@@ -484,6 +492,7 @@ mod tests {
         let m = Mdadm {
             runner: &r,
             timeout: Duration::from_secs(5),
+            deadline: None,
         };
         m.build(
             "vm1",
@@ -509,6 +518,7 @@ mod tests {
         let m = Mdadm {
             runner: &r,
             timeout: Duration::from_secs(5),
+            deadline: None,
         };
         let b = Bitmap::for_size("/var/lib/iscsimple/bitmaps/vm1.bitmap".into(), 1 << 30);
         assert_eq!(b.chunk_kib, 64);

@@ -4,23 +4,47 @@
 //! local-is-newer record is written before the next write can land only on
 //! the local leg's side for long), and every `timeouts.watch` otherwise (an
 //! iSCSI session coming back raises no md event).
+//!
+//! One broken LUN must not hold up the other mirrors: each mirror's look
+//! and heal draw their waits from one budget (`timeouts.heal`), and the
+//! heal runs on a thread of its own, because a LUN that never answers
+//! blocks a rescan or an mdadm in the kernel, where no timeout reaches.
+//! A heal still running when its budget is spent is left to finish on
+//! its own; its mirror is skipped until it does.
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek};
 use std::os::fd::AsFd;
-use std::time::Duration;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 
-use crate::disk::{Cause, Engine, Healed, Health};
+use crate::disk::{Budget, Cause, DiskError, Engine, HealOptions, Healed, Health};
 use crate::iscsi::IscsiError;
 use crate::state::Phase;
 
-/// What was last logged per attachment, so each change is logged once.
+/// How long past its budget a heal may take before `watch` goes on without
+/// it: its commands are killed at the deadline and need a moment to end.
+const GRACE: Duration = Duration::from_secs(2);
+
+/// What a heal thread reports: its result and its notices.
+type Outcome = (Result<Healed, DiskError>, Vec<String>);
+
+/// A heal that outlived its budget.
+#[derive(Debug)]
+struct Stuck {
+    since: Instant,
+    done: mpsc::Receiver<Outcome>,
+}
+
+/// What was last logged per attachment, so each change is logged once,
+/// and the heals still running past their budget.
 #[derive(Debug, Default)]
 pub struct Watch {
     state: HashMap<String, String>,
     heal_error: HashMap<String, String>,
+    stuck: HashMap<String, Stuck>,
 }
 
 fn describe(h: &Health) -> String {
@@ -32,8 +56,9 @@ fn describe(h: &Health) -> String {
 }
 
 impl Watch {
-    /// One look at every attached mirror: record, log changes, heal.
-    pub fn tick(&mut self, engine: &Engine<'_>) {
+    /// One look at every attached mirror: record, log changes, heal. Each
+    /// mirror takes at most its budget (`timeouts.heal`) and a grace.
+    pub fn tick(&mut self, engine: &Engine<'static>) {
         let all = match engine.store.all() {
             Ok(a) => a,
             Err(e) => {
@@ -47,7 +72,12 @@ impl Watch {
                 continue;
             }
             seen.push(key.clone());
-            let h = match engine.reconcile(&a.spec) {
+            if !self.unstuck(&key, &a.spec) {
+                continue;
+            }
+            let budget = Budget::new(engine.config.timeouts.heal, Duration::ZERO);
+            let mirror = engine.fork().with_budget(budget);
+            let h = match mirror.reconcile(&a.spec) {
                 Ok(Some(h)) => h,
                 Ok(None) => continue,
                 Err(e) => {
@@ -69,31 +99,90 @@ impl Watch {
                 self.heal_error.remove(&key);
                 continue;
             }
-            match engine.heal(&a.spec) {
-                Ok(Healed::Nothing) => {}
-                Ok(how) => {
-                    self.heal_error.remove(&key);
-                    tracing::info!(spec = %a.spec, how = ?how, "iSCSI leg re-added; resyncing from the local leg");
-                }
-                Err(e) => {
-                    let waiting = matches!(*e.cause, Cause::Iscsi(IscsiError::SessionDown { .. }));
-                    let msg = e.to_string();
-                    if self.heal_error.get(&key) != Some(&msg) {
-                        if waiting {
-                            tracing::info!(spec = %a.spec, reason = %msg, "waiting for the iSCSI session to heal the leg");
-                        } else {
-                            tracing::warn!(spec = %a.spec, error = %msg, "heal failed; will retry");
-                        }
-                        self.heal_error.insert(key.clone(), msg);
-                    }
-                }
+            let (tx, rx) = mpsc::channel();
+            let job = engine.fork().with_budget(budget);
+            let spec = a.spec.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("heal {key}"))
+                .spawn(move || {
+                    let r = job.heal(&spec, HealOptions::default());
+                    let _ = tx.send((r, job.take_notices()));
+                });
+            if let Err(e) = spawned {
+                tracing::error!(spec = %a.spec, error = %e, "cannot start the heal");
+                continue;
             }
-            for n in engine.take_notices() {
-                tracing::info!(spec = %a.spec, notice = %n, "notice");
+            let wait = budget.end().saturating_duration_since(Instant::now()) + GRACE;
+            match rx.recv_timeout(wait) {
+                Ok(outcome) => self.healed(&key, &a.spec, outcome),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    tracing::warn!(spec = %a.spec, budget = ?budget.total(), "the heal outlived its budget (the LUN does not answer); the other mirrors go on, this one waits until it ends");
+                    self.stuck.insert(
+                        key.clone(),
+                        Stuck {
+                            since: Instant::now(),
+                            done: rx,
+                        },
+                    );
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    tracing::error!(spec = %a.spec, "the heal ended without a result");
+                }
             }
         }
         self.state.retain(|k, _| seen.contains(k));
         self.heal_error.retain(|k, _| seen.contains(k));
+        self.stuck.retain(|k, _| seen.contains(k));
+    }
+
+    /// Whether mirror `key` may be looked at: no heal of it is still
+    /// running past its budget (one that ended is reported now).
+    fn unstuck(&mut self, key: &str, spec: &str) -> bool {
+        let Some(s) = self.stuck.get(key) else {
+            return true;
+        };
+        match s.done.try_recv() {
+            Err(mpsc::TryRecvError::Empty) => false,
+            Ok(outcome) => {
+                let took = s.since.elapsed();
+                self.stuck.remove(key);
+                tracing::info!(spec, after = ?took, "a heal that outlived its budget ended");
+                self.healed(key, spec, outcome);
+                true
+            }
+            Err(mpsc::TryRecvError::Disconnected) => {
+                self.stuck.remove(key);
+                true
+            }
+        }
+    }
+
+    /// Log what a heal of `key` did, each error once.
+    fn healed(&mut self, key: &str, spec: &str, (result, notices): Outcome) {
+        match result {
+            Ok(Healed::Nothing) => {}
+            Ok(how) => {
+                self.heal_error.remove(key);
+                tracing::info!(spec, how = ?how, "iSCSI leg re-added; resyncing from the local leg");
+            }
+            Err(e) => {
+                let waiting = matches!(*e.cause, Cause::Iscsi(IscsiError::SessionDown { .. }));
+                let msg = e.to_string();
+                if self.heal_error.get(key) != Some(&msg) {
+                    if waiting {
+                        tracing::info!(spec, reason = %msg, "waiting for the iSCSI session to heal the leg");
+                    } else if e.cause.is_input() {
+                        tracing::warn!(spec, error = %msg, "heal refused: run `iscsimple heal` as it says");
+                    } else {
+                        tracing::warn!(spec, error = %msg, "heal failed; will retry");
+                    }
+                    self.heal_error.insert(key.to_string(), msg);
+                }
+            }
+        }
+        for n in notices {
+            tracing::info!(spec, notice = %n, "notice");
+        }
     }
 }
 

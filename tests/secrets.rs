@@ -54,6 +54,7 @@ mod tests {
              node.session.auth.username_in = target\nnode.session.auth.password_in = {inn}\n\
              node.session.timeo.replacement_timeout = 15\n\
              node.conn[0].timeo.noop_out_interval = 5\nnode.conn[0].timeo.noop_out_timeout = 5\n\
+             node.conn[0].timeo.login_timeout = 4\nnode.session.initial_login_retry_max = 2\n\
              node.conn[0].address = 127.0.0.1\nnode.conn[0].port = 3260\n# END RECORD\n"
         )
     }
@@ -98,10 +99,7 @@ mod tests {
             24,
             "iscsiadm: Login failed: authorization failure",
         );
-        let engine = Engine {
-            sys: Sys::new(root),
-            ..Engine::new(config, &runner)
-        };
+        let engine = Engine::new(config, &runner).with_sys(Sys::new(root));
         let spec: Spec = format!("lun1@{TARGET}").parse().expect("spec");
         let logs = Captured::default();
         let writer = logs.clone();

@@ -1,6 +1,7 @@
-//! `iscsimple heal [WHAT|--all]`: re-add a mirror's failed iSCSI leg once
-//! its session is back; the resync then copies the local leg onto it.
-use iscsimple::disk::{Engine, Healed};
+//! `iscsimple heal [WHAT|--all] [--full] [--accept-new-disk]`: re-add a
+//! mirror's failed iSCSI leg once its session is back, onto the disk it
+//! was; the resync then copies the local leg onto it.
+use iscsimple::disk::{Budget, Engine, HealOptions, Healed};
 use iscsimple::runner::RealRunner;
 
 use super::{load_config, CmdResult, Failure};
@@ -14,6 +15,15 @@ pub(crate) struct Args {
     /// Every attached mirror.
     #[arg(long)]
     pub all: bool,
+    /// Copy the whole local leg onto the iSCSI disk, even where the
+    /// write-intent bitmap says the legs agree and even if md sees them in
+    /// sync: for a target that may have come back from an older copy.
+    #[arg(long)]
+    pub full: bool,
+    /// The LUN answers with another disk (another SCSI wwid) than the leg
+    /// was: copy the local leg onto it in full instead of refusing.
+    #[arg(long)]
+    pub accept_new_disk: bool,
 }
 
 pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
@@ -33,14 +43,23 @@ pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
             .map(|(_, a)| a.spec)
             .collect(),
     };
+    let opts = HealOptions {
+        accept_new_disk: args.accept_new_disk,
+        full: args.full,
+    };
     let mut first_err = None;
     for what in targets {
-        match engine.heal(&what) {
+        // One budget per mirror: a LUN that hangs holds up the others at
+        // most that long.
+        let engine = engine
+            .fork()
+            .with_budget(Budget::new(config.timeouts.heal, std::time::Duration::ZERO));
+        match engine.heal(&what, opts) {
             Ok(Healed::Incremental) => eprintln!(
                 "iscsimple: {what}: iSCSI leg re-added with the write-intent bitmap: resyncing the regions written while it was out"
             ),
             Ok(Healed::Full) => eprintln!(
-                "iscsimple: {what}: iSCSI leg re-added: full resync from the local leg (no bitmap)"
+                "iscsimple: {what}: iSCSI leg re-added: full resync from the local leg"
             ),
             Ok(Healed::Nothing) => eprintln!("iscsimple: {what}: nothing to heal"),
             // The first error is printed by main; later ones here.

@@ -15,11 +15,13 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
-    let config = load_config(config)?;
-    let runner = RealRunner::new();
-    super::check_dirs(&config, "watch")?;
-    super::require_programs(&runner)?;
-    let engine = Engine::new(&config, &runner);
+    // Each mirror's heal runs on a thread that may outlive a tick (a LUN
+    // stuck in the kernel): the engine's parts live as long as the process.
+    let config: &'static _ = Box::leak(Box::new(load_config(config)?));
+    let runner: &'static _ = Box::leak(Box::new(RealRunner::new()));
+    super::check_dirs(config, "watch")?;
+    super::require_programs(runner)?;
+    let engine = Engine::new(config, runner);
     let mut watch = Watch::default();
     let mut events = MdEvents::open();
     tracing::info!(interval = ?config.timeouts.watch, "watching mirrors");

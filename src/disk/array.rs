@@ -91,6 +91,10 @@ impl Expected {
         if arr.members.is_empty() {
             return Some(format!("{} has no members", arr.kname));
         }
+        // A faulty member whose address now answers as another disk: md no
+        // longer uses it; the array is ours if a member md uses is ours.
+        let mut replaced = None;
+        let mut ours_in_use = false;
         for m in &arr.members {
             let is = |leg: &LegId| match (&m.devnum, &leg.devnum) {
                 (Some(a), Some(b)) => a == b,
@@ -98,16 +102,20 @@ impl Expected {
                 // record predates device numbers: by name.
                 _ => m.kname == leg.kname,
             };
+            let faulty = m.condition() == md::MemberCondition::Faulty;
             if let Some(leg) = self.iscsi.as_ref().filter(|l| is(l)) {
                 let now = iscsi::wwid(sys, &m.kname);
                 if let (Some(want), Some(now)) = (&leg.id, &now) {
                     if want != now {
-                        return Some(format!(
-                            "member {} is SCSI disk {now}, recorded {want}",
-                            m.kname
-                        ));
+                        let why = format!("member {} is SCSI disk {now}, recorded {want}", m.kname);
+                        if !faulty {
+                            return Some(why);
+                        }
+                        replaced = Some(why);
+                        continue;
                     }
                 }
+                ours_in_use |= !faulty;
                 continue;
             }
             if let Some(leg) = self.local.as_ref().filter(|l| is(l)) {
@@ -117,6 +125,7 @@ impl Expected {
                         return Some(format!("member {} is {now}, recorded {want}", m.kname));
                     }
                 }
+                ours_in_use |= !faulty;
                 continue;
             }
             return Some(format!(
@@ -125,7 +134,10 @@ impl Expected {
                 m.devnum.as_deref().unwrap_or("gone")
             ));
         }
-        None
+        match replaced {
+            Some(why) if !ours_in_use => Some(why),
+            _ => None,
+        }
     }
 }
 
@@ -255,15 +267,16 @@ impl Engine<'_> {
     /// its links), then remove what nobody removed (no udev).
     pub(super) fn stop_end(&self, s: Stopping) -> Result<(), MdError> {
         let devpath = format!("DEVPATH=/devices/virtual/block/{}", s.kname);
+        let udev_wait = self.limit(UDEV_WAIT).wait;
         match s
             .udev
-            .map(|w| w.wait_event(UDEV_WAIT, &["ACTION=remove", &devpath]))
+            .map(|w| w.wait_event(udev_wait, &["ACTION=remove", &devpath]))
         {
             Some(Event::Seen) => {}
             // udevd is stuck: settle would wait as long again (the hotplug
             // script has 40 s in all); the stale links go below.
             Some(Event::Timeout) => {
-                tracing::warn!(array = %s.kname, waited = ?UDEV_WAIT, "udev did not finish removing the array")
+                tracing::warn!(array = %s.kname, waited = ?udev_wait, "udev did not finish removing the array")
             }
             // Stopped earlier by someone else, or udev's events were lost.
             Some(Event::Lost) | None => self.settle(),
@@ -271,7 +284,7 @@ impl Engine<'_> {
         // The kernel drops a stopped array's disk asynchronously; without
         // udev nothing else waits for it before the stale nodes go.
         let gone = format!("/sys/block/{}", s.kname);
-        let _ = Watcher::new().wait(Duration::from_secs(5), || {
+        let _ = Watcher::new().wait(self.limit(Duration::from_secs(5)).wait, || {
             (!self.sys.exists(&gone)).then_some(())
         });
         md::remove_stale_nodes(&self.sys, &s.label, &s.kname)

@@ -244,6 +244,7 @@ impl Engine<'_> {
         match r {
             Ok(dev) => Ok(dev),
             Err((step, cause)) => {
+                let cause = self.blame(cause);
                 tracing::warn!(spec = %spec, %step, error = %cause, "attach failed; rolling back");
                 let rollback = self
                     .run_undo(undo.into_iter().rev().collect())
@@ -271,13 +272,13 @@ impl Engine<'_> {
         // Input first: nothing is touched until the table and volume check out.
         let Inputs { local_path, local } = self.inputs(spec)?;
 
-        let _key_lock = self.key_lock(key).map_err(|e| (Step::Lock, e.into()))?;
+        let _key_lock = self.key_lock(key).map_err(|e| (Step::Lock, e))?;
         // Every spec naming a target takes its LUN's lock, mirrored or not:
         // `lun1@T+L` and `lun1@T` must not both get the disk.
         let _lun_lock = match &spec.target {
             Some(t) => Some(
                 self.lun_lock(t.as_str(), spec.lun)
-                    .map_err(|e| (Step::Lock, e.into()))?,
+                    .map_err(|e| (Step::Lock, e))?,
             ),
             None => None,
         };

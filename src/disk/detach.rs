@@ -7,6 +7,10 @@ use crate::state::{Attachment, Phase};
 impl Engine<'_> {
     /// Detach what `what` names. Not attached: Ok(false).
     pub fn detach(&self, what: &str) -> Result<bool, DiskError> {
+        self.detach_inner(what).map_err(|e| self.blame_err(e))
+    }
+
+    fn detach_inner(&self, what: &str) -> Result<bool, DiskError> {
         let Some((key, a, _key_lock)) = self.locked("detach", what)? else {
             self.forget_partial(what)?;
             return Ok(false);
@@ -15,7 +19,7 @@ impl Engine<'_> {
         let _lun_lock = match super::lun_of(&a) {
             Some((t, lun)) => Some(
                 self.lun_lock(&t, lun)
-                    .map_err(|e| DiskError::new("detach", &a.spec, Step::Lock, e.into()))?,
+                    .map_err(|e| DiskError::new("detach", &a.spec, Step::Lock, e))?,
             ),
             None => None,
         };
@@ -39,9 +43,7 @@ impl Engine<'_> {
         };
         let key = super::key_of(&spec);
         let fail = |step, cause: Cause| DiskError::new("detach", what, step, cause);
-        let _lock = self
-            .key_lock(&key)
-            .map_err(|e| fail(Step::Lock, e.into()))?;
+        let _lock = self.key_lock(&key).map_err(|e| fail(Step::Lock, e))?;
         if self
             .store
             .load(&key)

@@ -2,6 +2,7 @@
 //! whether the caller's input was at fault (exit 2) or the system (exit 1).
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use crate::config::ConfigError;
 use crate::iscsi::IscsiError;
@@ -137,6 +138,54 @@ pub enum Cause {
         /// The other attachment's spec.
         by: String,
     },
+    /// The call's time budget ([`super::Budget`]) limited the wait of this
+    /// step, which then timed out: the budget ran out, or (a login, whose
+    /// attempts are set to end within their wait) left it too little.
+    #[error("{}: {cause}", budget_text(*.budget, *.left))]
+    Budget {
+        /// The whole budget.
+        budget: Duration,
+        /// What it left for the wait, when the wait ended before it.
+        left: Option<Duration>,
+        /// The wait that it ended.
+        cause: Box<Cause>,
+    },
+    /// heal: the LUN now answers with another disk than the mirror's iSCSI
+    /// leg was (another SCSI identity, or one that cannot be compared).
+    #[error("LUN {lun} of {target} is now disk {found}, but the mirror's iSCSI leg was disk {recorded}: not copying the local leg onto another disk; `heal --accept-new-disk` copies it in full onto this one")]
+    OtherDisk {
+        /// Target.
+        target: String,
+        /// LUN.
+        lun: u32,
+        /// The wwid recorded at attach ("unknown" when none was).
+        recorded: String,
+        /// The wwid the LUN shows now ("unknown" when it has none).
+        found: String,
+    },
+    /// heal: the disk at the LUN is smaller than the array it would join.
+    #[error("LUN {lun} of {target} (disk {found}) has {size} bytes, smaller than the array's {need}: md cannot take it back")]
+    DiskTooSmall {
+        /// Target.
+        target: String,
+        /// LUN.
+        lun: u32,
+        /// Its wwid ("unknown" when it has none).
+        found: String,
+        /// Its size in bytes.
+        size: u64,
+        /// The array's size in bytes.
+        need: u64,
+    },
+    /// heal: the local leg is not a whole copy (it is being resynced from
+    /// the iSCSI disk, or is not in the array): it cannot be the source.
+    #[error("the local leg of {label} is not in sync ({state}): it cannot be copied onto the iSCSI disk")]
+    LocalNotInSync {
+        /// The label.
+        label: String,
+        /// What the mirror says.
+        state: String,
+    },
     /// A spec names an attachment only if it is that attachment's spec:
     /// the label (or LUN) it shares is held by another spec.
     #[error("{asked} is not attached: its {what} is attached as {attached}; name that spec (or the device) to act on it")]
@@ -166,6 +215,17 @@ pub struct NewerConflict {
     pub what: String,
 }
 
+fn budget_text(budget: Duration, left: Option<Duration>) -> String {
+    match left {
+        None => format!("the {}s budget ran out", budget.as_secs()),
+        Some(l) => format!(
+            "only {}s of the {}s budget were left for it",
+            l.as_secs(),
+            budget.as_secs()
+        ),
+    }
+}
+
 fn held_by(by: &Option<String>) -> String {
     by.as_ref()
         .map(|b| format!(", attached as {b}"))
@@ -186,11 +246,33 @@ impl Cause {
                 | Cause::LunInUse { .. }
                 | Cause::OtherSpec { .. }
                 | Cause::LocalIsNewer(_)
+                | Cause::OtherDisk { .. }
+                | Cause::DiskTooSmall { .. }
+                | Cause::LocalNotInSync { .. }
                 | Cause::Volume(_)
                 | Cause::Iscsi(IscsiError::AuthFailed { .. })
                 | Cause::Iscsi(IscsiError::NotDisk { .. })
                 | Cause::Iscsi(IscsiError::NoLun { .. })
                 | Cause::Iscsi(IscsiError::TargetUnknown { .. })
+        )
+    }
+
+    /// True when the cause is a wait that ran out (a lock, a device, a
+    /// session, a login, a command killed at its timeout).
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self,
+            Cause::Budget { .. }
+                | Cause::Lock(LockError::Busy { .. })
+                | Cause::Run(RunError::Timeout { .. })
+                | Cause::Md(MdError::Run(RunError::Timeout { .. }))
+                | Cause::Iscsi(
+                    IscsiError::Run(RunError::Timeout { .. })
+                        | IscsiError::LoginTimeout { .. }
+                        | IscsiError::NoSession { .. }
+                        | IscsiError::SessionDown { .. }
+                        | IscsiError::NoBlockDevice { .. }
+                )
         )
     }
 }

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use super::array::Expected;
-use super::{Cause, DiskError, Engine, Healed, Health, Step};
+use super::{Cause, DiskError, Engine, HealOptions, Healed, Health, Step};
 use crate::iscsi::{self, IscsiError};
 use crate::md::{Array, MemberCondition};
 use crate::state::{self, Attachment, LocalNewer, Phase, StateError};
@@ -135,14 +135,25 @@ impl Engine<'_> {
     }
 
     /// Bring a mirror's failed iSCSI leg back once its session is logged in
-    /// again. With a write-intent bitmap and the same disk (same SCSI wwid):
-    /// `--remove`, then `--re-add --write-mostly`, and md copies only the
-    /// regions written during the outage. Otherwise: fail and remove the old
-    /// member, then `--add --write-mostly`, a full resync local → iSCSI.
-    /// Never `--re-add` without a bitmap: mdadm 4.2 accepts it, marks the
-    /// leg in sync and skips the resync, leaving stale blocks on the iSCSI
-    /// disk.
-    pub fn heal(&self, what: &str) -> Result<Healed, DiskError> {
+    /// again, onto the disk the leg was: the LUN's disk is read again
+    /// (rescanned) and must carry the recorded SCSI wwid, unless
+    /// `accept_new_disk`, and be at least as large as the array.
+    ///
+    /// With a write-intent bitmap, the same disk at the same size, and not
+    /// `full`: `--remove`, then `--re-add --write-mostly`, and md copies
+    /// only the regions written during the outage. Otherwise: fail and
+    /// remove the old member, then `--add --write-mostly`, a full resync
+    /// local → iSCSI. Never `--re-add` without a bitmap: mdadm 4.2 accepts
+    /// it, marks the leg in sync and skips the resync, leaving stale blocks
+    /// on the iSCSI disk. No check seen from here tells a target that kept
+    /// its data from one that came back from an older copy under the same
+    /// identity (an asynchronous replica, a restored snapshot): `full`
+    /// resyncs the whole disk, even a leg md sees in sync.
+    pub fn heal(&self, what: &str, opts: HealOptions) -> Result<Healed, DiskError> {
+        self.heal_inner(what, opts).map_err(|e| self.blame_err(e))
+    }
+
+    fn heal_inner(&self, what: &str, opts: HealOptions) -> Result<Healed, DiskError> {
         let Some((key, mut a, _key_lock)) = self.locked("heal", what)? else {
             return Ok(Healed::Nothing);
         };
@@ -162,13 +173,25 @@ impl Engine<'_> {
             self.record_health(&a, h)
                 .map_err(|e| fail(Step::State, e.into()))?;
         }
-        if !matches!(health, Some(Health::LocalNewer { heal: true, .. })) {
-            return Ok(Healed::Nothing);
+        match (&health, opts.full) {
+            (Some(Health::LocalNewer { heal: true, .. }), _) => {}
+            // Copy it all again: the leg may be in sync by md's account only.
+            (Some(Health::InSync | Health::LocalNewer { .. }), true) => {}
+            (Some(Health::Other(state)), true) => {
+                return Err(fail(
+                    Step::AddLocal,
+                    Cause::LocalNotInSync {
+                        label: m.label.clone(),
+                        state: state.clone(),
+                    },
+                ))
+            }
+            _ => return Ok(Healed::Nothing),
         }
         let member = leg_condition(&array, expect.iscsi.as_ref());
-        let _target_lock = self
+        let target_lock = self
             .target_lock(&leg.target)
-            .map_err(|e| fail(Step::Lock, e.into()))?;
+            .map_err(|e| fail(Step::Lock, e))?;
         let session = iscsi::session_of(&self.sys, &leg.target);
         let session = match session {
             Some(s) if s.state == "LOGGED_IN" => s,
@@ -186,33 +209,77 @@ impl Engine<'_> {
                 ));
             }
         };
-        if iscsi::lun_device(&self.sys, &session, leg.lun).is_none() {
-            iscsi::scan_lun(&self.sys, &session, leg.lun)
-                .map_err(|e| fail(Step::Scan, e.into()))?;
+        // What answers at the LUN now: the kernel keeps a disk's identity
+        // and size from when it scanned it, and a target back from an
+        // outage may serve another disk at the same address.
+        match iscsi::lun_device(&self.sys, &session, leg.lun) {
+            Some(d) => iscsi::rescan_device(&self.sys, &d),
+            None => iscsi::scan_lun(&self.sys, &session, leg.lun),
         }
-        let wait = self.config.timeouts.device;
+        .map_err(|e| fail(Step::Scan, e.into()))?;
+        let limit = self.limit(self.config.timeouts.device);
         let dev = Watcher::new()
-            .wait(wait, || {
+            .wait(limit.wait, || {
                 let d = iscsi::lun_device(&self.sys, &session, leg.lun)?;
                 let b = d.block.clone()?;
                 self.sys.exists(format!("/dev/{b}")).then_some(d)
             })
             .ok_or_else(|| {
-                fail(
-                    Step::Device,
-                    IscsiError::NoBlockDevice {
-                        target: leg.target.clone(),
-                        lun: leg.lun,
-                        hctl: leg.hctl.clone(),
-                        waited: wait,
-                    }
-                    .into(),
-                )
+                let e = IscsiError::NoBlockDevice {
+                    target: leg.target.clone(),
+                    lun: leg.lun,
+                    hctl: leg.hctl.clone(),
+                    waited: limit.wait,
+                };
+                fail(Step::Device, self.over(limit, e.into()))
             })?;
+        // The disk keeps the session from being logged out from here on.
+        drop(target_lock);
         let new_kname = dev.block.clone().expect("checked above");
         let new_dev = PathBuf::from(format!("/dev/{new_kname}"));
         let wwid = iscsi::wwid(&self.sys, &new_kname);
+        let size = self.sys.block_size(&new_kname).unwrap_or(0);
         let same_disk = leg.wwid.is_some() && wwid == leg.wwid;
+        let shown = |w: &Option<String>| w.clone().unwrap_or_else(|| "unknown".to_string());
+        if !same_disk && !opts.accept_new_disk {
+            return Err(fail(
+                Step::Device,
+                Cause::OtherDisk {
+                    target: leg.target.clone(),
+                    lun: leg.lun,
+                    recorded: shown(&leg.wwid),
+                    found: shown(&wwid),
+                },
+            ));
+        }
+        let need = if array.size > 0 { array.size } else { leg.size };
+        if size < need {
+            return Err(fail(
+                Step::Size,
+                Cause::DiskTooSmall {
+                    target: leg.target.clone(),
+                    lun: leg.lun,
+                    found: shown(&wwid),
+                    size,
+                    need,
+                },
+            ));
+        }
+        if !same_disk {
+            tracing::warn!(spec = %a.spec, recorded = ?leg.wwid, found = ?wwid, "another disk at the LUN, accepted: the local leg is copied onto it in full");
+        }
+        if !matches!(health, Some(Health::LocalNewer { .. })) {
+            // About to take an in-sync leg out: the local one is newer
+            // from the first write on, and must be recorded before it.
+            self.record_health(
+                &a,
+                &Health::LocalNewer {
+                    reason: "iSCSI leg resynced in full (heal --full)".to_string(),
+                    heal: false,
+                },
+            )
+            .map_err(|e| fail(Step::State, e.into()))?;
+        }
         let kname = array.kname.clone();
         let bitmap_on = m.bitmap.is_some()
             && self
@@ -231,7 +298,8 @@ impl Engine<'_> {
             .remove_failed(&m.label)
             .map_err(|e| fail(Step::Stop, e.into()))?;
         let mut how = Healed::Full;
-        if bitmap_on && same_disk {
+        let same_size = size == leg.size;
+        if bitmap_on && same_disk && same_size && !opts.full {
             match mdadm.re_add_write_mostly(&m.label, &new_dev) {
                 Ok(()) => how = Healed::Incremental,
                 Err(e) => {
@@ -239,7 +307,7 @@ impl Engine<'_> {
                 }
             }
         } else {
-            tracing::info!(spec = %a.spec, bitmap_on, same_disk, "full resync: no bitmap, or not the same disk");
+            tracing::info!(spec = %a.spec, bitmap_on, same_disk, same_size, full = opts.full, "full resync");
         }
         if how == Healed::Full {
             mdadm
@@ -250,6 +318,7 @@ impl Engine<'_> {
             i.devnum = self.sys.devnum(&new_kname);
             i.kname = new_kname.clone();
             i.hctl = dev.hctl.clone();
+            i.size = size;
             if wwid.is_some() {
                 i.wwid = wwid;
             }
@@ -264,6 +333,10 @@ impl Engine<'_> {
     /// Let a deferred local leg join its mirror (the resync then copies the
     /// iSCSI data onto it). Ok(false) when nothing was pending.
     pub fn join_local(&self, what: &str) -> Result<bool, DiskError> {
+        self.join_inner(what).map_err(|e| self.blame_err(e))
+    }
+
+    fn join_inner(&self, what: &str) -> Result<bool, DiskError> {
         let Some((key, mut a, _key_lock)) = self.locked("join", what)? else {
             return Ok(false);
         };

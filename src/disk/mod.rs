@@ -17,10 +17,10 @@
 //! The rooms: [`attach`] (plan and attach), [`session`] (the iSCSI leg:
 //! login, scan, release and the one logout rule), [`array`] (build, find,
 //! verify, stop), [`undo`] (the one executor), [`health`] (legs, records,
-//! heal, join), [`detach`].
-use std::cell::RefCell;
+//! heal, join), [`detach`], and the [`budget`] every wait draws from.
+use std::cell::{Cell, RefCell};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::config::Config;
 use crate::iscsi::Iscsiadm;
@@ -33,12 +33,14 @@ use crate::sysfs::Sys;
 
 mod array;
 mod attach;
+mod budget;
 mod detach;
 mod errors;
 mod health;
 mod session;
 mod undo;
 
+pub use budget::{Budget, Limit};
 pub use errors::{Cause, DiskError, NewerConflict, Step};
 
 /// How to attach.
@@ -67,6 +69,11 @@ pub struct Engine<'a> {
     /// What a caller should tell the person (also logged): which leg an
     /// attach trusted, a detach that leaves the iSCSI copy stale.
     pub notices: RefCell<Vec<String>>,
+    /// The call's time budget, if it has one (`xen add`, a heal in
+    /// `watch`): every wait draws from it ([`Engine::limit`]).
+    pub budget: Option<Budget>,
+    /// Undo steps are running: their waits may use the rollback's share.
+    undoing: Cell<bool>,
 }
 
 /// What the legs of a mirror say now.
@@ -83,6 +90,18 @@ pub enum Health {
     },
     /// Anything else: a resync from the iSCSI leg, a deferred local leg.
     Other(String),
+}
+
+/// How to heal.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HealOptions {
+    /// The LUN answers with another disk (another SCSI wwid) than the leg
+    /// recorded: copy the local leg onto it in full instead of refusing.
+    pub accept_new_disk: bool,
+    /// Copy the whole local leg onto the iSCSI disk, even where md's
+    /// write-intent bitmap says the legs agree, and even if they are in
+    /// sync: for a target that may have come back from an older copy.
+    pub full: bool,
 }
 
 /// What `heal` did.
@@ -130,6 +149,12 @@ fn lun_of(a: &Attachment) -> Option<(String, u32)> {
 /// How long to wait for udevd to finish an array's removal before falling
 /// back to `udevadm settle` (which waits for its whole queue).
 const UDEV_WAIT: Duration = Duration::from_secs(10);
+/// `udevadm settle --timeout`, and the command's own timeout around it.
+const SETTLE_WAIT: Duration = Duration::from_secs(10);
+const SETTLE_CMD: Duration = Duration::from_secs(15);
+/// How long open-iscsi's node DB lock is waited for (iscsiadm waits 30 s;
+/// we hold it for a few ms only).
+const IDBM_WAIT: Duration = Duration::from_secs(10);
 
 impl<'a> Engine<'a> {
     /// An engine on the real host.
@@ -141,7 +166,98 @@ impl<'a> Engine<'a> {
             store: Store::new(&config.run_dir),
             durable: Durable::new(&config.state_dir),
             notices: RefCell::new(Vec::new()),
+            budget: None,
+            undoing: Cell::new(false),
         }
+    }
+
+    /// The same engine reading sysfs and /dev under `sys` (tests build a
+    /// fake host in a directory).
+    pub fn with_sys(mut self, sys: Sys) -> Self {
+        self.sys = sys;
+        self
+    }
+
+    /// The same engine with a time budget for the call (see [`Budget`]).
+    pub fn with_budget(mut self, budget: Budget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// A fresh engine on the same host and configuration: no budget, no
+    /// notices (for a job of its own, such as one mirror's heal in
+    /// `watch`, which runs on its own thread).
+    pub fn fork(&self) -> Engine<'a> {
+        Engine {
+            config: self.config,
+            runner: self.runner,
+            sys: self.sys.clone(),
+            store: self.store.clone(),
+            durable: self.durable.clone(),
+            notices: RefCell::new(Vec::new()),
+            budget: None,
+            undoing: Cell::new(false),
+        }
+    }
+
+    /// When the current waits must end: the steps' share of the budget,
+    /// or all of it while undoing. None without a budget.
+    fn deadline(&self) -> Option<Instant> {
+        self.budget.map(|b| {
+            if self.undoing.get() {
+                b.end()
+            } else {
+                b.steps_end()
+            }
+        })
+    }
+
+    /// How long a wait whose own timeout is `own` may last now.
+    pub fn limit(&self, own: Duration) -> Limit {
+        Limit::of(own, self.deadline())
+    }
+
+    /// `cause`, marked as the budget's doing when it is a wait that ran out
+    /// and the budget is what ended it.
+    fn blame(&self, cause: Cause) -> Cause {
+        match self.budget {
+            Some(b)
+                if cause.is_timeout()
+                    && !matches!(cause, Cause::Budget { .. })
+                    && self.deadline().is_some_and(|d| Instant::now() >= d) =>
+            {
+                Cause::Budget {
+                    budget: b.total(),
+                    left: None,
+                    cause: Box::new(cause),
+                }
+            }
+            _ => cause,
+        }
+    }
+
+    /// `cause`, marked as the budget's doing when `limit` was the budget's:
+    /// it ran out, or (the wait ended before the deadline) it left too
+    /// little.
+    fn over(&self, limit: Limit, cause: Cause) -> Cause {
+        match self.budget {
+            Some(b) if limit.by_budget && cause.is_timeout() => {
+                let passed = self.deadline().is_some_and(|d| Instant::now() >= d);
+                Cause::Budget {
+                    budget: b.total(),
+                    left: (!passed).then_some(limit.wait),
+                    cause: Box::new(cause),
+                }
+            }
+            _ => cause,
+        }
+    }
+
+    /// [`Engine::blame`] for a finished call's error.
+    fn blame_err(&self, mut e: DiskError) -> DiskError {
+        let cause = std::mem::replace(&mut *e.cause, Cause::BothMissing);
+        *e.cause = self.blame(cause);
+        e
     }
 
     /// Tell the caller something (and log it; the CLI prints notices).
@@ -160,6 +276,7 @@ impl<'a> Engine<'a> {
             runner: self.runner,
             timeout: self.config.timeouts.command,
             login_timeout: self.config.timeouts.login,
+            deadline: self.deadline(),
         }
     }
 
@@ -167,32 +284,35 @@ impl<'a> Engine<'a> {
         Mdadm {
             runner: self.runner,
             timeout: self.config.timeouts.command,
+            deadline: self.deadline(),
         }
     }
 
-    fn lock(&self, name: &str, what: &str) -> Result<Lock, LockError> {
-        Lock::take(
-            &self.store.lock_dir(),
-            &file_key(name),
-            what,
-            self.config.timeouts.lock,
-        )
+    /// How long open-iscsi's node DB lock may be waited for now.
+    fn idbm_wait(&self) -> Duration {
+        self.limit(IDBM_WAIT).wait
+    }
+
+    fn lock(&self, name: &str, what: &str) -> Result<Lock, Cause> {
+        let limit = self.limit(self.config.timeouts.lock);
+        Lock::take(&self.store.lock_dir(), &file_key(name), what, limit.wait)
+            .map_err(|e: LockError| self.over(limit, e.into()))
     }
 
     /// The lock of one attachment record (attach, detach, heal, join).
-    fn key_lock(&self, key: &str) -> Result<Lock, LockError> {
+    fn key_lock(&self, key: &str) -> Result<Lock, Cause> {
         self.lock(&format!("attach-{key}"), &format!("attachment {key}"))
     }
 
     /// The lock around a target's login, scan, logout and session claim:
     /// every user of it must name it alike.
-    fn target_lock(&self, target: &str) -> Result<Lock, LockError> {
+    fn target_lock(&self, target: &str) -> Result<Lock, Cause> {
         self.lock(&format!("target-{target}"), &format!("target {target}"))
     }
 
     /// The lock of one LUN: whatever spec names it (mirrored or plain),
     /// one call at a time decides who uses it. Taken after the key lock.
-    fn lun_lock(&self, target: &str, lun: u32) -> Result<Lock, LockError> {
+    fn lun_lock(&self, target: &str, lun: u32) -> Result<Lock, Cause> {
         self.lock(
             &format!("lun{lun}@{target}"),
             &format!("LUN {lun} of {target}"),
@@ -202,9 +322,11 @@ impl<'a> Engine<'a> {
     /// Let udev finish (when it runs) so links exist before we hand them out.
     fn settle(&self) {
         if self.udev_running() {
+            let wait = self.limit(SETTLE_WAIT).wait;
             let cmd = Cmd::new(Program::Udevadm)
-                .args(["settle", "--timeout=10"])
-                .timeout(Duration::from_secs(15));
+                .arg("settle")
+                .arg(format!("--timeout={}", wait.as_secs()))
+                .timeout(self.limit(SETTLE_CMD).wait);
             if let Err(e) = self.runner.run(&cmd) {
                 tracing::debug!(error = %e, "udevadm settle");
             }
@@ -311,9 +433,7 @@ impl<'a> Engine<'a> {
             }
             return Ok(None);
         };
-        let lock = self
-            .key_lock(&key)
-            .map_err(|e| fail(Step::Lock, e.into()))?;
+        let lock = self.key_lock(&key).map_err(|e| fail(Step::Lock, e))?;
         let a = self
             .store
             .load(&key)

@@ -3,13 +3,19 @@
 //! and the way back: delete that disk, and the one logout rule that
 //! rollback, detach and crash recovery share.
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use super::undo::Undo;
 use super::{Cause, Engine, Step};
-use crate::iscsi::{self, IscsiError, Login, Session};
+use crate::iscsi::{self, IscsiError, Iscsiadm, Login, Session};
+use crate::runner::RunError;
 use crate::spec::TargetName;
 use crate::state::{IscsiLeg, OwnedSession, StateError};
 use crate::uevent::Watcher;
+
+/// After iscsid's last login attempt: time for it to destroy the half-made
+/// session and answer.
+const LOGIN_END_SLACK: Duration = Duration::from_secs(2);
 
 /// Whether session `s` is the one this tool's login made: the claim names
 /// its id, or is pending (written before a login whose call died before it
@@ -31,9 +37,7 @@ impl Engine<'_> {
         undo: &mut Vec<Undo>,
     ) -> Result<IscsiLeg, (Step, Cause)> {
         let target = t.as_str();
-        let target_lock = self
-            .target_lock(target)
-            .map_err(|e| (Step::Lock, e.into()))?;
+        let target_lock = self.target_lock(target).map_err(|e| (Step::Lock, e))?;
         let session = match iscsi::session_of(&self.sys, target) {
             Some(s) if s.state == "LOGGED_IN" => s,
             // A session that is recovering (the target was away) is not
@@ -90,25 +94,22 @@ impl Engine<'_> {
         // LUN sees it, and our record, and keeps the session): let the
         // other attaches of this target scan while the kernel probes it.
         drop(target_lock);
-        let wait = self.config.timeouts.device;
+        let limit = self.limit(self.config.timeouts.device);
         let watcher = Watcher::new();
         let kname = watcher
-            .wait(wait, || {
+            .wait(limit.wait, || {
                 let d = iscsi::lun_device(&self.sys, &session, lun)?;
                 let b = d.block?;
                 self.sys.exists(format!("/dev/{b}")).then_some(b)
             })
             .ok_or_else(|| {
-                (
-                    Step::Device,
-                    IscsiError::NoBlockDevice {
-                        target: target.to_string(),
-                        lun,
-                        hctl: dev.hctl.clone(),
-                        waited: wait,
-                    }
-                    .into(),
-                )
+                let e = IscsiError::NoBlockDevice {
+                    target: target.to_string(),
+                    lun,
+                    hctl: dev.hctl.clone(),
+                    waited: limit.wait,
+                };
+                (Step::Device, self.over(limit, e.into()))
             })?;
         let size = self.sys.block_size(&kname).unwrap_or(0);
         let wwid = iscsi::wwid(&self.sys, &kname);
@@ -132,24 +133,21 @@ impl Engine<'_> {
     /// Wait (the login timeout) for someone else's recovering session to
     /// be logged in again.
     fn await_recovery(&self, target: &str, s: Session) -> Result<Session, (Step, Cause)> {
-        let wait = self.config.timeouts.login;
+        let limit = self.limit(self.config.timeouts.login);
         tracing::info!(target, sid = s.sid, state = %s.state, "waiting for the target's session to recover");
         Watcher::new()
-            .wait(wait, || {
+            .wait(limit.wait, || {
                 iscsi::session_of(&self.sys, target).filter(|x| x.state == "LOGGED_IN")
             })
             .ok_or_else(|| {
                 let state = iscsi::session_of(&self.sys, target)
                     .map(|x| x.state)
                     .unwrap_or_else(|| "absent".to_string());
-                (
-                    Step::Login,
-                    IscsiError::SessionDown {
-                        target: target.to_string(),
-                        state,
-                    }
-                    .into(),
-                )
+                let e = IscsiError::SessionDown {
+                    target: target.to_string(),
+                    state,
+                };
+                (Step::Login, self.over(limit, e.into()))
             })
     }
 
@@ -248,12 +246,19 @@ impl Engine<'_> {
             timeouts.noop_timeout,
         ]
         .map(|d| d.as_secs().to_string());
+        // iscsid's own attempts must end within the login's wait: it keeps
+        // retrying after iscsiadm is killed, and cannot be told to stop.
+        let login_limit = self.limit(timeouts.login);
+        let (attempt, retries) = iscsi::login_attempts(login_limit.wait);
+        let [attempt, retries] = [attempt, retries].map(|n| n.to_string());
         let mut values: Vec<(&str, &str)> = vec![
             ("node.session.scan", "manual"),
             ("node.startup", "manual"),
             ("node.session.timeo.replacement_timeout", &replacement),
             ("node.conn[0].timeo.noop_out_interval", &interval),
             ("node.conn[0].timeo.noop_out_timeout", &timeout),
+            ("node.conn[0].timeo.login_timeout", &attempt),
+            ("node.session.initial_login_retry_max", &retries),
         ];
         let chap = self
             .config
@@ -269,9 +274,10 @@ impl Engine<'_> {
                 secrets.push(("node.session.auth.password_in", &m.password));
             }
         }
-        iscsi::set_record_values(&self.sys, &path, &values).map_err(|e| (Step::Node, e.into()))?;
+        iscsi::set_record_values(&self.sys, &path, &values, self.idbm_wait())
+            .map_err(|e| (Step::Node, e.into()))?;
         if !secrets.is_empty() {
-            iscsi::set_record_secrets(&self.sys, &path, &secrets)
+            iscsi::set_record_secrets(&self.sys, &path, &secrets, self.idbm_wait())
                 .map_err(|e| (Step::Node, e.into()))?;
         }
         // Claimed before the login: a call killed right after it must still
@@ -288,23 +294,34 @@ impl Engine<'_> {
             key: key.to_string(),
             target: target.to_string(),
         });
-        let login = adm
-            .login(target, &portal)
-            .map_err(|e| (Step::Login, e.into()))?;
-        let wait = self.config.timeouts.device;
+        let started = Instant::now();
+        let adm = Iscsiadm {
+            login_timeout: login_limit.wait,
+            ..self.iscsiadm()
+        };
+        let login = match adm.login(target, &portal) {
+            Ok(l) => l,
+            Err(e) => {
+                if matches!(&e, IscsiError::LoginTimeout { run, .. } if matches!(**run, RunError::Timeout { .. }))
+                {
+                    // iscsiadm was killed before iscsid answered: its
+                    // attempts end by `login_attempts`' bound anyway.
+                    self.await_login_end(target, started + login_limit.wait);
+                }
+                return Err((Step::Login, self.over(login_limit, e.into())));
+            }
+        };
+        let limit = self.limit(self.config.timeouts.device);
         let session = Watcher::new()
-            .wait(wait, || {
+            .wait(limit.wait, || {
                 iscsi::session_of(&self.sys, target).filter(|s| s.state == "LOGGED_IN")
             })
             .ok_or_else(|| {
-                (
-                    Step::Login,
-                    IscsiError::NoSession {
-                        target: target.to_string(),
-                        waited: wait,
-                    }
-                    .into(),
-                )
+                let e = IscsiError::NoSession {
+                    target: target.to_string(),
+                    waited: limit.wait,
+                };
+                (Step::Login, self.over(limit, e.into()))
             })?;
         let claim = match login {
             Login::LoggedIn => Some(session.sid),
@@ -324,6 +341,24 @@ impl Engine<'_> {
         Ok(session)
     }
 
+    /// After a login whose iscsiadm was killed: wait (within what the
+    /// budget leaves the rollback) until iscsid's attempts are over, i.e.
+    /// past `until` and with no half-made session to `target` in sysfs,
+    /// so that the rollback sees what the login left (a session that came
+    /// up late is then ours to log out).
+    fn await_login_end(&self, target: &str, until: Instant) {
+        let was = self.undoing.replace(true);
+        let limit = self.limit(until.saturating_duration_since(Instant::now()) + LOGIN_END_SLACK);
+        self.undoing.set(was);
+        let ended = Watcher::new().wait(limit.wait, || {
+            let half = iscsi::session_of(&self.sys, target).is_some_and(|s| s.state != "LOGGED_IN");
+            (Instant::now() >= until && !half).then_some(())
+        });
+        if ended.is_none() {
+            tracing::warn!(target, "iscsid's login attempts did not end in time");
+        }
+    }
+
     /// Whether an attachment other than `key` uses `target`, including one
     /// still logging in (its leg not recorded yet).
     fn others_of(&self, key: &str, target: &str) -> Result<bool, StateError> {
@@ -337,9 +372,7 @@ impl Engine<'_> {
     /// other attachment uses the target, and no SCSI disk is left on it.
     /// A claim whose session is gone is forgotten.
     pub(super) fn release_session(&self, key: &str, target: &str) -> Result<(), (Step, Cause)> {
-        let _target_lock = self
-            .target_lock(target)
-            .map_err(|e| (Step::Lock, e.into()))?;
+        let _target_lock = self.target_lock(target).map_err(|e| (Step::Lock, e))?;
         self.release_session_locked(key, target)
     }
 
@@ -387,9 +420,7 @@ impl Engine<'_> {
         lun: u32,
         known: Option<&IscsiLeg>,
     ) -> Result<(), (Step, Cause)> {
-        let _target_lock = self
-            .target_lock(target)
-            .map_err(|e| (Step::Lock, e.into()))?;
+        let _target_lock = self.target_lock(target).map_err(|e| (Step::Lock, e))?;
         let claim = self
             .store
             .owned_session(target)

@@ -199,7 +199,9 @@ fn an_array_that_reused_the_recorded_minor_is_left_alone() {
         let a = attachment();
         e.store.save("label-vm1", &a).expect("save");
         assert_eq!(e.health(&a), None, "no health read off another array");
-        let heal = e.heal(&a.spec).expect_err("heal refuses");
+        let heal = e
+            .heal(&a.spec, HealOptions::default())
+            .expect_err("heal refuses");
         assert!(
             heal.to_string().contains("is not the array recorded"),
             "{heal}"
@@ -234,7 +236,7 @@ fn a_spec_names_only_its_own_attachment() {
         for op in ["detach", "heal", "join"] {
             let r = match op {
                 "detach" => e.detach(other).map(|_| ()),
-                "heal" => e.heal(other).map(|_| ()),
+                "heal" => e.heal(other, HealOptions::default()).map(|_| ()),
                 _ => e.join_local(other).map(|_| ()),
             };
             if other.starts_with("lun2@") {
@@ -252,4 +254,542 @@ fn a_spec_names_only_its_own_attachment() {
     }
     assert_eq!(runner.calls(), Vec::<String>::new(), "nothing run");
     assert_eq!(e.store.load("label-vm1").expect("load"), Some(a));
+}
+
+/// A mirror `vmN` whose iSCSI leg md failed, its session to
+/// `iqn.2024-01.lab:tN` logged in again (SCSI host N), and its LUN 1
+/// answering at `N:0:0:1` as `sdX` with disk `wwid_now` of `size_now`
+/// bytes: what `heal` finds. Recorded: wwid `naa.lunN`, 16 MiB. Returns
+/// the attachment, saved under its key.
+fn degraded_mirror(
+    r: &Path,
+    e: &Engine<'_>,
+    n: u32,
+    wwid_now: &str,
+    size_now: u64,
+    bitmap: bool,
+) -> Attachment {
+    let (md, sd, dm) = (
+        format!("md12{n}"),
+        format!("sd{}", char::from(b'a' + u8::try_from(n).expect("small"))),
+        format!("dm-{n}"),
+    );
+    let (md_num, sd_num, dm_num) = (
+        format!("9:12{n}"),
+        format!("8:{}", 16 * n),
+        format!("253:{n}"),
+    );
+    array(
+        r,
+        &md,
+        &md_num,
+        &[(&dm, "in_sync"), (&sd, "faulty,write_mostly")],
+        "idle",
+    );
+    fs::write(
+        r.join(format!("sys/class/block/{md}/size")),
+        format!("{}\n", (1u64 << 24) / 512),
+    )
+    .expect("w");
+    if bitmap {
+        fs::create_dir_all(r.join(format!("sys/block/{md}/md/bitmap"))).expect("mkdir");
+        fs::write(
+            r.join(format!("sys/block/{md}/md/bitmap/location")),
+            "file\n",
+        )
+        .expect("w");
+    }
+    block(r, &dm, &dm_num, None, Some(&format!("LVM-vm{n}")));
+    block(r, &sd, &sd_num, Some(wwid_now), None);
+    fs::write(
+        r.join(format!("sys/class/block/{sd}/size")),
+        format!("{}\n", size_now / 512),
+    )
+    .expect("w");
+    fs::create_dir_all(r.join("dev/labvg")).expect("mkdir");
+    for d in [&dm, &sd] {
+        fs::write(r.join(format!("dev/{d}")), "").expect("w");
+    }
+    let _ = std::os::unix::fs::symlink(format!("../{dm}"), r.join(format!("dev/labvg/vm{n}")));
+    // The session: sysfs class entry whose device sits under its SCSI host.
+    let sess = r.join(format!("sys/devices/platform/host{n}/session{n}"));
+    fs::create_dir_all(&sess).expect("mkdir");
+    let class = r.join(format!("sys/class/iscsi_session/session{n}"));
+    fs::create_dir_all(&class).expect("mkdir");
+    fs::write(class.join("targetname"), format!("iqn.2024-01.lab:t{n}\n")).expect("w");
+    fs::write(class.join("state"), "LOGGED_IN\n").expect("w");
+    std::os::unix::fs::symlink(&sess, class.join("device")).expect("link");
+    let scsi = r.join(format!("sys/bus/scsi/devices/{n}:0:0:1"));
+    fs::create_dir_all(scsi.join(format!("block/{sd}"))).expect("mkdir");
+    fs::write(scsi.join("type"), "0\n").expect("w");
+    let a = Attachment {
+        spec: format!("lun1@iqn.2024-01.lab:t{n}+vm{n}"),
+        phase: Phase::Attached,
+        device: Some(format!("/dev/md/vm{n}").into()),
+        iscsi: Some(IscsiLeg {
+            target: format!("iqn.2024-01.lab:t{n}"),
+            lun: 1,
+            portal: "127.0.0.1:3260".into(),
+            hctl: format!("{n}:0:0:1"),
+            kname: sd.clone(),
+            scanned: true,
+            size: 1 << 24,
+            wwid: Some(format!("naa.lun{n}")),
+            devnum: Some(sd_num),
+        }),
+        mirror: Some(Mirror {
+            label: format!("vm{n}"),
+            kname: Some(md),
+            local: Some(format!("/dev/labvg/vm{n}").into()),
+            local_pending: false,
+            bitmap: bitmap.then(|| e.durable.bitmap(&format!("vm{n}"))),
+            devnum: Some(md_num),
+            local_devnum: Some(dm_num),
+            local_id: Some(format!("dm:LVM-vm{n}")),
+        }),
+    };
+    e.store.save(&format!("label-vm{n}"), &a).expect("save");
+    a
+}
+
+fn fake_root() -> (tempfile::TempDir, Config) {
+    let d = tempfile::tempdir().expect("tempdir");
+    let config = Config {
+        state_dir: d.path().join("var/lib/iscsimple"),
+        run_dir: d.path().join("run/iscsimple"),
+        ..Config::default()
+    };
+    (d, config)
+}
+
+/// Item 12: the LUN came back as another disk (another wwid). Healing
+/// would copy the local leg onto a disk that may be another VM's: refused
+/// (exit 2) naming both disks, nothing run, nothing recorded.
+#[test]
+fn heal_refuses_another_disk_at_the_lun() {
+    let runner = RecordingRunner::new();
+    let (d, c) = fake_root();
+    let e = engine(d.path(), &c, &runner);
+    let a = degraded_mirror(d.path(), &e, 1, "naa.someone-else", 1 << 24, false);
+    let err = e
+        .heal(&a.spec, HealOptions::default())
+        .expect_err("another disk: refused");
+    assert!(err.cause.is_input(), "exit 2: {err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("naa.lun1") && text.contains("naa.someone-else"),
+        "names both disks: {text}"
+    );
+    assert!(
+        !runner.calls().iter().any(|c| c.starts_with("mdadm")),
+        "no mdadm call: {:?}",
+        runner.calls()
+    );
+    assert_eq!(
+        e.store.load("label-vm1").expect("load"),
+        Some(a),
+        "record unchanged"
+    );
+}
+
+/// Item 12: the same disk, but smaller than the array: md could not take
+/// it back; refused (exit 2) before anything runs.
+#[test]
+fn heal_refuses_a_smaller_disk() {
+    let runner = RecordingRunner::new();
+    let (d, c) = fake_root();
+    let e = engine(d.path(), &c, &runner);
+    let a = degraded_mirror(d.path(), &e, 1, "naa.lun1", 1 << 23, false);
+    let err = e
+        .heal(&a.spec, HealOptions::default())
+        .expect_err("smaller: refused");
+    assert!(err.cause.is_input(), "exit 2: {err}");
+    assert!(err.to_string().contains("smaller"), "{err}");
+    assert!(
+        !runner.calls().iter().any(|c| c.starts_with("mdadm")),
+        "no mdadm call: {:?}",
+        runner.calls()
+    );
+}
+
+/// A runner whose commands naming `/dev/md/vm1` hang (an mdadm stuck in
+/// the kernel on a LUN that never answers: not even SIGKILL ends it)
+/// until [`HangingRunner::release`]; the others replay as recorded.
+#[derive(Debug, Default)]
+struct HangingRunner {
+    inner: RecordingRunner,
+    released: std::sync::Mutex<bool>,
+    wake: std::sync::Condvar,
+    hung: std::sync::atomic::AtomicBool,
+}
+
+impl HangingRunner {
+    fn release(&self) {
+        *self.released.lock().expect("lock") = true;
+        self.wake.notify_all();
+    }
+}
+
+impl crate::runner::Runner for HangingRunner {
+    fn run(&self, cmd: &crate::runner::Cmd) -> Result<crate::runner::Output, RunError> {
+        if cmd.display().contains("/dev/md/vm1 ") {
+            self.hung.store(true, std::sync::atomic::Ordering::SeqCst);
+            let mut r = self.released.lock().expect("lock");
+            while !*r {
+                r = self.wake.wait(r).expect("wait");
+            }
+        }
+        self.inner.run(cmd)
+    }
+    fn verify(&self, p: &[Program]) -> Result<(), RunError> {
+        self.inner.verify(p)
+    }
+    fn spawn_self_detached(&self, args: &[String]) -> Result<u32, RunError> {
+        self.inner.spawn_self_detached(args)
+    }
+}
+
+/// Item 12: one mirror's heal hangs (its mdadm never returns) and `watch`
+/// goes on with the other mirror: one look at every mirror returns while
+/// vm1's heal is still stuck, and vm2 was healed.
+#[test]
+fn watch_goes_on_when_one_mirrors_heal_hangs() {
+    let (d, mut c) = fake_root();
+    c.timeouts.lock = Duration::from_secs(3600);
+    c.timeouts.heal = Duration::from_millis(500);
+    let c: &'static Config = Box::leak(Box::new(c));
+    let runner: &'static HangingRunner = Box::leak(Box::default());
+    let e: Engine<'static> = Engine {
+        sys: Sys::new(d.path()),
+        ..Engine::new(c, runner)
+    };
+    degraded_mirror(d.path(), &e, 1, "naa.lun1", 1 << 24, false);
+    degraded_mirror(d.path(), &e, 2, "naa.lun2", 1 << 24, false);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let e = std::sync::Arc::new(std::sync::Mutex::new(e));
+    let looker = {
+        let e = e.clone();
+        std::thread::spawn(move || {
+            let e = e.lock().expect("engine");
+            crate::watch::Watch::default().tick(&e);
+            let _ = tx.send(());
+        })
+    };
+    // A guard against hanging the test run, not a timing claim.
+    let returned = rx.recv_timeout(Duration::from_secs(20)).is_ok();
+    let hung = runner.hung.load(std::sync::atomic::Ordering::SeqCst);
+    runner.release();
+    let _ = looker.join();
+    assert!(hung, "vm1's heal reached its hanging mdadm");
+    assert!(
+        returned,
+        "watch's look did not return while vm1's heal hung"
+    );
+    let calls = runner.inner.calls();
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.starts_with("mdadm /dev/md/vm2 --add")),
+        "vm2 healed: {calls:?}"
+    );
+}
+
+fn mdadm_calls(r: &RecordingRunner) -> Vec<String> {
+    r.calls()
+        .into_iter()
+        .filter(|c| c.starts_with("mdadm"))
+        .collect()
+}
+
+/// Item 12: `--re-add` (only the bitmap's regions copied) needs the bitmap,
+/// the same disk and the same size, and no `--full`; the disk at the LUN
+/// is read again (rescanned) before it is compared.
+#[test]
+fn heal_re_adds_only_the_same_disk_and_full_copies_it_all() {
+    let runner = RecordingRunner::new();
+    let (d, c) = fake_root();
+    let e = engine(d.path(), &c, &runner);
+    let a = degraded_mirror(d.path(), &e, 1, "naa.lun1", 1 << 24, true);
+    assert_eq!(
+        e.heal(&a.spec, HealOptions::default()).expect("heal"),
+        Healed::Incremental
+    );
+    assert_eq!(
+        mdadm_calls(&runner).last().map(String::as_str),
+        Some("mdadm /dev/md/vm1 --re-add --write-mostly /dev/sdb")
+    );
+    assert!(
+        d.path()
+            .join("sys/bus/scsi/devices/1:0:0:1/rescan")
+            .exists(),
+        "the disk was read again"
+    );
+
+    let runner = RecordingRunner::new();
+    let (d, c) = fake_root();
+    let e = engine(d.path(), &c, &runner);
+    let a = degraded_mirror(d.path(), &e, 1, "naa.lun1", 1 << 24, true);
+    let full = HealOptions {
+        full: true,
+        ..HealOptions::default()
+    };
+    assert_eq!(e.heal(&a.spec, full).expect("heal --full"), Healed::Full);
+    let calls = mdadm_calls(&runner);
+    assert!(!calls.iter().any(|c| c.contains("--re-add")), "{calls:?}");
+    assert_eq!(
+        calls.last().map(String::as_str),
+        Some("mdadm /dev/md/vm1 --add --write-mostly /dev/sdb")
+    );
+
+    // The same disk, grown: the bitmap knows nothing of the change.
+    let runner = RecordingRunner::new();
+    let (d, c) = fake_root();
+    let e = engine(d.path(), &c, &runner);
+    let a = degraded_mirror(d.path(), &e, 1, "naa.lun1", 1 << 25, true);
+    assert_eq!(
+        e.heal(&a.spec, HealOptions::default()).expect("heal"),
+        Healed::Full
+    );
+    let leg = e
+        .store
+        .load("label-vm1")
+        .expect("load")
+        .and_then(|a| a.iscsi);
+    assert_eq!(leg.map(|l| l.size), Some(1 << 25), "the new size recorded");
+}
+
+/// Item 12: another disk at the LUN is taken only when told
+/// (`--accept-new-disk`), copied in full even with a bitmap, and recorded;
+/// before that, the array whose faulty member now reads as another disk
+/// is still this attachment's (so that detach, status and watch go on).
+#[test]
+fn heal_accepts_another_disk_only_when_told_and_copies_it_in_full() {
+    let runner = RecordingRunner::new();
+    let (d, c) = fake_root();
+    let e = engine(d.path(), &c, &runner);
+    let a = degraded_mirror(d.path(), &e, 1, "naa.someone-else", 1 << 24, true);
+    e.heal(&a.spec, HealOptions::default())
+        .expect_err("refused without --accept-new-disk");
+    assert!(
+        matches!(e.health(&a), Some(Health::LocalNewer { heal: true, .. })),
+        "still our array, degraded: {:?}",
+        e.health(&a)
+    );
+    let accept = HealOptions {
+        accept_new_disk: true,
+        ..HealOptions::default()
+    };
+    assert_eq!(e.heal(&a.spec, accept).expect("accepted"), Healed::Full);
+    let calls = mdadm_calls(&runner);
+    assert!(!calls.iter().any(|c| c.contains("--re-add")), "{calls:?}");
+    assert_eq!(
+        calls.last().map(String::as_str),
+        Some("mdadm /dev/md/vm1 --add --write-mostly /dev/sdb")
+    );
+    let leg = e
+        .store
+        .load("label-vm1")
+        .expect("load")
+        .and_then(|a| a.iscsi)
+        .expect("leg");
+    assert_eq!(
+        leg.wwid.as_deref(),
+        Some("naa.someone-else"),
+        "the new disk recorded"
+    );
+}
+
+/// Item 12: `heal --full` of a mirror md sees in sync records that the
+/// local leg is newer before it takes the iSCSI leg out.
+#[test]
+fn heal_full_of_an_in_sync_mirror_records_the_local_leg_first() {
+    let runner = RecordingRunner::new();
+    let (d, c) = fake_root();
+    let e = engine(d.path(), &c, &runner);
+    let a = degraded_mirror(d.path(), &e, 1, "naa.lun1", 1 << 24, false);
+    // md sees both legs in sync.
+    fs::write(
+        d.path().join("sys/block/md121/md/dev-sdb/state"),
+        "in_sync,write_mostly\n",
+    )
+    .expect("w");
+    fs::write(d.path().join("sys/block/md121/md/degraded"), "0\n").expect("w");
+    assert_eq!(
+        e.heal(&a.spec, HealOptions::default()).expect("heal"),
+        Healed::Nothing
+    );
+    assert!(runner.calls().is_empty(), "{:?}", runner.calls());
+    let full = HealOptions {
+        full: true,
+        ..HealOptions::default()
+    };
+    assert_eq!(e.heal(&a.spec, full).expect("heal --full"), Healed::Full);
+    let newer = e.durable.newer("vm1").expect("read").expect("recorded");
+    assert!(newer.reason.contains("--full"), "{newer:?}");
+    assert_eq!(
+        mdadm_calls(&runner),
+        vec![
+            "mdadm /dev/md/vm1 --fail /dev/sdb",
+            "mdadm /dev/md/vm1 --remove failed",
+            "mdadm /dev/md/vm1 --remove detached",
+            "mdadm /dev/md/vm1 --add --write-mostly /dev/sdb",
+        ]
+    );
+}
+
+/// A runner that fails every `iscsiadm --login` as iscsid does when the
+/// target never answers (exit 11), and keeps the node record as it was
+/// when iscsiadm ran.
+#[derive(Debug)]
+struct SilentTarget {
+    inner: RecordingRunner,
+    record: std::path::PathBuf,
+    seen: std::sync::Mutex<Option<String>>,
+}
+
+impl crate::runner::Runner for SilentTarget {
+    fn run(&self, cmd: &crate::runner::Cmd) -> Result<crate::runner::Output, RunError> {
+        if cmd.display().ends_with("--login") {
+            *self.seen.lock().expect("lock") = fs::read_to_string(&self.record).ok();
+            self.inner.fail(
+                "iscsiadm -m node",
+                11,
+                "iscsiadm: Could not log into all portals",
+            );
+        }
+        self.inner.run(cmd)
+    }
+    fn verify(&self, p: &[Program]) -> Result<(), RunError> {
+        self.inner.verify(p)
+    }
+    fn spawn_self_detached(&self, args: &[String]) -> Result<u32, RunError> {
+        self.inner.spawn_self_detached(args)
+    }
+}
+
+/// Item 14: with a budget, a login gets what the budget leaves (less than
+/// the configured 60 s), iscsid's own attempts are set to end within it
+/// (so none go on after iscsiadm returns), and the error names the budget;
+/// the node record is put back as it was.
+#[test]
+fn a_login_draws_from_the_budget_and_iscsids_attempts_fit_it() {
+    let (d, mut c) = fake_root();
+    c.timeouts.login = Duration::from_secs(60);
+    let target = "iqn.2024-01.lab:silent";
+    let dir = d.path().join(format!("etc/iscsi/nodes/{target}"));
+    fs::create_dir_all(&dir).expect("mkdir");
+    let record = dir.join("127.0.0.1,3261");
+    let body = format!("# BEGIN RECORD 2.1.8\nnode.name = {target}\nnode.conn[0].timeo.login_timeout = 15\nnode.session.initial_login_retry_max = 8\n# END RECORD\n");
+    fs::write(&record, &body).expect("write record");
+    let runner = SilentTarget {
+        inner: RecordingRunner::new(),
+        record: record.clone(),
+        seen: std::sync::Mutex::new(None),
+    };
+    let e = engine(d.path(), &c, &runner.inner);
+    let e = Engine {
+        runner: &runner,
+        ..e
+    }
+    .with_budget(Budget::new(
+        Duration::from_secs(30),
+        Duration::from_secs(10),
+    ));
+    let spec: Spec = format!("lun0@{target}").parse().expect("spec");
+    let err = e.attach(&spec).expect_err("no answer");
+    let text = err.to_string();
+    assert!(
+        text.contains("s of the 30s budget were left for it: no answer to the login to"),
+        "names the step and the budget: {text}"
+    );
+    assert!(err.rollback.is_empty(), "clean rollback: {text}");
+    let seen = runner
+        .seen
+        .lock()
+        .expect("lock")
+        .clone()
+        .expect("login ran");
+    let value = |key: &str| -> u64 {
+        seen.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key} = ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{key} in {seen}"))
+    };
+    let (attempt, retries) = (
+        value("node.conn[0].timeo.login_timeout"),
+        value("node.session.initial_login_retry_max"),
+    );
+    assert!(
+        retries * attempt + 3 + attempt <= 20,
+        "iscsid's attempts ({attempt}s, {retries} retries) end within the 20s the budget leaves"
+    );
+    assert_eq!(
+        fs::read_to_string(&record).expect("read"),
+        body,
+        "record as before"
+    );
+    assert_eq!(e.store.all().expect("all"), vec![], "no attachment left");
+}
+
+/// Item 14: a lock wait draws from the budget too, and says so.
+#[test]
+fn a_lock_wait_ends_with_the_budget() {
+    let (d, mut c) = fake_root();
+    c.timeouts.lock = Duration::from_secs(5);
+    let runner = RecordingRunner::new();
+    let e = engine(d.path(), &c, &runner)
+        .with_budget(Budget::new(Duration::from_millis(300), Duration::ZERO));
+    let spec: Spec = "lun0@iqn.2024-01.lab:t".parse().expect("spec");
+    let _held = Lock::take(
+        &e.store.lock_dir(),
+        &file_key(&format!("attach-{}", key_of(&spec))),
+        "held",
+        Duration::from_secs(1),
+    )
+    .expect("lock");
+    let err = e.attach(&spec).expect_err("busy");
+    assert!(
+        err.to_string()
+            .contains("lock: the 0s budget ran out: attachment"),
+        "{err}"
+    );
+    assert!(runner.calls().is_empty());
+}
+
+/// Item 12: a lock held on one mirror (another call stuck on it) costs
+/// `watch` at most that mirror's budget, not the lock timeout.
+#[test]
+fn watch_goes_on_when_one_mirrors_lock_is_held() {
+    let (d, mut c) = fake_root();
+    c.timeouts.lock = Duration::from_secs(3600);
+    c.timeouts.heal = Duration::from_millis(300);
+    let c: &'static Config = Box::leak(Box::new(c));
+    let runner: &'static RecordingRunner = Box::leak(Box::default());
+    let e: Engine<'static> = Engine {
+        sys: Sys::new(d.path()),
+        ..Engine::new(c, runner)
+    };
+    degraded_mirror(d.path(), &e, 1, "naa.lun1", 1 << 24, false);
+    degraded_mirror(d.path(), &e, 2, "naa.lun2", 1 << 24, false);
+    let _held = Lock::take(
+        &e.store.lock_dir(),
+        &file_key("attach-label-vm1"),
+        "held",
+        Duration::from_secs(1),
+    )
+    .expect("lock");
+    // With the lock timeout (an hour) this would not return: the budget
+    // ends vm1's wait.
+    crate::watch::Watch::default().tick(&e);
+    let calls = mdadm_calls(runner);
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.starts_with("mdadm /dev/md/vm2 --add")),
+        "vm2 healed: {calls:?}"
+    );
+    assert!(
+        !calls.iter().any(|c| c.contains("/dev/md/vm1 ")),
+        "vm1 left alone: {calls:?}"
+    );
 }

@@ -100,6 +100,14 @@ impl Engine<'_> {
     /// Run `steps` in the order given; every failure is returned, the
     /// first being the one to report.
     pub(super) fn run_undo(&self, steps: Vec<Undo>) -> Vec<(Step, Cause)> {
+        // Undo steps may use the rollback's share of the budget.
+        let was = self.undoing.replace(true);
+        let failed = self.run_undo_steps(steps);
+        self.undoing.set(was);
+        failed
+    }
+
+    fn run_undo_steps(&self, steps: Vec<Undo>) -> Vec<(Step, Cause)> {
         let mut failed: Vec<(Step, Cause)> = Vec::new();
         let mut stopping: Vec<Stopping> = Vec::new();
         // An array we could not stop still holds its legs.
@@ -135,7 +143,7 @@ impl Engine<'_> {
                     .node_delete(target, portal)
                     .map_err(|e| (Step::Node, e.into())),
                 Undo::RestoreRecord { path, content } => {
-                    iscsi::restore_record(&self.sys, path, content)
+                    iscsi::restore_record(&self.sys, path, content, self.idbm_wait())
                         .map_err(|e| (Step::Node, e.into()))
                 }
                 Undo::ReleaseSession { key, target } => self.release_session(key, target),

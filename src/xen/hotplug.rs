@@ -26,9 +26,6 @@ use crate::xen::xenstore::{Tx, Xenstore, XsError};
 /// xl names the receiving domain NAME--incoming until the migration is done.
 pub const INCOMING_SUFFIX: &str = "--incoming";
 
-/// xl kills hotplug scripts after 40 s; every wait fits in this budget.
-pub const BUDGET: Duration = Duration::from_secs(30);
-
 /// Why a hotplug call failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HotplugError {

@@ -167,8 +167,12 @@ fn lab_mirror_deferred_local_join() {
 
 /// The iSCSI target dies under a writing VM: the write waits for the
 /// session's replacement timeout, then succeeds on the local leg; md marks
-/// the iSCSI leg faulty. Once the target is back, `heal` re-adds the leg
-/// (never --re-add) and the full resync makes the iSCSI disk equal again.
+/// the iSCSI leg faulty. The target comes back with another disk at that
+/// LUN (another SCSI identity, other data): `heal` refuses it (exit 2,
+/// naming both wwids) and changes nothing; `heal --accept-new-disk` copies
+/// the local leg onto it in full. After a second outage the LUN comes back
+/// smaller: refused even with `--accept-new-disk`. Back at its size, `heal`
+/// re-adds it and the legs end equal.
 #[test]
 fn lab_mirror_target_dies_then_heal() {
     let _lab = Lab::start(Udev::On);
@@ -185,6 +189,8 @@ fn lab_mirror_target_dies_then_heal() {
     let m = Md::by_label("vm1-disk");
     m.wait_synced(Duration::from_secs(120));
     let sd = m.iscsi_member().expect("iSCSI member");
+    let first_wwid =
+        crate::fixture::read(format!("/sys/block/{sd}/device/wwid")).expect("wwid of the LUN");
 
     t.kill();
     // No error reaches the writer: the write completes on the local leg.
@@ -203,26 +209,133 @@ fn lab_mirror_target_dies_then_heal() {
     assert_ne!(out.code, 0, "heal must fail while the session is down");
     assert!(out.stderr.contains("not LOGGED_IN"), "{}", out.stderr);
 
-    t.up();
-    wait_for("the session to come back", Duration::from_secs(90), || {
-        crate::fixture::initiator::sessions(IQN)
-            .first()
-            .and_then(|s| crate::fixture::read(s.join("state")))
-            .as_deref()
-            == Some("LOGGED_IN")
-    });
+    // The target comes back with another disk at LUN 1: another SCSI
+    // identity (tgt's scsi_id) and other data.
+    data::fill(&lun.backing, 0, MIB, 0x07e2);
+    let other = TargetSpec::new(Kind::Tgt, IQN, &[MIB]).scsi_ids();
+    let new_wwid = lun.tgt_wwid(IQN);
+    let t2 = Target::reopen(other.clone());
+    wait_for(
+        "the session to come back",
+        Duration::from_secs(90),
+        session_up,
+    );
+    let before = Unchanged::take();
+    let out = tool.run(&["heal", "vm1-disk"]);
+    assert_eq!(
+        out.code, 2,
+        "another disk: refused with exit 2: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains(&first_wwid) && out.stderr.contains(&new_wwid),
+        "the refusal names both disks ({first_wwid}, {new_wwid}): {}",
+        out.stderr
+    );
+    assert_eq!(
+        out.stderr.trim().lines().count(),
+        1,
+        "one line: {}",
+        out.stderr
+    );
+    assert_eq!(Unchanged::take(), before, "a refused heal changes nothing");
+    let out = tool.run(&["heal", "--accept-new-disk", "vm1-disk"]);
+    assert!(out.ok(), "heal --accept-new-disk: {}", out.stderr);
+    assert!(out.stderr.contains("full resync"), "{}", out.stderr);
+    m.wait_synced(Duration::from_secs(120));
+    let sd = m.iscsi_member().expect("iSCSI member back");
+    assert!(
+        m.member_state(&sd).contains("write_mostly"),
+        "re-added write-mostly"
+    );
+    // The whole local leg is on the new disk, the outage's writes too.
+    data::verify(&lun.backing, 4, 4, 0xdead_beef);
+    data::equal(&lv, &lun.backing, MIB).expect("legs equal after heal");
+
+    // Second outage: the LUN comes back smaller than the array.
+    t2.kill();
+    data::fill(&dev, 8, 2, 0xbeef);
+    wait_for(
+        "the iSCSI leg to be marked faulty",
+        Duration::from_secs(60),
+        || m.member_state(&sd).contains("faulty"),
+    );
+    let backing = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&lun.backing)
+        .expect("open backing");
+    backing.set_len((MIB / 2) << 20).expect("shrink the LUN");
+    let t3 = Target::reopen(other.clone());
+    wait_for(
+        "the session to come back",
+        Duration::from_secs(90),
+        session_up,
+    );
+    let before = Unchanged::take();
+    let out = tool.run(&["heal", "--accept-new-disk", "vm1-disk"]);
+    assert_eq!(
+        out.code, 2,
+        "a smaller LUN: refused with exit 2: {}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("smaller"), "{}", out.stderr);
+    assert_eq!(Unchanged::take(), before, "a refused heal changes nothing");
+
+    // Back at its size: healed.
+    t3.kill();
+    backing.set_len(MIB << 20).expect("grow the LUN back");
+    let _t4 = Target::reopen(other);
+    wait_for(
+        "the session to come back",
+        Duration::from_secs(90),
+        session_up,
+    );
     let out = tool.run(&["heal", "vm1-disk"]);
     assert!(out.ok(), "heal: {}", out.stderr);
     m.wait_synced(Duration::from_secs(120));
-    let new_sd = m.iscsi_member().expect("iSCSI member back");
-    assert!(
-        m.member_state(&new_sd).contains("write_mostly"),
-        "re-added write-mostly"
-    );
-    // The outage's writes are now on the iSCSI disk too.
-    data::verify(&lun.backing, 4, 4, 0xdead_beef);
+    data::verify(&lun.backing, 8, 2, 0xbeef);
     data::equal(&lv, &lun.backing, MIB).expect("legs equal after heal");
     tool.detach("vm1-disk");
     vg.remove();
     Snapshot::take().assert_clean();
+}
+
+fn session_up() -> bool {
+    crate::fixture::initiator::sessions(IQN)
+        .first()
+        .and_then(|s| crate::fixture::read(s.join("state")))
+        .as_deref()
+        == Some("LOGGED_IN")
+}
+
+/// What a refused heal must leave as it was: the array's members and
+/// their states, the attachment and local-is-newer records, sessions,
+/// disks and arrays.
+#[derive(Debug, PartialEq, Eq)]
+struct Unchanged {
+    members: Vec<(String, String)>,
+    records: Vec<(std::path::PathBuf, String)>,
+    system: Snapshot,
+}
+
+impl Unchanged {
+    fn take() -> Unchanged {
+        let m = Md::by_label("vm1-disk");
+        let mut records = crate::fixture::tool::tree(Path::new("/run/iscsimple/attachments"));
+        records.extend(crate::fixture::tool::tree(Path::new(
+            "/var/lib/iscsimple/newer",
+        )));
+        Unchanged {
+            members: m
+                .members()
+                .into_iter()
+                .map(|k| {
+                    let s = m.member_state(&k);
+                    (k, s)
+                })
+                .collect(),
+            records,
+            system: Snapshot::take(),
+        }
+    }
 }

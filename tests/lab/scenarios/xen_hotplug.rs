@@ -279,3 +279,120 @@ fn xen_seed_disk_line_form_is_rejected_by_xl() {
     assert_nothing_left();
     s.vg.remove();
 }
+
+/// A portal that accepts TCP connections and never answers (a target
+/// whose iSCSI stack hangs): counts the connections it accepted and keeps
+/// them open.
+struct SilentPortal {
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl SilentPortal {
+    fn start(addr: &str) -> SilentPortal {
+        let listener = std::net::TcpListener::bind(addr).expect("bind the silent portal");
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for c in listener.incoming().flatten() {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                held.push(c);
+            }
+        });
+        SilentPortal { accepted }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Item 14: one time budget for `xen add`. The target accepts TCP and
+/// never answers the login; the configured login timeout (60 s) alone
+/// would outlast libxl's 40 s kill. `xl block-attach` must fail with the
+/// tool's own error (naming the spec, the step and the budget) written in
+/// xenstore, not libxl's timeout, and leave nothing: no session, SCSI disk
+/// or array, the node record as it was, and no login attempt by iscsid
+/// afterwards.
+#[test]
+fn xen_login_budget_silent_target_fails_inside_the_budget() {
+    const SILENT: &str = "iqn.2024-01.lab.iscsimple:silent";
+    const PORTAL: &str = "127.0.0.1:3261";
+    let _dom0 = Dom0::start(Udev::On);
+    let vg = Vg::create("labvg", 32);
+    let lv = vg.lv("vm1", 16);
+    fs::copy("/lab/iscsimple", "/usr/sbin/iscsimple").expect("install /usr/sbin/iscsimple");
+    xen::install_script("block-iscsimple", SHIM);
+    let tool = Tool::new("[timeouts]\nlogin = 60\n");
+    tool.labels(&[("vm1-disk", lv.to_str().expect("utf8"))]);
+    let portal = SilentPortal::start(PORTAL);
+    let node = crate::fixture::initiator::iscsiadm(&[
+        "-m", "node", "-T", SILENT, "-p", PORTAL, "-o", "new",
+    ]);
+    assert!(node.ok(), "node record: {}", node.stderr);
+    let records = crate::fixture::tool::tree(Path::new("/etc/iscsi/nodes"));
+    let before = Snapshot::take();
+
+    let g = Guest::start("vm1", &[], &GuestOpts::default());
+    let spec = format!("lun0@{SILENT}+vm1-disk");
+    let start = std::time::Instant::now();
+    let out = g.block_attach(&disk("xvdb", &spec));
+    let took = start.elapsed();
+    println!(
+        "xl block-attach on a silent target failed after {:.1}s ({} connections accepted)",
+        took.as_secs_f64(),
+        portal.accepted()
+    );
+    assert!(!out.ok(), "block-attach must fail");
+    let shown = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        !shown.contains("because of timeout") && !shown.contains("killing execution"),
+        "the script ended by itself, not by libxl's kill: {shown}"
+    );
+    let be = xen::backend_path(g.domid().expect("domid"), "xvdb");
+    let error = xen::xenstore_read(&format!("{be}/hotplug-error")).expect("hotplug-error");
+    println!("hotplug-error: {error}");
+    assert!(
+        shown.contains(&error),
+        "xl shows the tool's own error line: {shown}"
+    );
+    assert!(
+        error.contains(&spec) && error.contains("login") && error.contains("budget"),
+        "the error names the spec, the step and the budget: {error}"
+    );
+    assert!(
+        !error.contains("was killed"),
+        "iscsid's own attempts ended within the login's wait: {error}"
+    );
+    assert_eq!(
+        xen::xenstore_read(&format!("{be}/hotplug-status")).as_deref(),
+        Some("error")
+    );
+    // Nothing left, now and a while later (iscsid would still be retrying
+    // the login in the background: the portal would see new connections).
+    let check = || {
+        let s = Snapshot::take();
+        assert_eq!(s, before, "host as before the attach");
+        assert_eq!(
+            crate::fixture::tool::tree(Path::new("/etc/iscsi/nodes")),
+            records,
+            "node record as before"
+        );
+        assert!(holders().is_empty(), "holder records left: {:?}", holders());
+    };
+    check();
+    let accepted = portal.accepted();
+    std::thread::sleep(Duration::from_secs(20));
+    check();
+    assert_eq!(
+        portal.accepted(),
+        accepted,
+        "no login attempt after the script ended"
+    );
+    let out = g.block_detach("xvdb");
+    println!("block-detach after the failed attach: exit {}", out.code);
+    assert!(g.destroy().ok());
+    assert_nothing_left();
+    crate::fixture::initiator::iscsiadm(&["-m", "node", "-T", SILENT, "-o", "delete"]);
+    vg.remove();
+}
