@@ -32,17 +32,17 @@ fn attachments() -> Vec<String> {
 /// SCSI disk or array changed (node records are a discovery cache that
 /// attach may fill and detach keeps).
 fn refused(out: &crate::fixture::cmd::Out, want: &[&str], before: &Snapshot) {
+    assert_eq!(
+        Snapshot::take().devices(),
+        before.devices(),
+        "a refusal changed the host"
+    );
     assert_eq!(out.code, 2, "refused with exit 2: {}", out.stderr);
     let lines: Vec<&str> = out.stderr.lines().filter(|l| !l.is_empty()).collect();
     assert_eq!(lines.len(), 1, "one error line: {}", out.stderr);
     for w in want {
         assert!(lines[0].contains(w), "{w:?} in {:?}", lines[0]);
     }
-    assert_eq!(
-        Snapshot::take().devices(),
-        before.devices(),
-        "a refusal changed the host"
-    );
 }
 
 /// Item 13: a plain LUN held open by a process, or by a domain (a live
@@ -165,10 +165,10 @@ fn lab_hook_prepare_checks_every_disk_before_attaching_any() {
     let scans = ScsiAdds::start();
     let out = tool.hook("vm1", "prepare", "begin", &xml);
     let added = scans.luns();
+    untouched();
+    assert!(added.is_empty(), "LUNs scanned in: {added:?}");
     refused(&out, &["nosuchlabel", "is not in the label table"], &before);
     assert_eq!(Snapshot::take(), before, "not even a node record");
-    assert!(added.is_empty(), "LUNs scanned in: {added:?}");
-    untouched();
 
     // Second local volume smaller than its LUN: known only once that LUN is
     // scanned; no local volume is written before.
@@ -177,8 +177,8 @@ fn lab_hook_prepare_checks_every_disk_before_attaching_any() {
         &[mirrored("vda", 0, "vm1-a"), mirrored("vdb", 1, "vm1-small")],
     );
     let out = tool.hook("vm1", "prepare", "begin", &xml);
-    refused(&out, &["vm1-small", "smaller than the iSCSI LUN"], &before);
     untouched();
+    refused(&out, &["vm1-small", "smaller than the iSCSI LUN"], &before);
 
     // A good domain: both mirrors, each local volume resynced from its LUN.
     let good = [mirrored("vda", 0, "vm1-a"), mirrored("vdb", 1, "vm1-b")];
