@@ -24,6 +24,7 @@ pub mod labels;
 pub mod libvirt;
 pub mod lock;
 pub mod md;
+pub mod openers;
 pub mod runner;
 pub mod spec;
 pub mod state;
