@@ -117,7 +117,7 @@ fn attach_all(
             )?;
             let defer_local =
                 incoming && spec.label.is_some() && engine.find(&spec.to_string())?.is_none();
-            let dev = engine.attach_with(&spec, iscsimple::disk::AttachOptions { defer_local })?;
+            let dev = engine.attach_with(&spec, iscsimple::disk::AttachOptions { defer_local, ..Default::default() })?;
             if defer_local {
                 engine.spawn_join_watcher(&["--after-libvirt-domain", domain], &spec)?;
             }

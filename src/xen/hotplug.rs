@@ -212,7 +212,11 @@ fn add_inner(
         .map(|n| n.ends_with(INCOMING_SUFFIX))
         .unwrap_or(false);
     let defer_local = incoming && spec.label.is_some() && engine.find(&spec.to_string())?.is_none();
-    let dev = match engine.attach_with(&spec, AttachOptions { defer_local }) {
+    let opts = AttachOptions {
+        defer_local,
+        ..Default::default()
+    };
+    let dev = match engine.attach_with(&spec, opts) {
         Ok(d) => d,
         Err(e) => {
             // attach rolled itself back; this backend holds nothing then,
