@@ -12,6 +12,7 @@
 //! - [`iscsi`], [`md`], [`volume`] — the three kinds of device.
 //! - [`lock`], [`state`] — concurrency and memory across calls.
 //! - [`disk`] — attach and detach with rollback; [`status`]: what is attached.
+//! - [`holders`] — which domains hold an attachment, and whether they still run.
 //! - [`doctor`] — host checks, each with the exact fix.
 #![deny(missing_docs)]
 
@@ -19,6 +20,7 @@ pub mod config;
 pub mod crash;
 pub mod disk;
 pub mod doctor;
+pub mod holders;
 pub mod iscsi;
 pub mod labels;
 pub mod libvirt;

@@ -3,7 +3,9 @@
 //! --monitor` does: a leg marked faulty wakes it at once, so the
 //! local-is-newer record is written before the next write can land only on
 //! the local leg's side for long), and every `timeouts.watch` otherwise (an
-//! iSCSI session coming back raises no md event).
+//! iSCSI session coming back raises no md event). Each look also drops the
+//! holders of domains that are gone and detaches what only they held
+//! ([`crate::holders::sweep`]).
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek};
@@ -13,6 +15,7 @@ use std::time::Duration;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 
 use crate::disk::{Cause, Engine, Healed, Health};
+use crate::holders::{self, HostLiveness};
 use crate::iscsi::IscsiError;
 use crate::state::Phase;
 
@@ -21,6 +24,7 @@ use crate::state::Phase;
 pub struct Watch {
     state: HashMap<String, String>,
     heal_error: HashMap<String, String>,
+    sweep_error: HashMap<String, String>,
 }
 
 fn describe(h: &Health) -> String {
@@ -32,8 +36,40 @@ fn describe(h: &Health) -> String {
 }
 
 impl Watch {
-    /// One look at every attached mirror: record, log changes, heal.
+    /// Drop holders whose domain is gone and detach what only they held
+    /// (retrying a detach that failed), logging each failure once.
+    fn sweep(&mut self, engine: &Engine<'_>) {
+        let swept = match holders::sweep(engine, &mut HostLiveness::new()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the holder records");
+                return;
+            }
+        };
+        for s in swept {
+            match s.result {
+                Ok(true) => {
+                    self.sweep_error.remove(&s.spec);
+                    tracing::info!(spec = %s.spec, "detached: no running domain held it any more");
+                }
+                Ok(false) => {
+                    self.sweep_error.remove(&s.spec);
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    if self.sweep_error.get(&s.spec) != Some(&msg) {
+                        tracing::warn!(spec = %s.spec, error = %msg, "no running domain holds it, but the detach failed; will retry");
+                        self.sweep_error.insert(s.spec.clone(), msg);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One look: holders (see [`Watch::sweep`]), then every attached
+    /// mirror: record, log changes, heal.
     pub fn tick(&mut self, engine: &Engine<'_>) {
+        self.sweep(engine);
         let all = match engine.store.all() {
             Ok(a) => a,
             Err(e) => {
