@@ -149,8 +149,15 @@ fn attach_all(
         .map_err(|e| failure(e.into(), domain))?;
         plan.push((d, spec, opts));
     }
-    for (_, spec, _) in &plan {
+    for (_, spec, opts) in &mut plan {
         holders::reclaim(engine, &mut live, spec).map_err(|e| failure(e.into(), domain))?;
+        // A leaked attachment just detached no longer counts as "here".
+        opts.defer_local = incoming
+            && spec.label.is_some()
+            && engine
+                .find(&spec.to_string())
+                .map_err(Failure::failed)?
+                .is_none();
     }
     let mut done: Vec<String> = Vec::new();
     let r = (|| -> anyhow::Result<()> {
