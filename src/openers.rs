@@ -25,10 +25,39 @@ impl std::fmt::Display for Opener {
 }
 
 /// udev's workers open every block device that changed, briefly and
-/// read-only, to probe it (blkid): not a user to protect, and counting
-/// them would refuse a detach right after any change event.
+/// read-only, to probe it, and so do the programs its rules run (`blkid`,
+/// `mdadm --detail --export` for an array QEMU just closed): not users to
+/// protect, and counting them would refuse a detach right after any
+/// change event.
 fn is_udev(comm: &str) -> bool {
     matches!(comm, "systemd-udevd" | "(udev-worker)" | "udevd")
+}
+
+/// Whether `pid` is a udev worker or runs under one (a rule's program,
+/// or a shell a rule started), a few generations up.
+fn under_udev(proc: &Path, pid: u32) -> bool {
+    let mut pid = pid;
+    for _ in 0..4 {
+        let dir = proc.join(pid.to_string());
+        let comm = fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if is_udev(comm.trim()) {
+            return true;
+        }
+        // `PID (COMM) STATE PPID ...`: COMM may hold spaces and parentheses.
+        let stat = fs::read_to_string(dir.join("stat")).unwrap_or_default();
+        let Some(ppid) = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            return false;
+        };
+        if ppid <= 1 {
+            return false;
+        }
+        pid = ppid;
+    }
+    false
 }
 
 /// Processes (but this one and udev's) with a block device whose number is
@@ -62,7 +91,7 @@ fn scan(proc: &Path, matches: impl Fn(&fs::Metadata) -> bool) -> Vec<Opener> {
         let comm = fs::read_to_string(e.path().join("comm"))
             .map(|c| c.trim().to_string())
             .unwrap_or_default();
-        if !is_udev(&comm) {
+        if !under_udev(proc, pid) {
             out.push(Opener { pid, comm });
         }
     }
@@ -95,6 +124,10 @@ mod tests {
         process("43", "bash", &[&other]);
         process("44", "(udev-worker)", &[&disk]);
         process("45", "gone", &[Path::new("/nonexistent/x")]);
+        // A rule's program under a udev worker.
+        process("46", "mdadm", &[&disk]);
+        fs::write(proc.join("46/stat"), "46 (mdadm) S 44 1 1 0").expect("w");
+        fs::write(proc.join("42/stat"), "42 (qemu-system-x86) S 1 1 1 0").expect("w");
         process(&std::process::id().to_string(), "me", &[&disk]);
         fs::create_dir_all(proc.join("self/fd")).expect("mkdir");
         let want = fs::metadata(&disk).expect("stat");

@@ -4,6 +4,10 @@ use super::{Cause, DiskError, Engine, Health, Step};
 use crate::spec::Spec;
 use crate::state::{Attachment, Phase};
 
+/// How many more looks [`Engine::detach_with`] takes at a device in use,
+/// 200 ms apart, before it refuses.
+const BUSY_RETRIES: u32 = 5;
+
 /// Asked under the attachment's locks, before anything changes: an error
 /// refuses the detach (a live holder, see [`crate::holders`]).
 pub type Guard<'g> = &'g mut dyn FnMut(&Attachment) -> Result<(), Cause>;
@@ -80,7 +84,16 @@ impl Engine<'_> {
         if devnum.is_some_and(|d| d != now) {
             return None;
         }
-        let by = crate::volume::users(&self.sys, &kname);
+        // A short-lived opener (a probe) is gone a moment later: look a
+        // few times, as `mdadm --stop` retries its exclusive open.
+        let mut by = crate::volume::users(&self.sys, &kname);
+        for _ in 0..BUSY_RETRIES {
+            if by.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            by = crate::volume::users(&self.sys, &kname);
+        }
         (!by.is_empty()).then(|| Cause::Busy {
             device: a
                 .device
