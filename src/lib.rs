@@ -13,6 +13,7 @@
 //! - [`lock`], [`state`] — concurrency and memory across calls; [`fsutil`]:
 //!   the directories and files they make, safe from other users.
 //! - [`disk`] — attach and detach with rollback; [`status`]: what is attached.
+//! - [`holders`] — which domains hold an attachment, and whether they still run.
 //! - [`doctor`] — host checks, each with the exact fix.
 #![deny(missing_docs)]
 
@@ -21,11 +22,13 @@ pub mod crash;
 pub mod disk;
 pub mod doctor;
 pub mod fsutil;
+pub mod holders;
 pub mod iscsi;
 pub mod labels;
 pub mod libvirt;
 pub mod lock;
 pub mod md;
+pub mod openers;
 pub mod runner;
 pub mod spec;
 pub mod state;

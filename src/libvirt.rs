@@ -129,6 +129,24 @@ pub fn disks(domain: &str, xml: &str) -> Result<Vec<DomainDisk>, HookError> {
     Ok(out)
 }
 
+/// The UUID of a domain XML (`<domain><uuid>`), or of the domain in a
+/// libvirt status file (`<domstatus><domain><uuid>`), lowercase.
+pub fn domain_uuid(xml: &str) -> Option<String> {
+    let doc = roxmltree::Document::parse(xml).ok()?;
+    let root = doc.root_element();
+    let domain = if root.has_tag_name("domstatus") {
+        root.children().find(|n| n.has_tag_name("domain"))?
+    } else {
+        root
+    };
+    domain
+        .children()
+        .find(|n| n.has_tag_name("uuid"))
+        .and_then(|n| n.text())
+        .map(|t| t.trim().to_lowercase())
+        .filter(|t| !t.is_empty())
+}
+
 /// Where libvirt keeps the live status of its QEMU domains.
 pub const STATUS_DIR: &str = "/run/libvirt/qemu";
 
@@ -268,6 +286,20 @@ mod tests {
             "vm1",
             std::time::Duration::from_secs(1)
         ));
+    }
+
+    #[test]
+    fn domain_uuids_from_xml_and_status() {
+        assert_eq!(
+            domain_uuid(DOMAIN).as_deref(),
+            Some("6f3a1c2e-1111-2222-3333-444455556666")
+        );
+        let status = format!("<domstatus state='running'>{DOMAIN}</domstatus>");
+        assert_eq!(
+            domain_uuid(&status).as_deref(),
+            Some("6f3a1c2e-1111-2222-3333-444455556666")
+        );
+        assert_eq!(domain_uuid("<domain><name>x</name></domain>"), None);
     }
 
     #[test]

@@ -149,6 +149,18 @@ pub struct Holder {
     pub backend: String,
     /// Whether the backend asked for write access.
     pub writable: bool,
+    /// What tells this domain from a later one that reuses its id or
+    /// name: the Xen VM path (`/vm/UUID`), the libvirt domain UUID.
+    #[serde(default)]
+    pub vm: Option<String>,
+    /// When it was recorded, seconds since the epoch.
+    #[serde(default)]
+    pub since: u64,
+    /// Its backend let go (remove or release ran) but the detach failed:
+    /// it uses nothing any more, and the detach is retried
+    /// ([`crate::holders`]).
+    #[serde(default)]
+    pub released: bool,
 }
 
 /// The state directory.

@@ -160,6 +160,49 @@ pub fn check_unused(sys: &Sys, v: &Volume) -> Result<(), VolumeError> {
     }
 }
 
+/// Who uses block device `kname` (a device handed to a hypervisor, about
+/// to be detached): md or dm on it or its partitions (sysfs `holders/`),
+/// processes with it open (QEMU, `dd`: [`crate::openers`]), and an
+/// exclusive opener (a mount: the kernel's own test). Empty: unused, as far
+/// as the host can tell; xen-blkback opens without `O_EXCL` and leaves no
+/// trace, so a live Xen holder is what protects its disks.
+pub fn users(sys: &Sys, kname: &str) -> Vec<String> {
+    let base = format!("/sys/class/block/{kname}");
+    let mut parts = vec![kname.to_string()];
+    parts.extend(
+        sys.list(&base)
+            .into_iter()
+            .filter(|n| n.starts_with(kname) && sys.exists(format!("{base}/{n}/partition"))),
+    );
+    let mut by: Vec<String> = parts
+        .iter()
+        .flat_map(|p| sys.list(format!("/sys/class/block/{p}/holders")))
+        .collect();
+    let rdevs: Vec<u64> = parts
+        .iter()
+        .filter_map(|p| sys.devnum(p))
+        .filter_map(|d| {
+            let (maj, min) = d.split_once(':')?;
+            Some(libc::makedev(maj.parse().ok()?, min.parse().ok()?))
+        })
+        .collect();
+    by.extend(
+        crate::openers::openers(sys, &rdevs)
+            .iter()
+            .map(ToString::to_string),
+    );
+    // O_NONBLOCK: no media checks on the way (a disk whose target is gone
+    // must still be detachable); only EBUSY says anything here.
+    let excl = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_EXCL | libc::O_NONBLOCK)
+        .open(sys.path(format!("/dev/{kname}")));
+    if matches!(&excl, Err(e) if e.raw_os_error() == Some(libc::EBUSY)) && by.is_empty() {
+        by.push("an exclusive opener (mounted?)".to_string());
+    }
+    by
+}
+
 /// Refuse a device smaller than `needed` bytes.
 pub fn check_size(v: &Volume, needed: u64) -> Result<(), VolumeError> {
     if v.size < needed {

@@ -3,7 +3,9 @@
 //! --monitor` does: a leg marked faulty wakes it at once, so the
 //! local-is-newer record is written before the next write can land only on
 //! the local leg's side for long), and every `timeouts.watch` otherwise (an
-//! iSCSI session coming back raises no md event).
+//! iSCSI session coming back raises no md event). Each look also drops the
+//! holders of domains that are gone and detaches what only they held
+//! ([`crate::holders::sweep`]).
 //!
 //! One broken LUN must not hold up the other mirrors: each mirror's look
 //! and heal draw their waits from one budget (`timeouts.heal`), and the
@@ -21,6 +23,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 
 use crate::disk::{Budget, Cause, DiskError, Engine, HealOptions, Healed, Health};
+use crate::holders::{self, HostLiveness};
 use crate::iscsi::IscsiError;
 use crate::state::Phase;
 
@@ -45,6 +48,7 @@ pub struct Watch {
     state: HashMap<String, String>,
     heal_error: HashMap<String, String>,
     stuck: HashMap<String, Stuck>,
+    sweep_error: HashMap<String, String>,
 }
 
 fn describe(h: &Health) -> String {
@@ -56,9 +60,41 @@ fn describe(h: &Health) -> String {
 }
 
 impl Watch {
-    /// One look at every attached mirror: record, log changes, heal. Each
-    /// mirror takes at most its budget (`timeouts.heal`) and a grace.
+    /// Drop holders whose domain is gone and detach what only they held
+    /// (retrying a detach that failed), logging each failure once.
+    fn sweep(&mut self, engine: &Engine<'_>) {
+        let swept = match holders::sweep(engine, &mut HostLiveness::new()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the holder records");
+                return;
+            }
+        };
+        for s in swept {
+            match s.result {
+                Ok(true) => {
+                    self.sweep_error.remove(&s.spec);
+                    tracing::info!(spec = %s.spec, "detached: no running domain held it any more");
+                }
+                Ok(false) => {
+                    self.sweep_error.remove(&s.spec);
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    if self.sweep_error.get(&s.spec) != Some(&msg) {
+                        tracing::warn!(spec = %s.spec, error = %msg, "no running domain holds it, but the detach failed; will retry");
+                        self.sweep_error.insert(s.spec.clone(), msg);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One look: holders (see [`Watch::sweep`]), then every attached
+    /// mirror: record, log changes, heal. Each mirror takes at most its
+    /// budget (`timeouts.heal`) and a grace.
     pub fn tick(&mut self, engine: &Engine<'static>) {
+        self.sweep(engine);
         let all = match engine.store.all() {
             Ok(a) => a,
             Err(e) => {

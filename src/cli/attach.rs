@@ -38,6 +38,7 @@ pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
     super::require_programs(&runner)?;
     let opts = iscsimple::disk::AttachOptions {
         defer_local: args.defer_local,
+        ..Default::default()
     };
     let dev = engine.attach_with(&spec, opts);
     super::print_notices(&engine, &spec.to_string());

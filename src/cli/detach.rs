@@ -1,5 +1,6 @@
-//! `iscsimple detach SPEC|LABEL|DEVICE [--dry-run]`.
+//! `iscsimple detach SPEC|LABEL|DEVICE [--dry-run] [--force]`.
 use iscsimple::disk::Engine;
+use iscsimple::holders::{self, HostLiveness};
 use iscsimple::runner::RealRunner;
 
 use super::{load_config, CmdResult, Failure};
@@ -12,6 +13,9 @@ pub(crate) struct Args {
     /// Say what would be detached and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Detach even while the device is open or a running domain holds it.
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
@@ -45,7 +49,7 @@ pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
     }
     super::check_dirs(&config, &format!("detach {}", args.what))?;
     super::require_programs(&runner)?;
-    let r = engine.detach(&args.what);
+    let r = holders::detach(&engine, &mut HostLiveness::new(), &args.what, args.force);
     super::print_notices(&engine, &args.what);
     if !r.map_err(Failure::from_disk)? {
         eprintln!("iscsimple: {} is not attached; nothing to do", args.what);

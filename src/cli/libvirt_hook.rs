@@ -5,9 +5,11 @@ use std::io::Read;
 use std::path::Path;
 
 use anyhow::{anyhow, Context};
-use iscsimple::disk::Engine;
+use iscsimple::disk::{AttachOptions, DiskError, Engine};
+use iscsimple::holders::{self, HolderError, HostLiveness, Preparing};
 use iscsimple::libvirt::{self, Action};
 use iscsimple::runner::RealRunner;
+use iscsimple::spec::Spec;
 use iscsimple::state::Holder;
 
 use super::{load_config, CmdResult, Failure};
@@ -76,7 +78,8 @@ pub(crate) fn run(args: Args, config: Option<&Path>) -> CmdResult {
                 .store
                 .take_incoming(&args.name, INCOMING_MAX_AGE)
                 .map_err(Failure::failed)?;
-            attach_all(&engine, &args.name, &disks, incoming)
+            let uuid = libvirt::domain_uuid(&xml);
+            attach_all(&engine, &args.name, uuid, &disks, incoming)
         }
         Action::Detach => {
             super::check_dirs(&config, &format!("libvirt hook {} {}", args.op, args.subop))?;
@@ -90,88 +93,159 @@ pub(crate) fn run(args: Args, config: Option<&Path>) -> CmdResult {
 /// A `migrate begin` older than this is not taken as the start of this `prepare`.
 const INCOMING_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// Attach every disk. On an incoming migration a mirror that is not
-/// already here comes up with its iSCSI leg only: the source still writes to
-/// the iSCSI disk until libvirt switches over, so a resync started now would
-/// copy blocks that are still changing. A detached watcher joins the local
-/// leg once libvirt records the domain as running here.
+/// Attach every disk, each checked before any is touched (spec, label
+/// table, local volume, label and LUN free, recorded newer data, no other
+/// running domain using it): a refused disk costs no other disk anything.
+/// Local volumes are overwritten only once every disk is attached (the
+/// LUNs' sizes are known only after their scans). On an incoming migration
+/// a mirror that is not already here comes up with its iSCSI leg only: the
+/// source still writes to the iSCSI disk until libvirt switches over, so a
+/// resync started now would copy blocks that are still changing. A
+/// detached watcher joins the local leg once libvirt records the domain as
+/// running here.
 fn attach_all(
     engine: &Engine<'_>,
     domain: &str,
+    uuid: Option<String>,
     disks: &[libvirt::DomainDisk],
     incoming: bool,
 ) -> CmdResult {
-    let mut done: Vec<String> = Vec::new();
+    let mut live = Preparing {
+        domain,
+        inner: HostLiveness::new(),
+    };
+    let refuse = |e: anyhow::Error| Failure::input(e.context(format!("domain {domain}")));
+    let mut plan = Vec::new();
     for d in disks {
-        let name = libvirt::holder_name(domain, &d.target);
-        let span = tracing::info_span!("disk", spec = %d.spec, target = %d.target);
-        let _entered = span.enter();
-        let r = (|| -> anyhow::Result<()> {
-            let spec: iscsimple::spec::Spec = d.spec.parse()?;
-            engine.store.save_holder(
+        let spec: Spec = d
+            .spec
+            .parse()
+            .map_err(|e| refuse(anyhow::Error::from(e).context(format!("disk {}", d.target))))?;
+        if d.source.is_none() {
+            return Err(refuse(anyhow!(
+                "disk {} is listed in the iscsimple metadata but the domain has no disk with that target",
+                d.target
+            )));
+        }
+        let defer_local = incoming
+            && spec.label.is_some()
+            && engine
+                .find(&spec.to_string())
+                .map_err(Failure::failed)?
+                .is_none();
+        let opts = AttachOptions {
+            defer_local,
+            hold_local: true,
+        };
+        engine
+            .check(&spec, opts)
+            .map_err(|e| failure(e.into(), domain))?;
+        holders::check_sharing(
+            &engine.store,
+            &mut live,
+            &spec.to_string(),
+            domain,
+            true,
+            &mut |_| false,
+        )
+        .map_err(|e| failure(e.into(), domain))?;
+        plan.push((d, spec, opts));
+    }
+    for (_, spec, opts) in &mut plan {
+        holders::reclaim(engine, &mut live, spec).map_err(|e| failure(e.into(), domain))?;
+        // A leaked attachment just detached no longer counts as "here".
+        opts.defer_local = incoming
+            && spec.label.is_some()
+            && engine
+                .find(&spec.to_string())
+                .map_err(Failure::failed)?
+                .is_none();
+    }
+    let mut done: Vec<String> = Vec::new();
+    let r = (|| -> anyhow::Result<()> {
+        for (d, spec, opts) in &plan {
+            let name = libvirt::holder_name(domain, &d.target);
+            let span = tracing::info_span!("disk", spec = %spec, target = %d.target);
+            let _entered = span.enter();
+            holders::claim(
+                &engine.store,
                 &name,
-                &Holder {
+                Holder {
                     spec: spec.to_string(),
                     domain: domain.to_string(),
                     backend: d.target.clone(),
                     writable: true,
+                    vm: uuid.clone(),
+                    since: 0,
+                    released: false,
                 },
             )?;
-            let defer_local =
-                incoming && spec.label.is_some() && engine.find(&spec.to_string())?.is_none();
-            let dev = engine.attach_with(&spec, iscsimple::disk::AttachOptions { defer_local })?;
-            if defer_local {
-                engine.spawn_join_watcher(&["--after-libvirt-domain", domain], &spec)?;
+            done.push(name);
+            let dev = engine.attach_with(spec, *opts)?;
+            if opts.defer_local {
+                engine.spawn_join_watcher(&["--after-libvirt-domain", domain], spec)?;
             }
             let want = std::fs::canonicalize(&dev).with_context(|| format!("{}", dev.display()))?;
             match &d.source {
-                Some(src) if std::fs::canonicalize(src).ok().as_ref() == Some(&want) => Ok(()),
-                Some(src) => Err(anyhow!("disk {}: <source dev='{}'> is not the attached device {}", d.target, src.display(), dev.display())),
-                None => Err(anyhow!("disk {} is listed in the iscsimple metadata but the domain has no disk with that target", d.target)),
-            }
-        })();
-        match r {
-            Ok(()) => done.push(name),
-            Err(e) => {
-                // Roll back this domain's disks: the current one too (its holder was saved).
-                done.push(name);
-                for n in done.iter().rev() {
-                    if let Err(re) = release(engine, n) {
-                        tracing::error!(holder = %n, error = %re, "rollback of a libvirt disk failed");
-                    }
+                Some(src) if std::fs::canonicalize(src).ok().as_ref() == Some(&want) => {}
+                Some(src) => {
+                    return Err(anyhow!(
+                        "disk {}: <source dev='{}'> is not the attached device {}",
+                        d.target,
+                        src.display(),
+                        dev.display()
+                    ))
                 }
-                return Err(Failure::failed(e.context(format!("domain {domain}"))));
+                None => unreachable!("checked above"),
             }
         }
+        // Every disk is attached: now the local legs join (resync from iSCSI).
+        for (d, spec, opts) in &plan {
+            if !opts.defer_local {
+                let span = tracing::info_span!("disk", spec = %spec, target = %d.target);
+                let _entered = span.enter();
+                engine.join_local(&spec.to_string())?;
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = r {
+        // Roll back this domain's disks (the failing one's holder was saved too).
+        let mut live = HostLiveness::new();
+        for n in done.iter().rev() {
+            if let Err(re) = holders::release(engine, &mut live, n) {
+                tracing::error!(holder = %n, error = %re, "rollback of a libvirt disk failed");
+            }
+        }
+        return Err(failure(e, domain));
     }
     Ok(())
 }
 
-/// Let go of one holder; detach when it was the last.
-fn release(engine: &Engine<'_>, name: &str) -> anyhow::Result<()> {
-    let Some(h) = engine.store.holder(name)? else {
-        return Ok(());
-    };
-    let span = tracing::info_span!("disk", spec = %h.spec, target = %h.backend);
-    let _entered = span.enter();
-    let others = engine
-        .store
-        .holders()?
-        .into_iter()
-        .any(|(n, o)| n != name && o.spec == h.spec);
-    if !others {
-        engine.detach(&h.spec)?;
+/// An attach error: exit 2 when the input was at fault, else 1.
+fn failure(e: anyhow::Error, domain: &str) -> Failure {
+    let input = e
+        .downcast_ref::<DiskError>()
+        .map(|d| d.cause.is_input())
+        .or_else(|| e.downcast_ref::<HolderError>().map(HolderError::is_input))
+        .unwrap_or(false);
+    let e = e.context(format!("domain {domain}"));
+    if input {
+        Failure::input(e)
+    } else {
+        Failure::failed(e)
     }
-    engine.store.remove_holder(name)?;
-    Ok(())
 }
 
 fn detach_all(engine: &Engine<'_>, domain: &str) -> CmdResult {
     let mut first_err = None;
+    let mut live = HostLiveness::new();
     // By the recorded domain: a name prefix would also match `web-2` for `web`.
     for (name, h) in engine.store.holders().map_err(Failure::failed)? {
         if name.starts_with("libvirt-") && h.domain == domain {
-            if let Err(e) = release(engine, &name) {
+            let span = tracing::info_span!("disk", spec = %h.spec, target = %h.backend);
+            let _entered = span.enter();
+            if let Err(e) = holders::release(engine, &mut live, &name) {
                 tracing::error!(holder = %name, error = %e, "release failed");
                 first_err.get_or_insert(e);
             }
@@ -179,7 +253,7 @@ fn detach_all(engine: &Engine<'_>, domain: &str) -> CmdResult {
     }
     match first_err {
         Some(e) => Err(Failure::failed(
-            e.context(format!("domain {domain}: release")),
+            anyhow::Error::from(e).context(format!("domain {domain}: release")),
         )),
         None => Ok(()),
     }

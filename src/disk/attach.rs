@@ -502,6 +502,11 @@ impl Engine<'_> {
                         self.mdadm()
                             .add(label, iscsi_dev.as_ref().expect("matched"), true)
                             .map_err(|e| (Step::AddLocal, e.into()))?;
+                    } else if opts.hold_local {
+                        tracing::info!(spec = %spec, local = %v.path.display(), "local leg held back until the caller's other disks are attached");
+                        if let Some(m) = att.mirror.as_mut() {
+                            m.local_pending = true;
+                        }
                     } else {
                         // The iSCSI copy is the source: the local leg joins and is overwritten.
                         self.mdadm()

@@ -4,13 +4,45 @@ use super::{Cause, DiskError, Engine, Health, Step};
 use crate::spec::Spec;
 use crate::state::{Attachment, Phase};
 
+/// How many more looks [`Engine::detach_with`] takes at a device in use,
+/// 200 ms apart, before it refuses.
+const BUSY_RETRIES: u32 = 5;
+
+/// Asked under the attachment's locks, before anything changes: an error
+/// refuses the detach (a live holder, see [`crate::holders`]).
+pub type Guard<'g> = &'g mut dyn FnMut(&Attachment) -> Result<(), Cause>;
+
+/// How to detach.
+#[derive(Default)]
+pub struct DetachOptions<'g> {
+    /// Detach even while the device is open or a domain holds it.
+    pub force: bool,
+    /// Who else may still hold it; not asked with `force`.
+    pub guard: Option<Guard<'g>>,
+}
+
+impl std::fmt::Debug for DetachOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DetachOptions")
+            .field("force", &self.force)
+            .field("guard", &self.guard.is_some())
+            .finish()
+    }
+}
+
 impl Engine<'_> {
-    /// Detach what `what` names. Not attached: Ok(false).
+    /// Detach what `what` names, unless the device is open. Not attached:
+    /// Ok(false).
     pub fn detach(&self, what: &str) -> Result<bool, DiskError> {
-        self.detach_inner(what).map_err(|e| self.blame_err(e))
+        self.detach_with(what, DetachOptions::default())
     }
 
-    fn detach_inner(&self, what: &str) -> Result<bool, DiskError> {
+    /// Detach with options (see [`DetachOptions`]).
+    pub fn detach_with(&self, what: &str, opts: DetachOptions<'_>) -> Result<bool, DiskError> {
+        self.detach_inner(what, opts).map_err(|e| self.blame_err(e))
+    }
+
+    fn detach_inner(&self, what: &str, opts: DetachOptions<'_>) -> Result<bool, DiskError> {
         let Some((key, a, _key_lock)) = self.locked("detach", what)? else {
             self.forget_partial(what)?;
             return Ok(false);
@@ -23,6 +55,15 @@ impl Engine<'_> {
             ),
             None => None,
         };
+        if !opts.force {
+            let refuse = |c| DiskError::new("detach", &a.spec, Step::InUse, c);
+            if let Some(guard) = opts.guard {
+                guard(&a).map_err(refuse)?;
+            }
+            if let Some(c) = self.busy(&a) {
+                return Err(refuse(c));
+            }
+        }
         tracing::debug!(spec = %a.spec, "detaching");
         let errors = self.detach_recorded(&key, &a);
         match DiskError::from_list("detach", &a.spec, errors) {
@@ -32,6 +73,38 @@ impl Engine<'_> {
             }
             Some(e) => Err(e),
         }
+    }
+
+    /// Who has the device handed out for `a` open (the array, or the SCSI
+    /// disk of a plain LUN), if it is still the device recorded. md's
+    /// `--stop` refuses an open array by itself; checking first names who.
+    fn busy(&self, a: &Attachment) -> Option<Cause> {
+        let (kname, devnum) = match (&a.mirror, &a.iscsi) {
+            (Some(m), _) => (m.kname.clone()?, m.devnum.clone()),
+            (None, Some(i)) => (i.kname.clone(), i.devnum.clone()),
+            (None, None) => return None,
+        };
+        let now = self.sys.devnum(&kname)?;
+        if devnum.is_some_and(|d| d != now) {
+            return None;
+        }
+        // A short-lived opener (a probe) is gone a moment later: look a
+        // few times, as `mdadm --stop` retries its exclusive open.
+        let mut by = crate::volume::users(&self.sys, &kname);
+        for _ in 0..BUSY_RETRIES {
+            if by.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            by = crate::volume::users(&self.sys, &kname);
+        }
+        (!by.is_empty()).then(|| Cause::Busy {
+            device: a
+                .device
+                .clone()
+                .unwrap_or_else(|| format!("/dev/{kname}").into()),
+            by,
+        })
     }
 
     /// Nothing recorded for `what`: if it is a spec, remove what an attach

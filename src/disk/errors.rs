@@ -50,6 +50,8 @@ pub enum Step {
     Logout,
     /// Finding what the caller named among the attachments.
     Find,
+    /// Checking that nothing uses what is to be detached.
+    InUse,
 }
 
 impl fmt::Display for Step {
@@ -72,6 +74,7 @@ impl fmt::Display for Step {
             Step::DeleteDevice => "SCSI device delete",
             Step::Logout => "logout",
             Step::Find => "attachment",
+            Step::InUse => "in use",
         })
     }
 }
@@ -197,6 +200,23 @@ pub enum Cause {
         /// The attached spec.
         attached: String,
     },
+    /// The device is open: by processes (`/proc/*/fd`), exclusively (a
+    /// mount), or by md or dm (sysfs `holders/`).
+    #[error("{} is in use by {}; refusing to detach it (`iscsimple detach --force` detaches it anyway)", device.display(), by.join(", "))]
+    Busy {
+        /// The device handed out.
+        device: PathBuf,
+        /// Who: `pid 42 (qemu-system-x86)`, `md127`, `an exclusive opener (a mount?)`.
+        by: Vec<String>,
+    },
+    /// A running domain holds the attachment (a live holder record).
+    #[error("{spec} is held by {}; refusing to detach it (`iscsimple detach --force` detaches it anyway)", by.join(", "))]
+    Held {
+        /// The attachment's spec.
+        spec: String,
+        /// The holders: `domain vm1 (libvirt disk vda)`.
+        by: Vec<String>,
+    },
 }
 
 /// An attach that would lose a local leg's newer data.
@@ -249,6 +269,8 @@ impl Cause {
                 | Cause::OtherDisk { .. }
                 | Cause::DiskTooSmall { .. }
                 | Cause::LocalNotInSync { .. }
+                | Cause::Busy { .. }
+                | Cause::Held { .. }
                 | Cause::Volume(_)
                 | Cause::Iscsi(IscsiError::AuthFailed { .. })
                 | Cause::Iscsi(IscsiError::NotDisk { .. })

@@ -41,6 +41,7 @@ mod session;
 mod undo;
 
 pub use budget::{Budget, Limit};
+pub use detach::{DetachOptions, Guard};
 pub use errors::{Cause, DiskError, NewerConflict, Step};
 
 /// How to attach.
@@ -51,6 +52,14 @@ pub struct AttachOptions {
     /// host still writes to the iSCSI disk, and a resync started now would
     /// copy blocks that are still changing.
     pub defer_local: bool,
+    /// Build the mirror but let the local leg join only through
+    /// [`Engine::join_local`], as `defer_local` does, without its migration
+    /// meaning (records are kept, the bitmap is made): a caller attaching
+    /// several disks attaches them all before any local volume is
+    /// overwritten, so that a disk refused late (a local volume smaller
+    /// than its LUN) leaves every local volume as it was. No effect when
+    /// the local leg is the source (it is not written then).
+    pub hold_local: bool,
 }
 
 /// The engine: configuration, a runner and where to read and keep state.

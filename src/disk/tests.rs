@@ -793,3 +793,119 @@ fn watch_goes_on_when_one_mirrors_lock_is_held() {
         "vm1 left alone: {calls:?}"
     );
 }
+
+/// Holder liveness by record name, for [`crate::holders`] with a real engine.
+#[derive(Debug)]
+struct Lives(Vec<(&'static str, crate::holders::Life)>);
+
+impl crate::holders::Liveness for Lives {
+    fn life(&mut self, name: &str, _h: &crate::state::Holder) -> crate::holders::Life {
+        self.0
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, l)| *l)
+            .unwrap_or(crate::holders::Life::Unknown)
+    }
+}
+
+fn holder_of(spec: &str, domain: &str) -> crate::state::Holder {
+    crate::state::Holder {
+        spec: spec.into(),
+        domain: domain.into(),
+        backend: format!("backend/vbd/{domain}/51728"),
+        writable: true,
+        vm: None,
+        since: 1,
+        released: false,
+    }
+}
+
+#[test]
+fn a_failed_release_keeps_its_holder_released_and_a_sweep_retries() {
+    use crate::holders::{self, Life};
+    let runner = RecordingRunner::new();
+    let (d, c) = host("in_sync", Some("in_sync,write_mostly"), "idle");
+    let e = engine(d.path(), &c, &runner);
+    let a = attachment();
+    e.store.save("label-vm1", &a).expect("save");
+    e.store
+        .save_holder("xen-vbd-5-51728", &holder_of(&a.spec, "5"))
+        .expect("save");
+    e.store
+        .save_holder("xen-vbd-3-51728", &holder_of(&a.spec, "3"))
+        .expect("save");
+    // dm on the array: something on this host still uses it.
+    let held = d.path().join("sys/class/block/md127/holders/dm-9");
+    fs::create_dir_all(&held).expect("mkdir");
+    let mut live = Lives(vec![("xen-vbd-3-51728", Life::Dead)]);
+    let err = holders::release(&e, &mut live, "xen-vbd-5-51728").expect_err("busy");
+    assert!(err.to_string().contains("is in use by dm-9"), "{err}");
+    assert!(err.is_input(), "{err}");
+    assert!(!runner.calls().iter().any(|c| c.starts_with("mdadm")));
+    let h = e
+        .store
+        .holder("xen-vbd-5-51728")
+        .expect("read")
+        .expect("kept");
+    assert!(h.released, "kept as released");
+    assert_eq!(e.store.load("label-vm1").expect("load"), Some(a.clone()));
+
+    // A released holder and a dead one use nothing: once the array is
+    // free, a sweep detaches it and forgets them.
+    fs::remove_dir(&held).expect("rmdir");
+    let swept = holders::sweep(&e, &mut live).expect("sweep");
+    assert_eq!(swept.len(), 1, "{swept:?}");
+    assert!(swept[0].result.is_ok(), "{swept:?}");
+    assert!(runner.calls().iter().any(|c| c.starts_with("mdadm --stop")));
+    assert!(e.store.holders().expect("list").is_empty());
+}
+
+#[test]
+fn a_live_or_unknown_holder_keeps_the_attachment_and_refuses_detach() {
+    use crate::holders::{self, Life};
+    let runner = RecordingRunner::new();
+    let (d, c) = host("in_sync", Some("in_sync,write_mostly"), "idle");
+    let e = engine(d.path(), &c, &runner);
+    let a = attachment();
+    e.store.save("label-vm1", &a).expect("save");
+    e.store
+        .save_holder("libvirt-766d31-vda", &holder_of(&a.spec, "vm1"))
+        .expect("save");
+    // Cannot tell (libvirt still starting it): nothing is swept.
+    let swept = holders::sweep(&e, &mut Lives(vec![])).expect("sweep");
+    assert!(swept.is_empty(), "{swept:?}");
+    let mut live = Lives(vec![("libvirt-766d31-vda", Life::Alive)]);
+    let err = holders::detach(&e, &mut live, &a.spec, false).expect_err("held");
+    assert!(err.cause.is_input());
+    assert!(
+        err.to_string()
+            .contains("held by domain vm1 (libvirt disk backend/vbd/vm1/51728)")
+            && err.to_string().contains("--force"),
+        "{err}"
+    );
+    assert_eq!(runner.calls(), Vec::<String>::new(), "nothing run");
+    assert!(holders::detach(&e, &mut live, "vm1", true).expect("forced"));
+    assert!(e.store.holders().expect("list").is_empty(), "forgotten");
+    assert_eq!(e.store.load("label-vm1").expect("load"), None);
+}
+
+#[test]
+fn releasing_a_holder_whose_spec_never_got_attached_forgets_it_only() {
+    use crate::holders;
+    let runner = RecordingRunner::new();
+    let (d, c) = host("in_sync", Some("in_sync,write_mostly"), "idle");
+    let e = engine(d.path(), &c, &runner);
+    let a = attachment();
+    e.store.save("label-vm1", &a).expect("save");
+    // A second domain's refused disk naming the same LUN, plain.
+    e.store
+        .save_holder(
+            "libvirt-766d32-vda",
+            &holder_of("lun1@iqn.2024-01.lab:t", "vm2"),
+        )
+        .expect("save");
+    holders::release(&e, &mut Lives(vec![]), "libvirt-766d32-vda").expect("release");
+    assert!(e.store.holders().expect("list").is_empty());
+    assert_eq!(e.store.load("label-vm1").expect("load"), Some(a));
+    assert_eq!(runner.calls(), Vec::<String>::new(), "nothing run");
+}

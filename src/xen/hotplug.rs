@@ -11,14 +11,18 @@
 //!   what add wrote, but we rely on our own holder record, since a failed
 //!   add or a killed script may have written nothing.
 //!
-//! Holders are counted per backend: during a migration to the same host the
-//! source's and the destination's backends share one attachment, and only
-//! the last `remove` detaches it.
+//! Holders are counted per backend ([`crate::holders`]): during a migration
+//! to the same host the source's and the destination's backends share one
+//! attachment, and only the last live one's `remove` detaches it. A holder
+//! whose domain is gone (destroyed without its remove, or its domain id
+//! reused by another VM) uses nothing, and an attachment no live holder
+//! uses is attached afresh rather than handed over as it is.
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::disk::{AttachOptions, DiskError, Engine};
+use crate::holders::{self, HolderError, HostLiveness, Life, Liveness};
 use crate::spec::{Spec, SpecError};
 use crate::state::{Holder, StateError};
 use crate::xen::xenstore::{Tx, Xenstore, XsError};
@@ -47,6 +51,9 @@ pub enum HotplugError {
     /// Attach or detach failed.
     #[error(transparent)]
     Disk(#[from] DiskError),
+    /// Letting go of a holder, or reclaiming a leaked attachment, failed.
+    #[error(transparent)]
+    Holder(#[from] HolderError),
     /// The device is already given writable to another running domain.
     #[error("{spec} is already attached to domain {other} ({backend}); refusing to give it {how} to domain {domid} too")]
     Shared {
@@ -112,7 +119,8 @@ fn vm_of(xs: &mut Xenstore, domid: &str) -> Result<Option<String>, XsError> {
 
 /// Refuse a second writer, as Xen's block-common.sh does: a device given
 /// writable may go to no other running domain, except the same VM (a
-/// migration to this host).
+/// migration to this host). Holders of dead domains and released backends
+/// use nothing.
 fn check_sharing(
     engine: &Engine<'_>,
     xs: &mut Xenstore,
@@ -126,17 +134,17 @@ fn check_sharing(
         if h.spec != spec.to_string() || name == be.holder_name() || h.domain == me {
             continue;
         }
-        if !(writable || h.writable) {
+        if !(writable || h.writable) || h.released {
             continue;
         }
-        // A holder whose domain is gone is stale (its remove never ran).
-        if xs
-            .read(Tx::NONE, &format!("/local/domain/{}/domid", h.domain))?
-            .is_none()
-        {
+        if HostLiveness::with_xenstore(&mut *xs).life(&name, &h) == Life::Dead {
             continue;
         }
-        if my_vm.is_some() && vm_of(xs, &h.domain)? == my_vm {
+        let other_vm = match &h.vm {
+            Some(v) => Some(v.clone()),
+            None => vm_of(xs, &h.domain)?,
+        };
+        if my_vm.is_some() && other_vm == my_vm {
             continue;
         }
         return Err(HotplugError::Shared {
@@ -191,6 +199,8 @@ fn add_inner(
         .map(|m| m.contains('w'))
         .unwrap_or(true);
     check_sharing(engine, xs, be, &spec, writable)?;
+    // A leaked attachment (no live holder) is not handed over as it is.
+    holders::reclaim(engine, &mut HostLiveness::with_xenstore(&mut *xs), &spec)?;
     // Recorded before attaching, so that a remove after a killed add finds
     // what to clean up.
     let holder = Holder {
@@ -198,8 +208,11 @@ fn add_inner(
         domain: be.domid.to_string(),
         backend: be.path.clone(),
         writable,
+        vm: vm_of(xs, &be.domid.to_string())?,
+        since: 0,
+        released: false,
     };
-    engine.store.save_holder(&be.holder_name(), &holder)?;
+    holders::claim(&engine.store, &be.holder_name(), holder)?;
     // An incoming migration from another host: the source still writes to
     // the iSCSI disk until it is suspended, so the local leg may join only
     // once this domain takes over (xl renames it from NAME--incoming then).
@@ -209,7 +222,11 @@ fn add_inner(
         .map(|n| n.ends_with(INCOMING_SUFFIX))
         .unwrap_or(false);
     let defer_local = incoming && spec.label.is_some() && engine.find(&spec.to_string())?.is_none();
-    let dev = match engine.attach_with(&spec, AttachOptions { defer_local }) {
+    let opts = AttachOptions {
+        defer_local,
+        ..Default::default()
+    };
+    let dev = match engine.attach_with(&spec, opts) {
         Ok(d) => d,
         Err(e) => {
             // attach rolled itself back; this backend holds nothing then,
@@ -280,23 +297,12 @@ pub fn remove(engine: &Engine<'_>, be: &Backend) -> Result<(), HotplugError> {
         backend = %be.path
     );
     let _entered = span.enter();
-    let Some(h) = engine.store.holder(&be.holder_name())? else {
-        tracing::info!(backend = %be.path, "nothing recorded for this backend; nothing to remove");
-        return Ok(());
-    };
-    span.record("spec", tracing::field::display(&h.spec));
-    let others = engine
-        .store
-        .holders()?
-        .into_iter()
-        .any(|(n, o)| n != be.holder_name() && o.spec == h.spec);
-    if others {
-        tracing::info!(spec = %h.spec, backend = %be.path, "another backend still uses it; kept");
-    } else {
-        engine.detach(&h.spec)?;
+    if let Some(h) = engine.store.holder(&be.holder_name())? {
+        span.record("spec", tracing::field::display(&h.spec));
     }
-    engine.store.remove_holder(&be.holder_name())?;
-    tracing::info!(spec = %h.spec, domid = be.domid, devid = be.devid, "xen remove done");
+    // Other holders' domains are looked up in xenstore only if there are any.
+    holders::release(engine, &mut HostLiveness::new(), &be.holder_name())?;
+    tracing::info!(domid = be.domid, devid = be.devid, "xen remove done");
     Ok(())
 }
 

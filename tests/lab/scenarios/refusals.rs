@@ -85,13 +85,13 @@ fn lab_refusals_leave_the_host_unchanged() {
 }
 
 /// SCSI devices the kernel adds while it runs (`udevadm monitor --kernel`).
-struct ScsiAdds {
+pub(crate) struct ScsiAdds {
     child: std::process::Child,
     log: std::path::PathBuf,
 }
 
 impl ScsiAdds {
-    fn start() -> ScsiAdds {
+    pub(crate) fn start() -> ScsiAdds {
         let log = std::path::PathBuf::from("/run/scsi-adds.log");
         let out = std::fs::File::create(&log).expect("log");
         let child = std::process::Command::new("/usr/bin/udevadm")
@@ -114,7 +114,7 @@ impl ScsiAdds {
     }
 
     /// The LUN numbers of the SCSI devices added so far.
-    fn luns(mut self) -> Vec<u32> {
+    pub(crate) fn luns(mut self) -> Vec<u32> {
         std::thread::sleep(std::time::Duration::from_millis(500));
         let _ = self.child.kill();
         let _ = self.child.wait();

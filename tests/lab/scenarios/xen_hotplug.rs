@@ -396,3 +396,85 @@ fn xen_login_budget_silent_target_fails_inside_the_budget() {
     crate::fixture::initiator::iscsiadm(&["-m", "node", "-T", SILENT, "-o", "delete"]);
     vg.remove();
 }
+
+/// Issue 14 item 7: a holder whose domain died without its `remove` (a
+/// killed or failing script) is not a user. The next domain given the
+/// disk gets a freshly built array (the local leg resynced from the
+/// iSCSI disk, which another host wrote meanwhile), not the leaked one
+/// with its stale local leg; `watch` cleans a leak, and `detach` retries a
+/// `remove` whose detach failed.
+#[test]
+fn xen_dead_holder_gets_a_fresh_array_and_leaks_are_cleaned() {
+    let s = setup(&[16]);
+    let spec = format!("lun0@{IQN}+vm1-disk");
+    // What libxl leaves when it kills a script during remove: nothing undone.
+    let body: Vec<&str> = SHIM.lines().filter(|l| !l.starts_with("#!")).collect();
+    xen::install_script(
+        "block-iscsimple-noremove",
+        &format!(
+            "#!/bin/sh\n[ \"$1\" = remove ] && exit 1\n{}\n",
+            body.join("\n")
+        ),
+    );
+    let leaky =
+        |vdev: &str| format!("script=block-iscsimple-noremove,vdev={vdev},access=w,target={spec}");
+    let gone = |name: &str| {
+        crate::fixture::wait_for(&format!("{name} gone"), Duration::from_secs(60), || {
+            xen::domid(name).is_none()
+        });
+    };
+
+    // vm1's remove never runs: its array, session and holder leak.
+    let g1 = Guest::start("vm1", &[&leaky("xvdb")], &GuestOpts::default());
+    g1.wait_disk("xvdb", Duration::from_secs(60));
+    Md::by_label("vm1-disk").wait_synced(Duration::from_secs(120));
+    g1.destroy();
+    gone("vm1");
+    assert!(Path::new("/dev/md/vm1-disk").exists(), "the array leaked");
+    assert_eq!(holders().len(), 1, "vm1's holder leaked");
+    // The VM then ran on another host, which wrote the iSCSI disk.
+    data::fill(&s.t.lun(0).backing, 0, 16, 0x2222);
+
+    // vm2 gets the disk: a fresh array, reading what the iSCSI disk holds.
+    let g2 = Guest::start("vm2", &[&disk("xvdb", &spec)], &GuestOpts::default());
+    let d = g2.wait_disk("xvdb", Duration::from_secs(60));
+    assert_eq!(
+        d.sha256,
+        sha256_head(&s.t.lun(0).backing, d.sum_mib),
+        "vm2 reads the iSCSI disk's data, not the leaked array's stale local leg"
+    );
+    Md::by_label("vm1-disk").wait_synced(Duration::from_secs(120));
+    data::verify(&s.lv, 0, 16, 0x2222);
+    let domid2 = g2.domid().expect("vm2 runs");
+    assert_eq!(
+        holders(),
+        vec![format!("xen-vbd-{domid2}-{}.json", xen::vbd_devid("xvdb"))],
+        "only vm2 holds it"
+    );
+    assert!(g2.destroy().ok());
+    assert_nothing_left();
+
+    // A leak again; `watch` finds the holder's domain gone and detaches.
+    let g3 = Guest::start("vm3", &[&leaky("xvdb")], &GuestOpts::default());
+    g3.wait_disk("xvdb", Duration::from_secs(60));
+    g3.destroy();
+    gone("vm3");
+    assert_eq!(holders().len(), 1, "vm3's holder leaked");
+    let out = s._tool.run(&["watch", "--once"]);
+    assert!(out.ok(), "watch --once: {}", out.stderr);
+    assert_nothing_left();
+
+    // vm4's remove fails (the array is open in dom0): its holder no longer
+    // counts, and `detach` retries once the array is free.
+    let g4 = Guest::start("vm4", &[&disk("xvdb", &spec)], &GuestOpts::default());
+    g4.wait_disk("xvdb", Duration::from_secs(60));
+    let opener = std::fs::File::open("/dev/md/vm1-disk").expect("open the array");
+    g4.destroy();
+    gone("vm4");
+    assert!(Path::new("/dev/md/vm1-disk").exists(), "remove failed");
+    drop(opener);
+    let out = s._tool.run(&["detach", &spec]);
+    assert!(out.ok(), "detach retries: {}", out.stderr);
+    assert_nothing_left();
+    s.vg.remove();
+}
