@@ -218,14 +218,24 @@ impl Mdadm<'_> {
     }
 
     /// `mdadm --build /dev/md/LABEL --level=1 --raid-devices=2
-    /// [--bitmap=FILE --bitmap-chunk=KIB] LEGS...`. mdadm creates the bitmap
-    /// file (it must not exist: a stale one would hide differences).
-    pub fn build(&self, label: &str, legs: &[Leg], bitmap: Option<&Bitmap>) -> Result<(), MdError> {
+    /// --size=KIB [--bitmap=FILE --bitmap-chunk=KIB] LEGS...`. mdadm creates
+    /// the bitmap file (it must not exist: a stale one would hide
+    /// differences). Without `--size` the array takes its first device's
+    /// size: built from a local volume that LVM rounded up to its extents,
+    /// it would outgrow the LUN, which could then never join.
+    pub fn build(
+        &self,
+        label: &str,
+        legs: &[Leg],
+        bitmap: Option<&Bitmap>,
+        size_kib: u64,
+    ) -> Result<(), MdError> {
         let mut c = self.cmd().args([
             "--build",
             &label_path(label).to_string_lossy(),
             "--level=1",
             "--raid-devices=2",
+            &format!("--size={size_kib}"),
         ]);
         if let Some(b) = bitmap {
             c = c
@@ -486,6 +496,7 @@ mod tests {
             "vm1",
             &[Leg::Missing, Leg::WriteMostly("/dev/sdb".into())],
             None,
+            16384,
         )
         .expect("build");
         m.add("vm1", Path::new("/dev/vg/vm1"), false).expect("add");
@@ -493,7 +504,7 @@ mod tests {
         assert_eq!(
             r.calls(),
             vec![
-                "mdadm --build /dev/md/vm1 --level=1 --raid-devices=2 missing --write-mostly /dev/sdb",
+                "mdadm --build /dev/md/vm1 --level=1 --raid-devices=2 --size=16384 missing --write-mostly /dev/sdb",
                 "mdadm /dev/md/vm1 --add /dev/vg/vm1",
                 "mdadm --stop /dev/md127",
             ]
@@ -514,6 +525,7 @@ mod tests {
             "vm1",
             &[Leg::Normal("/dev/vg/vm1".into()), Leg::Missing],
             Some(&b),
+            1 << 20,
         )
         .expect("build");
         m.re_add_write_mostly("vm1", Path::new("/dev/sdb"))
@@ -521,7 +533,7 @@ mod tests {
         assert_eq!(
             r.calls(),
             vec![
-                "mdadm --build /dev/md/vm1 --level=1 --raid-devices=2 --bitmap=/var/lib/iscsimple/bitmaps/vm1.bitmap --bitmap-chunk=64 /dev/vg/vm1 missing",
+                "mdadm --build /dev/md/vm1 --level=1 --raid-devices=2 --size=1048576 --bitmap=/var/lib/iscsimple/bitmaps/vm1.bitmap --bitmap-chunk=64 /dev/vg/vm1 missing",
                 "mdadm /dev/md/vm1 --re-add --write-mostly /dev/sdb",
             ]
         );

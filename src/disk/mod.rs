@@ -17,7 +17,8 @@
 //! The rooms: [`attach`] (plan and attach), [`session`] (the iSCSI leg:
 //! login, scan, release and the one logout rule), [`array`] (build, find,
 //! verify, stop), [`undo`] (the one executor), [`health`] (legs, records,
-//! heal, join), [`detach`].
+//! heal, join), [`copies`] (the local copies' records: which copy is
+//! newer, of which LUN, at what size), [`detach`].
 use std::cell::RefCell;
 use std::path::Path;
 use std::time::Duration;
@@ -33,13 +34,14 @@ use crate::sysfs::Sys;
 
 mod array;
 mod attach;
+mod copies;
 mod detach;
 mod errors;
 mod health;
 mod session;
 mod undo;
 
-pub use errors::{Cause, DiskError, NewerConflict, Step};
+pub use errors::{Cause, DiskError, NewerConflict, ShrinkConflict, Step};
 
 /// How to attach.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -98,6 +98,7 @@ fn attachment() -> Attachment {
             devnum: Some("9:127".into()),
             local_devnum: Some("253:0".into()),
             local_id: Some("dm:LVM-vm1".into()),
+            size: Some(1 << 24),
         }),
     }
 }
@@ -113,7 +114,13 @@ fn engine<'a>(root: &Path, config: &'a Config, runner: &'a RecordingRunner) -> E
 fn health_follows_the_legs_and_keeps_the_record() {
     let runner = RecordingRunner::new();
     let a = attachment();
-    let newer = |c: &Config| c.state_dir.join("newer/vm1.json").exists();
+    // The record of the local volume (dm UUID LVM-vm1), newer or not.
+    let newer = |c: &Config| {
+        Durable::new(&c.state_dir)
+            .copy("dm:LVM-vm1")
+            .expect("read")
+            .is_some_and(|r| r.newer.is_some())
+    };
 
     let (d, c) = host("in_sync", Some("faulty,write_mostly"), "idle");
     let e = engine(d.path(), &c, &runner);
