@@ -147,6 +147,20 @@ pub struct Holder {
     pub writable: bool,
 }
 
+/// A domain migrating in: left by the destination's first hook call of
+/// the migration, consumed by its start (libvirt `migrate begin`, then
+/// `prepare begin`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IncomingMark {
+    /// Domain name.
+    pub domain: String,
+    /// Domain UUID from its XML: a same-named domain defined anew is
+    /// another domain.
+    pub uuid: Option<String>,
+    /// Seconds since the epoch.
+    pub since: u64,
+}
+
 /// The state directory.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -227,34 +241,36 @@ impl Store {
     fn incoming_path(&self, name: &str) -> PathBuf {
         self.dir
             .join("incoming")
-            .join(format!("{}.json", crate::lock::file_key(name)))
+            .join(format!("{}.json", exact_key(name)))
     }
 
-    /// Remember that domain `name` is migrating in.
-    pub fn mark_incoming(&self, name: &str) -> Result<(), StateError> {
-        write_atomic(&self.incoming_path(name), &name)
+    /// Remember that a domain is migrating in, under `name` (one per
+    /// domain, e.g. [`crate::libvirt::mark_name`]).
+    pub fn mark_incoming(&self, name: &str, mark: &IncomingMark) -> Result<(), StateError> {
+        write_atomic(&self.incoming_path(name), mark)
     }
 
-    /// Whether domain `name` was marked as migrating in within `max_age`;
-    /// the mark is consumed.
+    /// Whether the mark under `name` is that of domain `uuid` and at most
+    /// `max_age` old; the mark is consumed either way (a start of that
+    /// name ends the attempt that left it).
     pub fn take_incoming(
         &self,
         name: &str,
+        uuid: Option<&str>,
         max_age: std::time::Duration,
     ) -> Result<bool, StateError> {
         let p = self.incoming_path(name);
-        let fresh = match fs::metadata(&p) {
-            Ok(m) => m
-                .modified()
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .map(|age| age <= max_age)
-                .unwrap_or(false),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            Err(source) => return Err(StateError::Io { path: p, source }),
-        };
+        // An unreadable mark counts as none: it is removed below anyway.
+        let mark = read_json::<IncomingMark>(&p).ok().flatten();
         remove(&p)?;
-        Ok(fresh)
+        Ok(mark.is_some_and(|m| {
+            m.uuid.as_deref() == uuid && now().saturating_sub(m.since) <= max_age.as_secs()
+        }))
+    }
+
+    /// Forget the mark under `name` (the attempt ended: stopped, released).
+    pub fn clear_incoming(&self, name: &str) -> Result<(), StateError> {
+        remove(&self.incoming_path(name))
     }
 
     /// Record that this tool logged in to `target`.
@@ -656,6 +672,40 @@ mod tests {
         assert_ne!(exact_key("web 2"), exact_key("web_2"));
         assert_ne!(exact_key("dev:8:1"), exact_key("dev_8_1"));
         assert_eq!(exact_key("dm:LVM-abc.1"), "dm_3aLVM-abc.1");
+    }
+
+    #[test]
+    fn an_incoming_mark_is_one_domain_one_attempt() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let s = Store::new(d.path());
+        let day = std::time::Duration::from_secs(86400);
+        let mark = |uuid: Option<&str>, since| IncomingMark {
+            domain: "web".into(),
+            uuid: uuid.map(str::to_string),
+            since,
+        };
+        assert!(!s.take_incoming("m", Some("u1"), day).expect("none"));
+        // Consumed by the first start.
+        s.mark_incoming("m", &mark(Some("u1"), now()))
+            .expect("mark");
+        assert!(s.take_incoming("m", Some("u1"), day).expect("take"));
+        assert!(!s.take_incoming("m", Some("u1"), day).expect("consumed"));
+        // Another domain of the same name: not its migration; consumed too.
+        s.mark_incoming("m", &mark(Some("u1"), now()))
+            .expect("mark");
+        assert!(!s.take_incoming("m", Some("u2"), day).expect("other uuid"));
+        assert!(!s.take_incoming("m", Some("u1"), day).expect("consumed"));
+        // Too old.
+        s.mark_incoming("m", &mark(Some("u1"), now() - 600))
+            .expect("mark");
+        assert!(!s
+            .take_incoming("m", Some("u1"), std::time::Duration::from_secs(120))
+            .expect("old"));
+        // Cleared (stopped, release).
+        s.mark_incoming("m", &mark(Some("u1"), now()))
+            .expect("mark");
+        s.clear_incoming("m").expect("clear");
+        assert!(!s.take_incoming("m", Some("u1"), day).expect("cleared"));
     }
 
     #[test]
