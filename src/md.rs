@@ -218,25 +218,30 @@ impl Mdadm<'_> {
     }
 
     /// `mdadm --build /dev/md/LABEL --level=1 --raid-devices=2
-    /// --size=KIB [--bitmap=FILE --bitmap-chunk=KIB] LEGS...`. mdadm creates
-    /// the bitmap file (it must not exist: a stale one would hide
+    /// [--size=KIB] [--bitmap=FILE --bitmap-chunk=KIB] LEGS...`. mdadm
+    /// creates the bitmap file (it must not exist: a stale one would hide
     /// differences). Without `--size` the array takes its first device's
     /// size: built from a local volume that LVM rounded up to its extents,
-    /// it would outgrow the LUN, which could then never join.
+    /// it would outgrow the LUN, which could then never join. mdadm 4.2
+    /// and 4.3 size a bitmap file they create for `--size` 1024 times too
+    /// small (Build.c: `bitmapsize = s->size >> 9`, the size being in KiB
+    /// there), which the kernel refuses: never give both.
     pub fn build(
         &self,
         label: &str,
         legs: &[Leg],
         bitmap: Option<&Bitmap>,
-        size_kib: u64,
+        size_kib: Option<u64>,
     ) -> Result<(), MdError> {
         let mut c = self.cmd().args([
             "--build",
             &label_path(label).to_string_lossy(),
             "--level=1",
             "--raid-devices=2",
-            &format!("--size={size_kib}"),
         ]);
+        if let Some(kib) = size_kib {
+            c = c.arg(format!("--size={kib}"));
+        }
         if let Some(b) = bitmap {
             c = c
                 .arg(format!("--bitmap={}", b.file.display()))
@@ -496,7 +501,7 @@ mod tests {
             "vm1",
             &[Leg::Missing, Leg::WriteMostly("/dev/sdb".into())],
             None,
-            16384,
+            Some(16384),
         )
         .expect("build");
         m.add("vm1", Path::new("/dev/vg/vm1"), false).expect("add");
@@ -525,7 +530,7 @@ mod tests {
             "vm1",
             &[Leg::Normal("/dev/vg/vm1".into()), Leg::Missing],
             Some(&b),
-            1 << 20,
+            None,
         )
         .expect("build");
         m.re_add_write_mostly("vm1", Path::new("/dev/sdb"))
@@ -533,7 +538,7 @@ mod tests {
         assert_eq!(
             r.calls(),
             vec![
-                "mdadm --build /dev/md/vm1 --level=1 --raid-devices=2 --size=1048576 --bitmap=/var/lib/iscsimple/bitmaps/vm1.bitmap --bitmap-chunk=64 /dev/vg/vm1 missing",
+                "mdadm --build /dev/md/vm1 --level=1 --raid-devices=2 --bitmap=/var/lib/iscsimple/bitmaps/vm1.bitmap --bitmap-chunk=64 /dev/vg/vm1 missing",
                 "mdadm /dev/md/vm1 --re-add --write-mostly /dev/sdb",
             ]
         );

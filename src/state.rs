@@ -437,6 +437,12 @@ impl Durable {
         remove(&self.copy_path(id))
     }
 
+    /// Remove what a write of local volume `id`'s record killed before its
+    /// rename left (the record itself stays).
+    pub fn tidy_copy(&self, id: &str) -> Result<(), StateError> {
+        remove(&self.copy_path(id).with_extension("tmp"))
+    }
+
     /// Every local volume's record, with its file.
     pub fn all_copies(&self) -> Result<Vec<(PathBuf, LocalCopy)>, StateError> {
         let dir = self.dir.join("copies");

@@ -461,10 +461,17 @@ impl Engine<'_> {
                     // reaches the local leg only.
                     self.record_copy(spec, v, &verdict, lun.as_ref(), undo)?;
                 }
+                // Only for an array built from the LUN alone, which has
+                // the LUN's size without `--size` (see Mdadm::build). Built
+                // from the local leg it has none: its first resync is full
+                // anyway, and so is a heal while it lasts.
                 let bitmap = match (&iscsi_dev, &local) {
-                    (Some(_), Some(_)) if !opts.defer_local => self.bitmap_for(spec, label, size),
+                    (Some(_), Some(_)) if !opts.defer_local && !trust_local => {
+                        self.bitmap_for(spec, label, size)
+                    }
                     _ => None,
                 };
+                let pin = |bitmap: Option<&Bitmap>| bitmap.is_none().then_some(size / 1024);
                 if let Some(stale) = self.sys.link_name(md::label_path(label)) {
                     // A link left by an array stopped without udev would confuse mdadm.
                     md::remove_stale_nodes(&self.sys, label, &stale)
@@ -482,9 +489,9 @@ impl Engine<'_> {
                         expect: expect.clone(),
                         bitmap: Some(self.durable.bitmap(label)),
                     });
-                    let built = self
-                        .mdadm()
-                        .build(label, &legs, bitmap.as_ref(), size / 1024);
+                    let built =
+                        self.mdadm()
+                            .build(label, &legs, bitmap.as_ref(), pin(bitmap.as_ref()));
                     match (built, &bitmap) {
                         (Ok(()), Some(b)) => {
                             if let Some(m) = att.mirror.as_mut() {
@@ -501,7 +508,7 @@ impl Engine<'_> {
                             }
                             remove_file(&b.file).map_err(|e| (Step::Build, e.into()))?;
                             self.mdadm()
-                                .build(label, &legs, None, size / 1024)
+                                .build(label, &legs, None, pin(None))
                                 .map_err(|e| (Step::Build, e.into()))?;
                         }
                         (Err(e), None) => return Err((Step::Build, e.into())),
