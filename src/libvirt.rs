@@ -64,6 +64,9 @@ pub enum Action {
     /// destination, before its `prepare`): a small file, nothing that blocks,
     /// nothing printed.
     MarkIncoming,
+    /// Forget that mark (`stopped end`: a migration that failed ends with
+    /// its domain stopped, whether its `prepare` ran or not).
+    ClearIncoming,
     /// Nothing, quickly (every other op, including the XML filter
     /// `restore begin`, and `reconnect begin`).
     Nothing,
@@ -75,6 +78,7 @@ pub fn action(op: &str, subop: &str) -> Action {
         ("prepare", "begin") => Action::Attach,
         ("release", "end") => Action::Detach,
         ("migrate", "begin") => Action::MarkIncoming,
+        ("stopped", "end") => Action::ClearIncoming,
         _ => Action::Nothing,
     }
 }
@@ -185,6 +189,13 @@ pub fn wait_running(
         // libvirt rewrites the file atomically; a short poll is enough here.
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
+}
+
+/// The name of a domain's incoming-migration mark, hex-encoded as
+/// [`holder_name`] is: `web 2` and `web_2` are two domains.
+pub fn mark_name(domain: &str) -> String {
+    let hex: String = domain.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("libvirt-{hex}")
 }
 
 /// The holder record name of a domain's disk.
@@ -309,14 +320,30 @@ mod tests {
     }
 
     #[test]
+    fn incoming_marks_are_keyed_by_hex_name_and_carry_the_uuid() {
+        assert_ne!(mark_name("web 2"), mark_name("web_2"));
+        assert_eq!(mark_name("web"), "libvirt-776562");
+        assert_eq!(
+            domain_uuid(DOMAIN).as_deref(),
+            Some("6f3a1c2e-1111-2222-3333-444455556666")
+        );
+        assert_eq!(
+            domain_uuid("<domain><name>x</name><uuid> AB-CD </uuid></domain>").as_deref(),
+            Some("ab-cd")
+        );
+        assert_eq!(domain_uuid("<domain><name>x</name></domain>"), None);
+        assert_eq!(domain_uuid("not xml"), None);
+    }
+
+    #[test]
     fn only_prepare_and_release_act() {
         assert_eq!(action("migrate", "begin"), Action::MarkIncoming);
         assert_eq!(action("prepare", "begin"), Action::Attach);
         assert_eq!(action("release", "end"), Action::Detach);
+        assert_eq!(action("stopped", "end"), Action::ClearIncoming);
         for (op, sub) in [
             ("start", "begin"),
             ("started", "begin"),
-            ("stopped", "end"),
             ("restore", "begin"),
             ("reconnect", "begin"),
             ("attach", "begin"),

@@ -226,15 +226,30 @@ impl Mdadm<'_> {
     }
 
     /// `mdadm --build /dev/md/LABEL --level=1 --raid-devices=2
-    /// [--bitmap=FILE --bitmap-chunk=KIB] LEGS...`. mdadm creates the bitmap
-    /// file (it must not exist: a stale one would hide differences).
-    pub fn build(&self, label: &str, legs: &[Leg], bitmap: Option<&Bitmap>) -> Result<(), MdError> {
+    /// [--size=KIB] [--bitmap=FILE --bitmap-chunk=KIB] LEGS...`. mdadm
+    /// creates the bitmap file (it must not exist: a stale one would hide
+    /// differences). Without `--size` the array takes its first device's
+    /// size: built from a local volume that LVM rounded up to its extents,
+    /// it would outgrow the LUN, which could then never join. mdadm 4.2
+    /// and 4.3 size a bitmap file they create for `--size` 1024 times too
+    /// small (Build.c: `bitmapsize = s->size >> 9`, the size being in KiB
+    /// there), which the kernel refuses: never give both.
+    pub fn build(
+        &self,
+        label: &str,
+        legs: &[Leg],
+        bitmap: Option<&Bitmap>,
+        size_kib: Option<u64>,
+    ) -> Result<(), MdError> {
         let mut c = self.cmd().args([
             "--build",
             &label_path(label).to_string_lossy(),
             "--level=1",
             "--raid-devices=2",
         ]);
+        if let Some(kib) = size_kib {
+            c = c.arg(format!("--size={kib}"));
+        }
         if let Some(b) = bitmap {
             c = c
                 .arg(format!("--bitmap={}", b.file.display()))
@@ -498,6 +513,7 @@ mod tests {
             "vm1",
             &[Leg::Missing, Leg::WriteMostly("/dev/sdb".into())],
             None,
+            Some(16384),
         )
         .expect("build");
         m.add("vm1", Path::new("/dev/vg/vm1"), false).expect("add");
@@ -505,7 +521,7 @@ mod tests {
         assert_eq!(
             r.calls(),
             vec![
-                "mdadm --build /dev/md/vm1 --level=1 --raid-devices=2 missing --write-mostly /dev/sdb",
+                "mdadm --build /dev/md/vm1 --level=1 --raid-devices=2 --size=16384 missing --write-mostly /dev/sdb",
                 "mdadm /dev/md/vm1 --add /dev/vg/vm1",
                 "mdadm --stop /dev/md127",
             ]
@@ -527,6 +543,7 @@ mod tests {
             "vm1",
             &[Leg::Normal("/dev/vg/vm1".into()), Leg::Missing],
             Some(&b),
+            None,
         )
         .expect("build");
         m.re_add_write_mostly("vm1", Path::new("/dev/sdb"))

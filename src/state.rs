@@ -94,6 +94,10 @@ pub struct Mirror {
     /// number is reused, a dm UUID is not.
     #[serde(default)]
     pub local_id: Option<String>,
+    /// The array's size in bytes as built (`mdadm --build --size`): the
+    /// disk the VM sees.
+    #[serde(default)]
+    pub size: Option<u64>,
 }
 
 /// Where an attach got to.
@@ -161,6 +165,20 @@ pub struct Holder {
     /// ([`crate::holders`]).
     #[serde(default)]
     pub released: bool,
+}
+
+/// A domain migrating in: left by the destination's first hook call of
+/// the migration, consumed by its start (libvirt `migrate begin`, then
+/// `prepare begin`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IncomingMark {
+    /// Domain name.
+    pub domain: String,
+    /// Domain UUID from its XML: a same-named domain defined anew is
+    /// another domain.
+    pub uuid: Option<String>,
+    /// Seconds since the epoch.
+    pub since: u64,
 }
 
 /// The state directory.
@@ -243,37 +261,39 @@ impl Store {
     fn incoming_path(&self, name: &str) -> PathBuf {
         self.dir
             .join("incoming")
-            .join(format!("{}.json", crate::lock::file_key(name)))
+            .join(format!("{}.json", exact_key(name)))
     }
 
-    /// Remember that domain `name` is migrating in.
-    pub fn mark_incoming(&self, name: &str) -> Result<(), StateError> {
-        write_atomic(&self.incoming_path(name), &name)
+    /// Remember that a domain is migrating in, under `name` (one per
+    /// domain, e.g. [`crate::libvirt::mark_name`]).
+    pub fn mark_incoming(&self, name: &str, mark: &IncomingMark) -> Result<(), StateError> {
+        write_atomic(&self.incoming_path(name), mark)
     }
 
-    /// Whether domain `name` was marked as migrating in within `max_age`;
-    /// the mark is consumed.
+    /// Whether the mark under `name` is that of domain `uuid` and at most
+    /// `max_age` old; the mark is consumed either way (a start of that
+    /// name ends the attempt that left it).
     pub fn take_incoming(
         &self,
         name: &str,
+        uuid: Option<&str>,
         max_age: std::time::Duration,
     ) -> Result<bool, StateError> {
         let p = self.incoming_path(name);
         if !fsutil::check_private_subdir(p.parent().expect("has parent"))? {
             return Ok(false);
         }
-        let fresh = match fs::symlink_metadata(&p) {
-            Ok(m) => m
-                .modified()
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .map(|age| age <= max_age)
-                .unwrap_or(false),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-            Err(source) => return Err(StateError::Io { path: p, source }),
-        };
+        // An unreadable mark counts as none: it is removed below anyway.
+        let mark = read_checked::<IncomingMark>(&p).ok().flatten();
         remove(&p)?;
-        Ok(fresh)
+        Ok(mark.is_some_and(|m| {
+            m.uuid.as_deref() == uuid && now().saturating_sub(m.since) <= max_age.as_secs()
+        }))
+    }
+
+    /// Forget the mark under `name` (the attempt ended: stopped, released).
+    pub fn clear_incoming(&self, name: &str) -> Result<(), StateError> {
+        remove(&self.incoming_path(name))
     }
 
     /// Record that this tool logged in to `target`.
@@ -292,10 +312,80 @@ impl Store {
     }
 }
 
-/// The local leg of a label holds writes its iSCSI leg lacks (the iSCSI
-/// leg failed, or was MISSING): the next attach must copy local → iSCSI,
-/// not the seed's iSCSI → local. Kept under the persistent state directory
-/// so that it survives a detach, a crash and a reboot.
+/// A local volume that has been a mirror's local leg, keyed by its
+/// identity ([`crate::volume::identity`]), not by the label or path that
+/// named it: what LUN it mirrors, how large the disk the VM saw is, and
+/// whether it holds writes that LUN lacks (the iSCSI leg failed, or was
+/// MISSING). Kept under the persistent state directory so that it
+/// survives a detach, a crash and a reboot; written before the array is
+/// built.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LocalCopy {
+    /// The local volume's identity (`dm:LVM-...`).
+    pub local_id: String,
+    /// Its path when last attached (for messages; not an identity).
+    pub local: PathBuf,
+    /// The label it was last attached under (for messages).
+    pub label: String,
+    /// The spec it was last attached with.
+    pub spec: String,
+    /// The LUN it mirrors; None while it was only ever attached with a
+    /// MISSING target.
+    pub lun: Option<LunId>,
+    /// The array's size in bytes, the disk as the VM saw it. None only
+    /// for a record of an earlier version that did not know it.
+    pub size: Option<u64>,
+    /// Set while it holds writes that LUN lacks.
+    pub newer: Option<Newer>,
+}
+
+/// A LUN's identity: its address and, once seen, its SCSI wwid.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LunId {
+    /// Target name.
+    pub target: String,
+    /// LUN.
+    pub lun: u32,
+    /// `device/wwid` of its disk, when known.
+    pub wwid: Option<String>,
+}
+
+impl LunId {
+    /// The same LUN: same target and number, and the same wwid when both
+    /// are known (another disk can take a LUN's address).
+    pub fn same(&self, other: &LunId) -> bool {
+        self.target == other.target
+            && self.lun == other.lun
+            && match (&self.wwid, &other.wwid) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+    }
+}
+
+impl std::fmt::Display for LunId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LUN {} of {}", self.lun, self.target)?;
+        match &self.wwid {
+            Some(w) => write!(f, " (wwid {w})"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Why and since when a local copy holds writes its LUN lacks.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Newer {
+    /// Seconds since the epoch when it was recorded.
+    pub since: u64,
+    /// Why (`iSCSI leg faulty`, `iSCSI leg MISSING`, ...).
+    pub reason: String,
+    /// The spec attached when it was recorded.
+    pub spec: String,
+}
+
+/// The local-is-newer record of earlier versions (`newer/LABEL.json`),
+/// keyed by label: still read and honoured, never written anew.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct LocalNewer {
     /// The label.
@@ -324,9 +414,10 @@ pub struct OpenRecord {
     pub since: u64,
 }
 
-/// Facts about labels that must survive a reboot (`state_dir`, by default
-/// `/var/lib/iscsimple`): `newer/LABEL.json`, `open/LABEL.json`, and the
-/// md write-intent bitmap files `bitmaps/LABEL.bitmap`.
+/// Facts that must survive a reboot (`state_dir`, by default
+/// `/var/lib/iscsimple`): `copies/ID.json` per local volume,
+/// `open/LABEL.json`, the md write-intent bitmap files
+/// `bitmaps/LABEL.bitmap`, and earlier versions' `newer/LABEL.json`.
 #[derive(Debug, Clone)]
 pub struct Durable {
     dir: PathBuf,
@@ -347,24 +438,65 @@ impl Durable {
             .join(format!("{}.json", crate::lock::file_key(label)))
     }
 
-    /// The local-is-newer record of `label`.
+    /// The file of the record of local volume `id`.
+    pub fn copy_path(&self, id: &str) -> PathBuf {
+        self.dir
+            .join("copies")
+            .join(format!("{}.json", exact_key(id)))
+    }
+
+    /// The record of local volume `id`.
+    pub fn copy(&self, id: &str) -> Result<Option<LocalCopy>, StateError> {
+        read_json(&self.copy_path(id))
+    }
+
+    /// Record (fsynced) a local volume's record.
+    pub fn set_copy(&self, c: &LocalCopy) -> Result<(), StateError> {
+        write_atomic(&self.copy_path(&c.local_id), c)
+    }
+
+    /// Forget local volume `id`.
+    pub fn clear_copy(&self, id: &str) -> Result<(), StateError> {
+        remove(&self.copy_path(id))
+    }
+
+    /// Remove what a write of local volume `id`'s record killed before its
+    /// rename left (the record itself stays).
+    pub fn tidy_copy(&self, id: &str) -> Result<(), StateError> {
+        remove(&self.copy_path(id).with_extension("tmp"))
+    }
+
+    /// Every local volume's record, with its file.
+    pub fn all_copies(&self) -> Result<Vec<(PathBuf, LocalCopy)>, StateError> {
+        let dir = self.dir.join("copies");
+        Ok(list_json::<LocalCopy>(&dir)?
+            .into_iter()
+            .map(|(k, c)| (dir.join(format!("{k}.json")), c))
+            .collect())
+    }
+
+    /// The earlier versions' local-is-newer record of `label`.
     pub fn newer(&self, label: &str) -> Result<Option<LocalNewer>, StateError> {
         read_json(&self.path("newer", label))
     }
 
-    /// Record (fsynced) that the local leg of `label` is newer.
+    /// Put back an earlier version's record (undo of its conversion).
     pub fn set_newer(&self, n: &LocalNewer) -> Result<(), StateError> {
         write_atomic(&self.path("newer", &n.label), n)
     }
 
-    /// Forget it (the iSCSI leg is back in sync).
+    /// Forget an earlier version's record (converted, or in sync).
     pub fn clear_newer(&self, label: &str) -> Result<(), StateError> {
         remove(&self.path("newer", label))
     }
 
-    /// Every local-is-newer record.
-    pub fn all_newer(&self) -> Result<Vec<(String, LocalNewer)>, StateError> {
-        list_json(&self.dir.join("newer"))
+    /// Every earlier version's record, with its file.
+    pub fn all_newer(&self) -> Result<Vec<(PathBuf, LocalNewer)>, StateError> {
+        let dir = self.dir.join("newer");
+        Ok(list_json::<LocalNewer>(&dir)?
+            .into_iter()
+            .map(|(k, n)| (dir.join(format!("{k}.json")), n))
+            .collect())
     }
 
     /// The open record of `label`.
@@ -412,6 +544,21 @@ pub fn boot_id() -> String {
     fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
+}
+
+/// A file name for `s` that no other string gets: letters, digits, `.`
+/// and `-` stay, every other byte is `_` and two hex digits (an identity
+/// such as a t10 wwid holds spaces, and `_` itself must stay apart).
+fn exact_key(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'.' || b == b'-' {
+                char::from(b).to_string()
+            } else {
+                format!("_{b:02x}")
+            }
+        })
+        .collect()
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, StateError> {
@@ -539,6 +686,7 @@ mod tests {
                 devnum: None,
                 local_devnum: None,
                 local_id: None,
+                size: None,
             }),
         }
     }
@@ -577,7 +725,12 @@ mod tests {
         let base = d.path().join("run/iscsimple");
         let s = Store::new(&base);
         s.save("l1", &sample()).expect("save");
-        s.mark_incoming("vm1").expect("mark");
+        let mark = IncomingMark {
+            domain: "vm1".into(),
+            uuid: None,
+            since: now(),
+        };
+        s.mark_incoming("vm1", &mark).expect("mark");
         let durable = Durable::new(&d.path().join("lib/iscsimple"));
         durable
             .set_open(&OpenRecord {
@@ -678,5 +831,66 @@ mod tests {
         assert_eq!(fs::read_to_string(&victim).expect("read"), "precious");
         assert_eq!(s.load("l1").expect("load"), Some(sample()));
         assert!(!d.path().join("attachments/l1.tmp").exists());
+    }
+
+    #[test]
+    fn exact_keys_never_collide() {
+        assert_ne!(exact_key("web 2"), exact_key("web_2"));
+        assert_ne!(exact_key("dev:8:1"), exact_key("dev_8_1"));
+        assert_eq!(exact_key("dm:LVM-abc.1"), "dm_3aLVM-abc.1");
+    }
+
+    #[test]
+    fn an_incoming_mark_is_one_domain_one_attempt() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let s = Store::new(d.path());
+        let day = std::time::Duration::from_secs(86400);
+        let mark = |uuid: Option<&str>, since| IncomingMark {
+            domain: "web".into(),
+            uuid: uuid.map(str::to_string),
+            since,
+        };
+        assert!(!s.take_incoming("m", Some("u1"), day).expect("none"));
+        // Consumed by the first start.
+        s.mark_incoming("m", &mark(Some("u1"), now()))
+            .expect("mark");
+        assert!(s.take_incoming("m", Some("u1"), day).expect("take"));
+        assert!(!s.take_incoming("m", Some("u1"), day).expect("consumed"));
+        // Another domain of the same name: not its migration; consumed too.
+        s.mark_incoming("m", &mark(Some("u1"), now()))
+            .expect("mark");
+        assert!(!s.take_incoming("m", Some("u2"), day).expect("other uuid"));
+        assert!(!s.take_incoming("m", Some("u1"), day).expect("consumed"));
+        // Too old.
+        s.mark_incoming("m", &mark(Some("u1"), now() - 600))
+            .expect("mark");
+        assert!(!s
+            .take_incoming("m", Some("u1"), std::time::Duration::from_secs(120))
+            .expect("old"));
+        // Cleared (stopped, release).
+        s.mark_incoming("m", &mark(Some("u1"), now()))
+            .expect("mark");
+        s.clear_incoming("m").expect("clear");
+        assert!(!s.take_incoming("m", Some("u1"), day).expect("cleared"));
+    }
+
+    #[test]
+    fn a_lun_is_its_address_and_its_wwid() {
+        let id = |t: &str, l, w: Option<&str>| LunId {
+            target: t.into(),
+            lun: l,
+            wwid: w.map(str::to_string),
+        };
+        assert!(id("t", 1, Some("a")).same(&id("t", 1, Some("a"))));
+        assert!(
+            id("t", 1, None).same(&id("t", 1, Some("a"))),
+            "wwid unknown yet"
+        );
+        assert!(
+            !id("t", 1, Some("a")).same(&id("t", 1, Some("b"))),
+            "another disk"
+        );
+        assert!(!id("t", 1, Some("a")).same(&id("t", 2, Some("a"))));
+        assert!(!id("t", 1, Some("a")).same(&id("u", 1, Some("a"))));
     }
 }

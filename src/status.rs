@@ -290,16 +290,27 @@ pub fn report(sys: &Sys, store: &Store, durable: &Durable) -> Result<Report, Sta
         .filter(|d| !used_disks.contains(&d.hctl))
         .map(|d| format!("{} {}", d.hctl, d.block.as_deref().unwrap_or("-")))
         .collect();
-    let local_newer = durable
-        .all_newer()?
+    // Per local volume, then earlier versions' label-keyed records (honoured
+    // until the volume's next attach folds them in).
+    let mut local_newer: Vec<NewerStatus> = durable
+        .all_copies()?
         .into_iter()
-        .map(|(_, n)| NewerStatus {
-            label: n.label,
-            local: n.local.display().to_string(),
-            reason: n.reason,
-            since: n.since,
+        .filter_map(|(_, c)| {
+            let n = c.newer?;
+            Some(NewerStatus {
+                label: c.label,
+                local: c.local.display().to_string(),
+                reason: n.reason,
+                since: n.since,
+            })
         })
         .collect();
+    local_newer.extend(durable.all_newer()?.into_iter().map(|(_, n)| NewerStatus {
+        label: n.label,
+        local: n.local.display().to_string(),
+        reason: n.reason,
+        since: n.since,
+    }));
     let unclean = durable
         .all_open()?
         .into_iter()

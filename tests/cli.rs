@@ -270,7 +270,7 @@ mod tests {
             plan.contains("echo '- - 3' > /sys/class/scsi_host/hostN/scan"),
             "{plan}"
         );
-        assert!(plan.contains("mdadm --build /dev/md/vm1 --level=1 --raid-devices=2 missing --write-mostly ISCSI_DEV"), "{plan}");
+        assert!(plan.contains("mdadm --build /dev/md/vm1 --level=1 --raid-devices=2 --size=LUN_KIB missing --write-mostly ISCSI_DEV"), "{plan}");
         assert!(
             lines.last().expect("lines").ends_with("/dev/md/vm1"),
             "{plan}"

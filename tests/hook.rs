@@ -99,6 +99,30 @@ mod tests {
     }
 
     #[test]
+    fn stopped_and_release_end_an_incoming_migration() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let c = config(d.path());
+        let marks = || {
+            std::fs::read_dir(d.path().join("run/incoming"))
+                .map(|r| r.count())
+                .unwrap_or(0)
+        };
+        for (op, sub) in [("stopped", "end"), ("release", "end")] {
+            let o = hook(&c, &["vm1", "migrate", "begin", "-"], OURS);
+            assert_eq!(o.status.code(), Some(0));
+            assert_eq!(marks(), 1, "marked");
+            let o = hook(&c, &["vm1", op, sub, "-"], OURS);
+            assert_eq!(
+                (o.status.code(), o.stdout.as_slice()),
+                (Some(0), &b""[..]),
+                "{op}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            assert_eq!(marks(), 0, "{op} {sub} ends the attempt");
+        }
+    }
+
+    #[test]
     fn domains_without_our_metadata_are_ignored_silently() {
         let d = tempfile::tempdir().expect("tempdir");
         let c = config(d.path());

@@ -47,7 +47,7 @@ libvirt qemu hook (disks listed in the domain metadata)
 what is attached now, holders, locks
 .TP
 .I /var/lib/iscsimple
-local-is-newer and open records, write-intent bitmaps (kept across reboots)
+local volumes' records (LUN, disk size, newer data), open records, write-intent bitmaps (kept across reboots)
 .SH LOGGING
 On a terminal, logs go to stderr (\fB\-v\fR, \fB\-q\fR). Without one (run by xl, libvirt or systemd) they go to journald, with the spec and domain as fields (\fBjournalctl \-t iscsimple DOMAIN=vm1\fR), or to syslog (facility daemon, tag iscsimple) where journald does not run. Standard output carries only the result.
 .SH "SEE ALSO"

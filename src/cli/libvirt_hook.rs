@@ -10,7 +10,7 @@ use iscsimple::holders::{self, HolderError, HostLiveness, Preparing};
 use iscsimple::libvirt::{self, Action};
 use iscsimple::runner::RealRunner;
 use iscsimple::spec::Spec;
-use iscsimple::state::Holder;
+use iscsimple::state::{Holder, IncomingMark};
 
 use super::{load_config, CmdResult, Failure};
 
@@ -37,6 +37,21 @@ pub(crate) fn run(args: Args, config: Option<&Path>) -> CmdResult {
     // libvirt writes the whole XML and closes stdin; read it so it never blocks.
     let read = std::io::stdin().read_to_string(&mut xml);
     if action == Action::Nothing {
+        return Ok(());
+    }
+    if action == Action::ClearIncoming {
+        // Best effort: the domain is gone either way.
+        match load_config(config) {
+            Ok(c) => {
+                let store = iscsimple::state::Store::new(&c.run_dir);
+                if let Err(e) = store.clear_incoming(&libvirt::mark_name(&args.name)) {
+                    tracing::warn!(domain = %args.name, error = %e, "cannot clear the incoming-migration mark");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(domain = %args.name, error = %e.error, "config unusable at stopped")
+            }
+        }
         return Ok(());
     }
     let disks = match read
@@ -66,7 +81,15 @@ pub(crate) fn run(args: Args, config: Option<&Path>) -> CmdResult {
     match action {
         Action::MarkIncoming if !disks.is_empty() => {
             // Best effort and quick: this op is an XML filter and must not fail.
-            if let Err(e) = engine.store.mark_incoming(&args.name) {
+            let mark = IncomingMark {
+                domain: args.name.clone(),
+                uuid: libvirt::domain_uuid(&xml),
+                since: iscsimple::state::now(),
+            };
+            if let Err(e) = engine
+                .store
+                .mark_incoming(&libvirt::mark_name(&args.name), &mark)
+            {
                 tracing::error!(domain = %args.name, error = %e, "cannot record the incoming migration");
             }
             Ok(())
@@ -76,22 +99,30 @@ pub(crate) fn run(args: Args, config: Option<&Path>) -> CmdResult {
             super::require_programs(&runner)?;
             let incoming = engine
                 .store
-                .take_incoming(&args.name, INCOMING_MAX_AGE)
+                .take_incoming(
+                    &libvirt::mark_name(&args.name),
+                    libvirt::domain_uuid(&xml).as_deref(),
+                    INCOMING_MAX_AGE,
+                )
                 .map_err(Failure::failed)?;
             let uuid = libvirt::domain_uuid(&xml);
             attach_all(&engine, &args.name, uuid, &disks, incoming)
         }
         Action::Detach => {
             super::check_dirs(&config, &format!("libvirt hook {} {}", args.op, args.subop))?;
-            let _ = engine.store.take_incoming(&args.name, INCOMING_MAX_AGE);
+            let _ = engine.store.clear_incoming(&libvirt::mark_name(&args.name));
             detach_all(&engine, &args.name)
         }
         _ => Ok(()),
     }
 }
 
-/// A `migrate begin` older than this is not taken as the start of this `prepare`.
-const INCOMING_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+/// A `migrate begin` older than this is not taken as the start of this
+/// `prepare`: libvirt runs both hooks of one incoming migration within
+/// its Prepare phase, seconds apart. A mark left by a migration that
+/// failed before its start (no `stopped`, no `release`) must not make a
+/// later normal start look incoming.
+const INCOMING_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Attach every disk, each checked before any is touched (spec, label
 /// table, local volume, label and LUN free, recorded newer data, no other

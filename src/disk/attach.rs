@@ -1,18 +1,17 @@
 //! Attach (and its dry-run plan): input checks first, then the iSCSI leg,
 //! then the mirror; every step that changes the host pushes its undo.
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::array::Expected;
+use super::copies::{Asked, Verdict};
 use super::undo::Undo;
-use super::{
-    key_of, lun_of, remove_file, when, AttachOptions, Cause, DiskError, Engine, NewerConflict, Step,
-};
+use super::{key_of, lun_of, remove_file, when, AttachOptions, Cause, DiskError, Engine, Step};
 use crate::iscsi;
 use crate::labels::{LabelTable, LocalDevice};
 use crate::lock::file_key;
 use crate::md::{self, Bitmap, Leg, MdError};
 use crate::spec::Spec;
-use crate::state::{self, Attachment, LocalNewer, Mirror, OpenRecord, Phase};
+use crate::state::{self, Attachment, LunId, Mirror, OpenRecord, Phase};
 use crate::volume;
 
 /// What a spec asks for, from the label table and the local volume.
@@ -107,7 +106,8 @@ impl Engine<'_> {
     }
 
     /// Check `spec` as attach would before it changes anything (label
-    /// table, local volume, label and LUN free, recorded newer data),
+    /// table, local volume, label and LUN free, the local copies' records:
+    /// newer data elsewhere, an incoming migration meeting newer data),
     /// without locking or changing anything: for a caller about to attach
     /// several disks, so that a bad one is refused before any is touched.
     /// An attachment of this very spec passes (attach hands it out again).
@@ -142,8 +142,15 @@ impl Engine<'_> {
                 .conflicts(spec, &key, inputs.local.as_ref())
                 .map_err(fail)?,
         }
-        self.newer_conflict(spec, inputs.local.as_ref(), opts)
-            .map_err(fail)
+        self.judge_copies(&Asked {
+            spec,
+            local: inputs.local.as_ref(),
+            lun: spec_lun(spec),
+            lun_size: None,
+            defer_local: opts.defer_local,
+        })
+        .map(|_| ())
+        .map_err(fail)
     }
 
     /// The ordered plan of `attach` (for `--dry-run`): one line per command
@@ -207,7 +214,15 @@ impl Engine<'_> {
             ));
         }
         if let Some(label) = &spec.label {
-            let mut legs = vec!["missing".to_string()];
+            // Pinned: the LUN's size, or the one recorded for the local volume.
+            let mut legs = vec![
+                match &spec.target {
+                    Some(_) => "--size=LUN_KIB",
+                    None => "--size=RECORDED_KIB",
+                }
+                .to_string(),
+                "missing".to_string(),
+            ];
             match &spec.target {
                 Some(_) => legs.push("--write-mostly ISCSI_DEV".into()),
                 None => legs.push(
@@ -328,8 +343,14 @@ impl Engine<'_> {
             }
         }
         self.conflicts(spec, key, local.as_ref())?;
-
-        let trust_local = self.choose_source(spec, local.as_ref(), open.as_ref(), opts, undo)?;
+        // What the records refuse already, before anything is touched.
+        self.judge_copies(&Asked {
+            spec,
+            local: local.as_ref(),
+            lun: spec_lun(spec),
+            lun_size: None,
+            defer_local: opts.defer_local,
+        })?;
 
         let mut att = Attachment {
             spec: spec.to_string(),
@@ -345,6 +366,7 @@ impl Engine<'_> {
                 devnum: None,
                 local_devnum: local.as_ref().map(|v| v.devnum.clone()),
                 local_id: local.as_ref().map(|v| v.id.clone()),
+                size: None,
             }),
         };
         self.store
@@ -365,9 +387,29 @@ impl Engine<'_> {
             }
             None => None,
         };
+        // The records again, with the LUN's wwid and size: which copy is
+        // the source, and the array's size.
+        let lun = att.iscsi.as_ref().map(|i| LunId {
+            target: i.target.clone(),
+            lun: i.lun,
+            wwid: i.wwid.clone(),
+        });
+        let verdict = self.judge_copies(&Asked {
+            spec,
+            local: local.as_ref(),
+            lun: lun.clone(),
+            lun_size: att.iscsi.as_ref().map(|i| i.size),
+            defer_local: opts.defer_local,
+        })?;
+        let trust_local = verdict.trust_local;
         if let (Some(v), Some(leg)) = (&local, &att.iscsi) {
-            volume::check_size(v, leg.size).map_err(|e| (Step::Size, e.into()))?;
+            // The local leg joins an array of the LUN's size (a source
+            // local leg was checked against the disk the VM used).
+            if !trust_local {
+                volume::check_size(v, leg.size).map_err(|e| (Step::Size, e.into()))?;
+            }
         }
+        self.tell_source(spec, local.as_ref(), open.as_ref(), &verdict);
 
         // The mirror.
         let device = match &spec.label {
@@ -398,21 +440,29 @@ impl Engine<'_> {
                     })
                     .map_err(|e| (Step::State, e.into()))?;
                 undo.push(Undo::RestoreOpen(label.to_string(), open.clone()));
-                if iscsi_dev.is_none() {
-                    // Every write from now on reaches the local leg only.
-                    self.ensure_newer(
-                        label,
-                        spec,
-                        local.as_ref().map(|v| v.path.clone()),
-                        "iSCSI leg MISSING",
-                        undo,
-                    )?;
+                let size = verdict
+                    .size
+                    .expect("known after the scan, or without an iSCSI leg");
+                if let Some(m) = att.mirror.as_mut() {
+                    m.size = Some(size);
                 }
-                let size = att.iscsi.as_ref().map(|i| i.size).unwrap_or(0);
+                if let Some(v) = &local {
+                    // Before the array exists: its size, its LUN, and (the
+                    // iSCSI leg MISSING) that every write from now on
+                    // reaches the local leg only.
+                    self.record_copy(spec, v, &verdict, lun.as_ref(), undo)?;
+                }
+                // Only for an array built from the LUN alone, which has
+                // the LUN's size without `--size` (see Mdadm::build). Built
+                // from the local leg it has none: its first resync is full
+                // anyway, and so is a heal while it lasts.
                 let bitmap = match (&iscsi_dev, &local) {
-                    (Some(_), Some(_)) if !opts.defer_local => self.bitmap_for(spec, label, size),
+                    (Some(_), Some(_)) if !opts.defer_local && !trust_local => {
+                        self.bitmap_for(spec, label, size)
+                    }
                     _ => None,
                 };
+                let pin = |bitmap: Option<&Bitmap>| bitmap.is_none().then_some(size / 1024);
                 if let Some(stale) = self.sys.link_name(md::label_path(label)) {
                     // A link left by an array stopped without udev would confuse mdadm.
                     md::remove_stale_nodes(&self.sys, label, &stale)
@@ -430,7 +480,9 @@ impl Engine<'_> {
                         expect: expect.clone(),
                         bitmap: Some(self.durable.bitmap(label)),
                     });
-                    let built = self.mdadm().build(label, &legs, bitmap.as_ref());
+                    let built =
+                        self.mdadm()
+                            .build(label, &legs, bitmap.as_ref(), pin(bitmap.as_ref()));
                     match (built, &bitmap) {
                         (Ok(()), Some(b)) => {
                             if let Some(m) = att.mirror.as_mut() {
@@ -447,7 +499,7 @@ impl Engine<'_> {
                             }
                             remove_file(&b.file).map_err(|e| (Step::Build, e.into()))?;
                             self.mdadm()
-                                .build(label, &legs, None)
+                                .build(label, &legs, None, pin(None))
                                 .map_err(|e| (Step::Build, e.into()))?;
                         }
                         (Err(e), None) => return Err((Step::Build, e.into())),
@@ -526,57 +578,29 @@ impl Engine<'_> {
         Ok(device)
     }
 
-    /// Which copy this attach builds from, per what this host recorded:
-    /// true for the local leg (it holds writes the iSCSI disk lacks), false
-    /// for the seed's rule (the iSCSI copy overwrites the local one). Tells
-    /// the caller about an earlier use of the label that did not end cleanly.
-    fn choose_source(
+    /// Tell the caller which copy this attach builds from (the local leg
+    /// when its record says it holds writes the iSCSI disk lacks, else the
+    /// seed's rule: the iSCSI copy overwrites the local one), and about an
+    /// earlier use of the label that did not end cleanly.
+    fn tell_source(
         &self,
         spec: &Spec,
         local: Option<&volume::Volume>,
         open: Option<&OpenRecord>,
-        opts: AttachOptions,
-        undo: &mut Vec<Undo>,
-    ) -> Result<bool, (Step, Cause)> {
+        verdict: &Verdict,
+    ) {
         let Some(label) = &spec.label else {
-            return Ok(false);
+            return;
         };
         let label = label.as_str();
-        let shown = spec.to_string();
-        let newer = self
-            .durable
-            .newer(label)
-            .map_err(|e| (Step::State, e.into()))?;
-        let mut trust_local = false;
-        if let Some(n) = &newer {
-            let same = local
-                .map(|v| self.same_file(&v.path, &n.local))
-                .unwrap_or(false);
-            if opts.defer_local {
-                // The migrating VM runs on the iSCSI disk elsewhere: that is its disk now.
-                self.notice(
-                    &shown,
-                    format!(
-                        "dropping the record that the local leg {} of {label} is newer ({}): an incoming migration brings the running VM's disk",
-                        n.local.display(),
-                        n.reason
-                    ),
-                );
-                self.durable
-                    .clear_newer(label)
-                    .map_err(|e| (Step::State, e.into()))?;
-                undo.push(Undo::RestoreNewer(label.to_string(), newer.clone()));
-            } else if spec.target.is_some() {
-                if !same {
-                    self.newer_conflict(spec, local, opts)?;
-                }
-                trust_local = true;
-            }
-        }
-        let why = match (&newer, trust_local) {
-            (Some(n), true) => format!(
+        let newer = verdict
+            .own
+            .as_ref()
+            .and_then(|k| Some((&k.copy, k.copy.newer.as_ref()?)));
+        let why = match newer {
+            Some((c, n)) if verdict.trust_local => format!(
                 "trusting the local leg {}: {} ({}); resyncing local -> iSCSI",
-                n.local.display(),
+                local.map_or(&c.local, |v| &v.path).display(),
                 n.reason,
                 when(n.since)
             ),
@@ -588,6 +612,7 @@ impl Engine<'_> {
             }
             _ => "trusting the iSCSI disk (no record of its leg failing); the local leg is resynced from it".to_string(),
         };
+        let shown = spec.to_string();
         if let Some(o) = open {
             let what = if o.boot_id != state::boot_id() {
                 format!(
@@ -602,79 +627,9 @@ impl Engine<'_> {
                 )
             };
             self.notice(&shown, format!("{what}; {why}"));
-        } else if trust_local {
+        } else if verdict.trust_local {
             self.notice(&shown, why);
         }
-        Ok(trust_local)
-    }
-
-    /// The refusal [`Engine::choose_source`] would give: the local leg
-    /// recorded as newer is not the one this attach would use as source.
-    fn newer_conflict(
-        &self,
-        spec: &Spec,
-        local: Option<&volume::Volume>,
-        opts: AttachOptions,
-    ) -> Result<(), (Step, Cause)> {
-        let (Some(label), Some(_)) = (&spec.label, &spec.target) else {
-            return Ok(());
-        };
-        if opts.defer_local {
-            return Ok(());
-        }
-        let label = label.as_str();
-        let Some(n) = self
-            .durable
-            .newer(label)
-            .map_err(|e| (Step::State, e.into()))?
-        else {
-            return Ok(());
-        };
-        if local.is_some_and(|v| self.same_file(&v.path, &n.local)) {
-            return Ok(());
-        }
-        Err((
-            Step::LocalVolume,
-            Cause::LocalIsNewer(Box::new(NewerConflict {
-                label: label.to_string(),
-                local: n.local.clone(),
-                record: self.durable.path("newer", label),
-                reason: n.reason.clone(),
-                what: match local {
-                    None => "the label table makes that leg MISSING".to_string(),
-                    Some(v) => format!("the label table now names {}", v.path.display()),
-                },
-            })),
-        ))
-    }
-
-    /// Record that the local leg of `label` is newer, unless already recorded.
-    fn ensure_newer(
-        &self,
-        label: &str,
-        spec: &Spec,
-        local: Option<PathBuf>,
-        reason: &str,
-        undo: &mut Vec<Undo>,
-    ) -> Result<(), (Step, Cause)> {
-        let Some(local) = local else { return Ok(()) };
-        let prior = self
-            .durable
-            .newer(label)
-            .map_err(|e| (Step::State, e.into()))?;
-        if prior.is_none() {
-            self.durable
-                .set_newer(&LocalNewer {
-                    label: label.to_string(),
-                    spec: spec.to_string(),
-                    local,
-                    since: state::now(),
-                    reason: reason.to_string(),
-                })
-                .map_err(|e| (Step::State, e.into()))?;
-            undo.push(Undo::RestoreNewer(label.to_string(), None));
-        }
-        Ok(())
     }
 
     /// The write-intent bitmap for a new mirror, when configured and the
@@ -695,9 +650,13 @@ impl Engine<'_> {
         }
         Some(Bitmap::for_size(file, size))
     }
+}
 
-    fn same_file(&self, a: &Path, b: &Path) -> bool {
-        let c = |p: &Path| std::fs::canonicalize(self.sys.path(p)).ok();
-        a == b || (c(a).is_some() && c(a) == c(b))
-    }
+/// The spec's LUN as known before login: its address.
+fn spec_lun(spec: &Spec) -> Option<LunId> {
+    spec.target.as_ref().map(|t| LunId {
+        target: t.to_string(),
+        lun: spec.lun,
+        wwid: None,
+    })
 }

@@ -131,6 +131,10 @@ pub enum Cause {
     /// attach would not use that volume as its source.
     #[error(transparent)]
     LocalIsNewer(Box<NewerConflict>),
+    /// The LUN (or the local volume) is smaller than the disk the VM
+    /// already used.
+    #[error(transparent)]
+    WouldShrink(Box<ShrinkConflict>),
     /// The LUN is already attached (or being attached) under another spec.
     #[error("LUN {lun} of {target} is already attached as {by}")]
     LunInUse {
@@ -221,18 +225,42 @@ pub enum Cause {
 
 /// An attach that would lose a local leg's newer data.
 #[derive(Debug, thiserror::Error)]
-#[error("the local leg {} of {label} holds writes the iSCSI disk lacks (recorded in {}: {reason}); {what}; put it back in the label table, or delete that file to accept the iSCSI copy", local.display(), record.display())]
+#[error("the local leg {} of {label} holds writes the iSCSI disk lacks ({}recorded in {record}: {reason}); {what}; {fix}", local.display(), lun_text(lun))]
 pub struct NewerConflict {
-    /// The label.
+    /// The label it was last attached under.
     pub label: String,
     /// The local volume with the newer data.
     pub local: PathBuf,
-    /// The record file.
-    pub record: PathBuf,
-    /// Why it was recorded.
+    /// The LUN it mirrors, when known.
+    pub lun: Option<String>,
+    /// The record file(s).
+    pub record: String,
+    /// Why it was recorded, and since when.
     pub reason: String,
     /// What this attach would do instead.
     pub what: String,
+    /// What the person can do.
+    pub fix: String,
+}
+
+fn lun_text(lun: &Option<String>) -> String {
+    lun.as_ref().map(|l| format!("{l}; ")).unwrap_or_default()
+}
+
+/// An attach that would give a VM a smaller disk than it already used.
+#[derive(Debug, thiserror::Error)]
+#[error("{device} has {size} bytes, fewer than the {used} bytes of the disk the VM already used (recorded in {record}); {fix}")]
+pub struct ShrinkConflict {
+    /// The LUN or local volume.
+    pub device: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The disk's size as the VM saw it.
+    pub used: u64,
+    /// The record file(s).
+    pub record: String,
+    /// What the person can do.
+    pub fix: String,
 }
 
 fn budget_text(budget: Duration, left: Option<Duration>) -> String {
@@ -271,6 +299,7 @@ impl Cause {
                 | Cause::LocalNotInSync { .. }
                 | Cause::Busy { .. }
                 | Cause::Held { .. }
+                | Cause::WouldShrink(_)
                 | Cause::Volume(_)
                 | Cause::Iscsi(IscsiError::AuthFailed { .. })
                 | Cause::Iscsi(IscsiError::NotDisk { .. })

@@ -8,7 +8,7 @@ use super::array::Expected;
 use super::{Cause, DiskError, Engine, HealOptions, Healed, Health, Step};
 use crate::iscsi::{self, IscsiError};
 use crate::md::{Array, MemberCondition};
-use crate::state::{self, Attachment, LocalNewer, Phase, StateError};
+use crate::state::{Attachment, Phase, StateError};
 use crate::uevent::Watcher;
 use crate::volume;
 
@@ -83,36 +83,30 @@ impl Engine<'_> {
         })
     }
 
-    /// Keep the local-is-newer record in line with `health`: written
-    /// (fsynced) as soon as the local leg holds writes the iSCSI leg lacks,
-    /// removed once both are in sync. True when the record changed.
+    /// Keep the local copy's record in line with `health`: newer (fsynced)
+    /// as soon as the local leg holds writes the iSCSI leg lacks, not
+    /// newer once both are in sync. True when the record changed.
     pub(super) fn record_health(
         &self,
         a: &Attachment,
         health: &Health,
     ) -> Result<bool, StateError> {
-        let Some((m, local)) = a.mirror.as_ref().and_then(|m| Some((m, m.local.clone()?))) else {
-            return Ok(false);
-        };
-        let had = self.durable.newer(&m.label)?;
-        match (health, had) {
-            (Health::LocalNewer { reason, .. }, None) => {
-                self.durable.set_newer(&LocalNewer {
-                    label: m.label.clone(),
-                    spec: a.spec.clone(),
-                    local,
-                    since: state::now(),
-                    reason: reason.clone(),
-                })?;
-                tracing::warn!(spec = %a.spec, reason, "the local leg now holds writes the iSCSI disk lacks: recorded");
-                Ok(true)
+        match health {
+            Health::LocalNewer { reason, .. } => {
+                let changed = self.record_newer(a, Some(reason))?;
+                if changed {
+                    tracing::warn!(spec = %a.spec, reason, "the local leg now holds writes the iSCSI disk lacks: recorded");
+                }
+                Ok(changed)
             }
-            (Health::InSync, Some(_)) => {
-                self.durable.clear_newer(&m.label)?;
-                tracing::info!(spec = %a.spec, "iSCSI leg back in sync: local-is-newer record cleared");
-                Ok(true)
+            Health::InSync => {
+                let changed = self.record_newer(a, None)?;
+                if changed {
+                    tracing::info!(spec = %a.spec, "iSCSI leg back in sync: local-is-newer record cleared");
+                }
+                Ok(changed)
             }
-            _ => Ok(false),
+            Health::Other(_) => Ok(false),
         }
     }
 

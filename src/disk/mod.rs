@@ -17,7 +17,9 @@
 //! The rooms: [`attach`] (plan and attach), [`session`] (the iSCSI leg:
 //! login, scan, release and the one logout rule), [`array`] (build, find,
 //! verify, stop), [`undo`] (the one executor), [`health`] (legs, records,
-//! heal, join), [`detach`], and the [`budget`] every wait draws from.
+//! heal, join), [`copies`] (the local copies' records: which copy is
+//! newer, of which LUN, at what size), [`detach`], and the [`budget`] every
+//! wait draws from.
 use std::cell::{Cell, RefCell};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -34,6 +36,7 @@ use crate::sysfs::Sys;
 mod array;
 mod attach;
 mod budget;
+mod copies;
 mod detach;
 mod errors;
 mod health;
@@ -42,7 +45,7 @@ mod undo;
 
 pub use budget::{Budget, Limit};
 pub use detach::{DetachOptions, Guard};
-pub use errors::{Cause, DiskError, NewerConflict, Step};
+pub use errors::{Cause, DiskError, NewerConflict, ShrinkConflict, Step};
 
 /// How to attach.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -98,6 +98,7 @@ fn attachment() -> Attachment {
             devnum: Some("9:127".into()),
             local_devnum: Some("253:0".into()),
             local_id: Some("dm:LVM-vm1".into()),
+            size: Some(1 << 24),
         }),
     }
 }
@@ -113,7 +114,13 @@ fn engine<'a>(root: &Path, config: &'a Config, runner: &'a RecordingRunner) -> E
 fn health_follows_the_legs_and_keeps_the_record() {
     let runner = RecordingRunner::new();
     let a = attachment();
-    let newer = |c: &Config| c.state_dir.join("newer/vm1.json").exists();
+    // The record of the local volume (dm UUID LVM-vm1), newer or not.
+    let newer = |c: &Config| {
+        Durable::new(&c.state_dir)
+            .copy("dm:LVM-vm1")
+            .expect("read")
+            .is_some_and(|r| r.newer.is_some())
+    };
 
     let (d, c) = host("in_sync", Some("faulty,write_mostly"), "idle");
     let e = engine(d.path(), &c, &runner);
@@ -346,6 +353,7 @@ fn degraded_mirror(
             devnum: Some(md_num),
             local_devnum: Some(dm_num),
             local_id: Some(format!("dm:LVM-vm{n}")),
+            size: None,
         }),
     };
     e.store.save(&format!("label-vm{n}"), &a).expect("save");
@@ -624,7 +632,12 @@ fn heal_full_of_an_in_sync_mirror_records_the_local_leg_first() {
         ..HealOptions::default()
     };
     assert_eq!(e.heal(&a.spec, full).expect("heal --full"), Healed::Full);
-    let newer = e.durable.newer("vm1").expect("read").expect("recorded");
+    let copy = e
+        .durable
+        .copy("dm:LVM-vm1")
+        .expect("read")
+        .expect("the local volume's record");
+    let newer = copy.newer.expect("recorded newer");
     assert!(newer.reason.contains("--full"), "{newer:?}");
     assert_eq!(
         mdadm_calls(&runner),

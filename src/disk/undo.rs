@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use super::array::{Expected, Stopping};
 use super::{lun_of, remove_file, Cause, Engine, Step};
 use crate::iscsi;
-use crate::state::{Attachment, IscsiLeg, LocalNewer, OpenRecord};
+use crate::state::{Attachment, IscsiLeg, LocalCopy, LocalNewer, OpenRecord};
 
 /// One step back.
 #[derive(Debug)]
@@ -50,8 +50,10 @@ pub(super) enum Undo {
     RestoreOpen(String, Option<OpenRecord>),
     /// A clean end: forget the label's open record.
     ClearOpen(String),
-    /// Put back the label's local-is-newer record as it was.
+    /// Put back an earlier version's local-is-newer record of a label.
     RestoreNewer(String, Option<LocalNewer>),
+    /// Put back a local volume's record as it was.
+    RestoreCopy(String, Option<LocalCopy>),
 }
 
 impl Undo {
@@ -192,6 +194,11 @@ impl Engine<'_> {
                 Undo::RestoreNewer(label, prior) => match prior {
                     Some(n) => self.durable.set_newer(n),
                     None => self.durable.clear_newer(label),
+                }
+                .map_err(|e| (Step::State, e.into())),
+                Undo::RestoreCopy(id, prior) => match prior {
+                    Some(c) => self.durable.set_copy(c),
+                    None => self.durable.clear_copy(id),
                 }
                 .map_err(|e| (Step::State, e.into())),
             };

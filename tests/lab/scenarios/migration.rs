@@ -9,6 +9,7 @@
 //! (libvirt records `running` in its status file). The destination's local
 //! leg must join only then, and end equal to everything the source wrote.
 use std::fs;
+use std::path::Path;
 use std::time::Duration;
 
 use crate::fixture::data;
@@ -16,7 +17,7 @@ use crate::fixture::lvm::Vg;
 use crate::fixture::md::Md;
 use crate::fixture::system::Snapshot;
 use crate::fixture::target::{Kind, Target, TargetSpec};
-use crate::fixture::tool::Tool;
+use crate::fixture::tool::{syslog, tree, Tool};
 use crate::fixture::{wait_for, Lab, Udev};
 
 const IQN_A: &str = "iqn.2024-01.lab.iscsimple:mig-a";
@@ -96,6 +97,97 @@ fn lab_migration_two_hosts_local_leg_joins_after_switch() {
     data::equal(&lvb, &lun.backing, MIB).expect("destination local leg equals the LUN");
 
     assert!(b.hook("vm1", "release", "end", &xml_b).ok());
+    vg.remove();
+    Snapshot::take().assert_clean();
+}
+
+const IQN_C: &str = "iqn.2024-01.lab.iscsimple:mig-c";
+const UUID: &str = "6f3a1c2e-1111-2222-3333-444455556666";
+
+fn domain_xml_uuid(spec: &str, dev: &str, uuid: &str) -> String {
+    domain_xml(spec, dev).replacen(
+        "<name>vm1</name>",
+        &format!("<name>vm1</name><uuid>{uuid}</uuid>"),
+        1,
+    )
+}
+
+/// An incoming migration never overwrites newer local data, and only a
+/// migration's own start counts as incoming. A mirror whose iSCSI leg
+/// failed is stopped by libvirt (degraded: the local leg holds writes
+/// the LUN lacks). An incoming migration of that domain (`migrate begin`,
+/// `prepare begin`) is refused, naming the record, and changes nothing:
+/// the VM ran elsewhere on the stale iSCSI copy, a split brain. A
+/// migration that fails before its start (`migrate begin`, then `stopped`)
+/// leaves no mark behind: the next normal start trusts the local leg.
+#[test]
+fn lab_migration_libvirt_hook_incoming_keeps_newer_local_data() {
+    let _lab = Lab::start(Udev::On);
+    let t = Target::start(TargetSpec::new(Kind::Tgt, IQN_C, &[16]));
+    let lun = t.luns[0].clone();
+    let vg = Vg::create("labvg", 16 + 16);
+    let lv = vg.lv("vm1", 16);
+    let tool = Tool::new(&format!(
+        "[discovery]\nportals = [\"{}\"]\n[timeouts]\nreplacement = 5\n",
+        t.portal()
+    ));
+    tool.labels(&[("vm1-disk", lv.to_str().unwrap())]);
+    let spec = format!("lun1@{IQN_C}+vm1-disk");
+    let xml = domain_xml_uuid(&spec, "/dev/md/vm1-disk", UUID);
+
+    // A normal start; the iSCSI leg fails under the VM's writes; stop.
+    assert!(tool.hook("vm1", "prepare", "begin", &xml).ok());
+    let m = Md::by_label("vm1-disk");
+    m.wait_synced(Duration::from_secs(120));
+    let sd = m.iscsi_member().expect("iSCSI member");
+    t.kill();
+    data::fill(&m.dev(), 0, 4, 0x1ee7);
+    wait_for("md to fail the iSCSI leg", Duration::from_secs(60), || {
+        m.member_state(&sd).contains("faulty")
+    });
+    assert!(tool.hook("vm1", "stopped", "end", &xml).ok());
+    assert!(tool.hook("vm1", "release", "end", &xml).ok());
+    assert!(tool.newer("vm1-disk"), "the local leg is newer");
+    t.up();
+    Snapshot::take().assert_clean();
+    let records = tree(Path::new("/var/lib/iscsimple"));
+
+    // An incoming migration of this domain: refused, naming the record.
+    assert!(tool.hook("vm1", "migrate", "begin", &xml).ok());
+    let o = tool.hook("vm1", "prepare", "begin", &xml);
+    assert!(!o.ok(), "an incoming migration is refused");
+    assert!(
+        o.stderr.contains("recorded in /var/lib/iscsimple/") && o.stderr.contains("split brain"),
+        "names the record and why: {}",
+        o.stderr
+    );
+    // libvirt calls stopped and release after a failed prepare.
+    assert!(tool.hook("vm1", "stopped", "end", &xml).ok());
+    assert!(tool.hook("vm1", "release", "end", &xml).ok());
+    Snapshot::take().assert_clean();
+    assert_eq!(
+        tree(Path::new("/var/lib/iscsimple")),
+        records,
+        "the records are unchanged"
+    );
+    assert!(tool.newer("vm1-disk"));
+
+    // A migration that failed before its start: migrate begin, stopped.
+    // The next start is a normal one: it trusts the local leg.
+    assert!(tool.hook("vm1", "migrate", "begin", &xml).ok());
+    assert!(tool.hook("vm1", "stopped", "end", &xml).ok());
+    let o = tool.hook("vm1", "prepare", "begin", &xml);
+    assert!(o.ok(), "a normal start: {}", o.stderr);
+    assert!(
+        syslog().contains("trusting the local leg"),
+        "the start trusted the local leg"
+    );
+    let m = Md::by_label("vm1-disk");
+    assert_eq!(m.members().len(), 2, "both legs: not deferred");
+    m.wait_synced(Duration::from_secs(120));
+    data::verify(&lun.backing, 0, 4, 0x1ee7);
+    data::equal(&lv, &lun.backing, 16).expect("legs equal");
+    assert!(tool.hook("vm1", "release", "end", &xml).ok());
     vg.remove();
     Snapshot::take().assert_clean();
 }

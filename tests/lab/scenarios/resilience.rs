@@ -68,7 +68,10 @@ fn lab_network_cut_shorter_than_timeout() {
 
 const BIG: u64 = 128;
 const SPEC: &str = "lun1@iqn.2024-01.lab.iscsimple:resilience+vm1-disk";
-const NEWER: &str = "/var/lib/iscsimple/newer/vm1-disk.json";
+/// The local volume of the degraded-detach scenario: LVM rounds sizes up
+/// to its 4 MiB extents, so a local volume is often larger than its LUN.
+const LV_MIB: u64 = MIB + 4;
+const SPEC_RENAMED: &str = "lun1@iqn.2024-01.lab.iscsimple:resilience+vm1-renamed";
 
 /// A mirrored disk on `t`'s first LUN with a local LV of the same size,
 /// attached and in sync; `timeouts` is the config's `[timeouts]` body;
@@ -83,9 +86,13 @@ struct Mirrored {
 }
 
 fn mirrored(t: &Target, timeouts: &str, spare: u64) -> Mirrored {
-    let mib = t.luns[0].mib;
-    let vg = Vg::create("labvg", mib + spare + 16);
-    let lv = vg.lv("vm1", mib);
+    mirrored_lv(t, timeouts, spare, t.luns[0].mib)
+}
+
+/// [`mirrored`] with a local LV of `lv_mib`.
+fn mirrored_lv(t: &Target, timeouts: &str, spare: u64, lv_mib: u64) -> Mirrored {
+    let vg = Vg::create("labvg", lv_mib + spare + 16);
+    let lv = vg.lv("vm1", lv_mib);
     let tool = Tool::new(&format!(
         "[discovery]\nportals = [\"{}\"]\n[timeouts]\n{timeouts}\n",
         t.portal()
@@ -158,7 +165,7 @@ fn lab_target_dies_under_writer_watch_heals_with_bitmap() {
     let recorded = wait_for(
         "watch to record that the local leg is newer",
         Duration::from_secs(10),
-        || Path::new(NEWER).exists(),
+        || tool.newer("vm1-disk"),
     );
     writer.wait_rounds(2);
     let last = writer.finish() - 1;
@@ -206,7 +213,7 @@ fn lab_target_dies_under_writer_watch_heals_with_bitmap() {
     wait_for(
         "watch to heal and clear the record",
         Duration::from_secs(120),
-        || !Path::new(NEWER).exists(),
+        || !tool.newer("vm1-disk"),
     );
     m.wait_synced(Duration::from_secs(120));
     crate::fixture::cmd::write(format!("{}/sync_speed_max", m.sys().display()), "system");
@@ -246,7 +253,7 @@ fn lab_target_dies_under_writer_watch_heals_with_bitmap() {
     let out = tool.run(&["heal", "vm1-disk"]);
     assert_ne!(out.code, 0, "heal must fail while the session is down");
     assert!(out.stderr.contains("not LOGGED_IN"), "{}", out.stderr);
-    assert!(Path::new(NEWER).exists(), "heal recorded the degraded leg");
+    assert!(tool.newer("vm1-disk"), "heal recorded the degraded leg");
     t.up();
     wait_for(
         "the session to come back",
@@ -299,7 +306,7 @@ fn lab_target_dies_under_writer_watch_heals_with_bitmap() {
     data::equal(&lv, &lun.backing, BIG).expect("legs equal");
 
     tool.run(&["watch", "--once"]);
-    assert!(!Path::new(NEWER).exists(), "no record once in sync");
+    assert!(!tool.newer("vm1-disk"), "no record once in sync");
     tool.detach("vm1-disk");
     assert!(!Path::new("/var/lib/iscsimple/bitmaps/vm1-disk.bitmap").exists());
     assert!(!Path::new("/var/lib/iscsimple/open/vm1-disk.json").exists());
@@ -313,6 +320,11 @@ fn lab_target_dies_under_writer_watch_heals_with_bitmap() {
 /// array from the local leg and resyncs it onto the iSCSI disk. The seed's
 /// commands on a copy of the same local volume show they would have lost
 /// those writes. A label table that would drop the newer leg is refused.
+/// The local volume is larger than the LUN (LVM extents): every array,
+/// from either leg, is the LUN's size, so the LUN can always join. The
+/// record follows the volume, not the label: renamed in the table, the
+/// next attach still trusts it. A MISSING-target attach runs on the disk
+/// the VM had (the recorded size), and the LUN then joins it.
 #[test]
 fn lab_degraded_detach_then_attach_local_wins() {
     let _lab = Lab::start(Udev::On);
@@ -325,8 +337,13 @@ fn lab_degraded_detach_then_attach_local_wins() {
         dev,
         m,
         sd,
-    } = mirrored(&t, "replacement = 5", MIB);
-    let copy = vg.lv("seedcopy", MIB);
+    } = mirrored_lv(&t, "replacement = 5", LV_MIB, LV_MIB);
+    assert_eq!(
+        data::size(&dev),
+        MIB << 20,
+        "the array is the LUN's size, not the local volume's"
+    );
+    let copy = vg.lv("seedcopy", LV_MIB);
     t.kill();
     data::fill(&dev, 8, 4, 0xbeef);
     wait_for("md to fail the iSCSI leg", Duration::from_secs(60), || {
@@ -339,7 +356,7 @@ fn lab_degraded_detach_then_attach_local_wins() {
         "detach warns: {}",
         out.stderr
     );
-    assert!(Path::new(NEWER).exists(), "record kept after detach");
+    assert!(tool.newer("vm1-disk"), "record kept after detach");
     Snapshot::take().assert_clean();
     data::verify(&lv, 8, 4, 0xbeef);
     data::verify(&lun.backing, 8, 4, lun.seed); // the iSCSI disk is stale
@@ -391,7 +408,8 @@ fn lab_degraded_detach_then_attach_local_wins() {
     tool.labels(&[("vm1-disk", "MISSING")]);
     let line = tool.attach_fails(SPEC, 2);
     assert!(
-        line.contains("holds writes the iSCSI disk lacks") && line.contains(NEWER),
+        line.contains("holds writes the iSCSI disk lacks")
+            && line.contains("recorded in /var/lib/iscsimple/"),
         "{line}"
     );
     tool.labels(&[("vm1-disk", copy.to_str().unwrap())]);
@@ -399,7 +417,7 @@ fn lab_degraded_detach_then_attach_local_wins() {
     assert!(line.contains("now names"), "{line}");
     Snapshot::take().assert_clean();
 
-    // iscsimple: the local leg wins.
+    // iscsimple: the local leg wins, on an array of the LUN's size.
     tool.labels(&[("vm1-disk", lv.to_str().unwrap())]);
     let out = tool.run(&["attach", SPEC]);
     assert!(out.ok(), "{}", out.stderr);
@@ -409,16 +427,72 @@ fn lab_degraded_detach_then_attach_local_wins() {
         out.stderr
     );
     let m = Md::by_label("vm1-disk");
+    assert_eq!(data::size(&m.dev()), MIB << 20, "the LUN's size");
     m.wait_synced(Duration::from_secs(120));
     let sd = m.iscsi_member().expect("iSCSI member");
     assert!(m.member_state(&sd).contains("write_mostly"));
     data::verify(&m.dev(), 8, 4, 0xbeef);
     data::verify(&lun.backing, 8, 4, 0xbeef);
     data::equal(&lv, &lun.backing, MIB).expect("legs equal");
-    assert!(Path::new(NEWER).exists(), "cleared only once seen in sync");
+    assert!(tool.newer("vm1-disk"), "cleared only once seen in sync");
     tool.run(&["watch", "--once"]);
-    assert!(!Path::new(NEWER).exists(), "cleared once in sync");
+    assert!(!tool.newer("vm1-disk"), "cleared once in sync");
+
+    // Degraded again, then the label is renamed in the table, same
+    // volume: the record is the volume's, the next attach trusts it.
+    t.kill();
+    data::fill(&m.dev(), 0, 4, 0xfeed);
+    wait_for("md to fail the iSCSI leg", Duration::from_secs(60), || {
+        m.member_state(&sd).contains("faulty")
+    });
     tool.detach("vm1-disk");
+    assert!(tool.newer("vm1-disk"), "recorded again");
+    t.up();
+    tool.labels(&[("vm1-renamed", lv.to_str().unwrap())]);
+    let out = tool.run(&["attach", SPEC_RENAMED]);
+    assert!(out.ok(), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("trusting the local leg"),
+        "a renamed label keeps its volume's record: {}",
+        out.stderr
+    );
+    let m = Md::by_label("vm1-renamed");
+    m.wait_synced(Duration::from_secs(120));
+    data::verify(&lun.backing, 0, 4, 0xfeed);
+    data::verify(&lun.backing, 8, 4, 0xbeef);
+    data::equal(&lv, &lun.backing, MIB).expect("legs equal");
+    tool.run(&["watch", "--once"]);
+    assert!(tool.local_newer().is_empty(), "cleared once in sync");
+    tool.detach("vm1-renamed");
+
+    // The iSCSI leg MISSING: the VM runs on the local leg alone, on the
+    // disk it had (the recorded size), and the LUN joins it afterwards.
+    let out = tool.run(&["attach", "MISSING+vm1-renamed"]);
+    assert!(out.ok(), "{}", out.stderr);
+    let m = Md::by_label("vm1-renamed");
+    assert_eq!(
+        data::size(&m.dev()),
+        MIB << 20,
+        "a MISSING target keeps the disk the VM had, not the local volume's size"
+    );
+    data::fill(&m.dev(), 12, 4, 0x5a5a);
+    tool.detach("vm1-renamed");
+    assert!(tool.newer("vm1-renamed"), "MISSING: the local leg is newer");
+    let out = tool.run(&["attach", SPEC_RENAMED]);
+    assert!(out.ok(), "the LUN joins: {}", out.stderr);
+    assert!(
+        out.stderr.contains("trusting the local leg"),
+        "{}",
+        out.stderr
+    );
+    let m = Md::by_label("vm1-renamed");
+    assert_eq!(data::size(&m.dev()), MIB << 20);
+    m.wait_synced(Duration::from_secs(120));
+    data::verify(&lun.backing, 12, 4, 0x5a5a);
+    data::equal(&lv, &lun.backing, MIB).expect("legs equal");
+    tool.run(&["watch", "--once"]);
+    assert!(tool.local_newer().is_empty(), "cleared once in sync");
+    tool.detach("vm1-renamed");
     vg.remove();
     Snapshot::take().assert_clean();
 }
@@ -481,7 +555,7 @@ fn lab_failover_target_moves_while_writing() {
         !m.member_state(&sd).contains("faulty"),
         "a failover shorter than the timeout fails nothing"
     );
-    assert!(!Path::new(NEWER).exists());
+    assert!(!tool.newer("vm1-disk"));
 
     // Long failover B -> A (tens of seconds): the leg fails, the VM goes on.
     t.node_down();
@@ -491,7 +565,7 @@ fn lab_failover_target_moves_while_writing() {
     wait_for(
         "watch to record the failure",
         Duration::from_secs(10),
-        || Path::new(NEWER).exists(),
+        || tool.newer("vm1-disk"),
     );
     writer.wait_rounds(2);
     std::thread::sleep(Duration::from_secs(5));
@@ -499,7 +573,7 @@ fn lab_failover_target_moves_while_writing() {
     wait_for(
         "watch to heal the leg and clear the record",
         Duration::from_secs(120),
-        || !Path::new(NEWER).exists(),
+        || !tool.newer("vm1-disk"),
     );
     writer.wait_rounds(2);
     let n = writer.finish();
@@ -566,7 +640,7 @@ fn lab_reboot_power_loss_while_degraded_keeps_local_is_newer() {
                 m.member_state(&sd).contains("faulty")
             });
             wait_for("the record", Duration::from_secs(10), || {
-                Path::new(NEWER).exists()
+                tool.newer("vm1-disk")
             });
             data::verify(&lv, 2, 4, 0x0dd_ba11);
             println!("boot 1: degraded, local leg newer, recorded; power loss");
@@ -574,10 +648,6 @@ fn lab_reboot_power_loss_while_degraded_keeps_local_is_newer() {
         }
         _ => {
             host_disk();
-            assert!(
-                Path::new(NEWER).exists(),
-                "the record survived the power loss"
-            );
             assert!(Path::new("/var/lib/iscsimple/open/vm1-disk.json").exists());
             let _lab = Lab::start(Udev::On);
             let t = Target::reopen(spec());
@@ -586,6 +656,7 @@ fn lab_reboot_power_loss_while_degraded_keeps_local_is_newer() {
             let vg = Vg::reopen("labvg");
             let lv = std::path::PathBuf::from("/dev/labvg/vm1");
             let tool = Tool::new(&config(&t.portal()));
+            assert!(tool.newer("vm1-disk"), "the record survived the power loss");
             tool.labels(&[("vm1-disk", lv.to_str().unwrap())]);
             let out = tool.run(&["attach", SPEC]);
             assert!(out.ok(), "{}", out.stderr);
@@ -602,7 +673,7 @@ fn lab_reboot_power_loss_while_degraded_keeps_local_is_newer() {
             data::verify(&lun.backing, 2, 4, 0x0dd_ba11);
             data::equal(&lv, &lun.backing, MIB).expect("legs equal");
             tool.run(&["watch", "--once"]);
-            assert!(!Path::new(NEWER).exists(), "cleared once in sync");
+            assert!(!tool.newer("vm1-disk"), "cleared once in sync");
             tool.detach("vm1-disk");
             assert!(!Path::new("/var/lib/iscsimple/open/vm1-disk.json").exists());
             vg.remove();
