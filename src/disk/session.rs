@@ -17,6 +17,9 @@ use crate::uevent::Watcher;
 /// session and answer.
 const LOGIN_END_SLACK: Duration = Duration::from_secs(2);
 
+/// How long after its block device a disk's wwid may take to show.
+const WWID_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Whether session `s` is the one this tool's login made: the claim names
 /// its id, or is pending (written before a login whose call died before it
 /// could record the id; no session existed then, under the target lock, so
@@ -112,7 +115,14 @@ impl Engine<'_> {
                 (Step::Device, self.over(limit, e.into()))
             })?;
         let size = self.sys.block_size(&kname).unwrap_or(0);
-        let wwid = iscsi::wwid(&self.sys, &kname);
+        // The disk's SCSI identity is what every later check compares
+        // (heal, delete, the local copy's record). It can read as absent
+        // for a moment after /dev/sdX appears (seen in the lab on a quiet
+        // host); a disk without VPD page 0x83 never has one.
+        let wwid = watcher.wait(limit.wait.min(WWID_WAIT), || iscsi::wwid(&self.sys, &kname));
+        if wwid.is_none() {
+            tracing::warn!(target, lun, device = %kname, "the disk shows no SCSI wwid: heal will not re-add it without --accept-new-disk");
+        }
         if let Some(Undo::DeleteScsi { wwid: w, .. }) = undo.last_mut() {
             *w = wwid.clone();
         }

@@ -48,7 +48,7 @@ if [ -z "${MIRROR:-}" ]; then
 fi
 SECMIRROR=${SECMIRROR:-${MIRROR%/debian*}/debian-security}
 
-stamp=$( { sha256sum "$SELF"; echo "$PKGS $MIRROR $SECMIRROR"; } | sha256sum | cut -c1-16)
+stamp=$( { sha256sum < "$SELF"; echo "$PKGS $MIRROR $SECMIRROR"; } | sha256sum | cut -c1-16)
 if [ "${FORCE:-0}" != 1 ] && [ -s "$IMG" ] && [ "$(cat "$OUT/stamp" 2>/dev/null)" = "$stamp" ]; then
     log "image up to date ($IMG)"; exit 0
 fi

@@ -75,7 +75,7 @@ for f in "/boot/xen-$XENVER-amd64.gz" "/boot/vmlinuz-$DOM0_KVER" "$XENLIB/bin/xl
     [ -e "$f" ] || { log "missing $f"; exit 1; }
 done
 # shellcheck disable=SC2086
-stamp=$( { echo "$DOM0_KVER"; cat "$MAIN/stamp"; sha256sum "$SELF" "$HERE/xen-dom0-init.sh" "$HERE/xen-guest-init.sh";
+stamp=$( { echo "$DOM0_KVER"; cat "$MAIN/stamp"; cat "$SELF" "$HERE/xen-dom0-init.sh" "$HERE/xen-guest-init.sh" | sha256sum;
            dpkg-query -W $XPKGS $UPKGS libc6 2>/dev/null; } | sha256sum | cut -c1-16)
 if [ "${FORCE:-0}" != 1 ] && [ "$(cat "$CACHE/stamp" 2>/dev/null)" = "$stamp" ] \
    && [ -s "$CACHE/xen.elf" ] && [ -s "$CACHE/vmlinuz-dom0" ] && [ -s "$CACHE/dom0.cpio.gz" ] \

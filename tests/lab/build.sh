@@ -79,7 +79,7 @@ fi
 KVER=${KVER:-$(ls /lib/modules | grep -- '-cloud-amd64$' | sort -V | tail -1)}
 [ -n "$KVER" ] && [ -e "/boot/vmlinuz-$KVER" ] || { log "no cloud kernel found"; exit 1; }
 # shellcheck disable=SC2086
-stamp=$( { echo "$KVER"; sha256sum "$SELF" "$(dirname "$SELF")/guest-init.sh"; dpkg-query -W $PKGS libc6 2>/dev/null; } | sha256sum | cut -c1-16)
+stamp=$( { echo "$KVER"; cat "$SELF" "$(dirname "$SELF")/guest-init.sh" | sha256sum; dpkg-query -W $PKGS libc6 2>/dev/null; } | sha256sum | cut -c1-16)
 if [ "${FORCE:-0}" != 1 ] && [ -s "$CACHE/base.cpio.gz" ] && [ -s "$CACHE/vmlinuz" ] \
    && [ "$(cat "$CACHE/stamp" 2>/dev/null)" = "$stamp" ]; then
     log "image up to date ($CACHE, kernel $KVER)"; exit 0
