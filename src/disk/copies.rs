@@ -184,6 +184,16 @@ pub(super) fn judge(known: &[Known], asked: &Asked<'_>) -> Result<Verdict, (Step
             })),
         )
     };
+    // The local volume must hold the disk the VM used.
+    let local_holds = |used: u64| match asked.local.filter(|v| v.size < used) {
+        Some(v) => Err(shrink(
+            format!("local volume {}", v.path.display()),
+            v.size,
+            used,
+            format!("grow it back to at least {used} bytes"),
+        )),
+        None => Ok(()),
+    };
     let size = match (&asked.lun, asked.lun_size) {
         (Some(want), Some(lun_size)) if trust_local => {
             // The disk the VM saw; an earlier version's record did not
@@ -197,14 +207,7 @@ pub(super) fn judge(known: &[Known], asked: &Asked<'_>) -> Result<Verdict, (Step
                     format!("the local leg's writes past its end could never be copied onto it; grow the LUN to at least {used} bytes, or delete that file to accept the iSCSI copy"),
                 ));
             }
-            if let Some(v) = asked.local.filter(|v| v.size < used) {
-                return Err(shrink(
-                    format!("local volume {}", v.path.display()),
-                    v.size,
-                    used,
-                    format!("grow it back to at least {used} bytes"),
-                ));
-            }
+            local_holds(used)?;
             Some(used)
         }
         (Some(want), Some(lun_size)) => {
@@ -229,14 +232,7 @@ pub(super) fn judge(known: &[Known], asked: &Asked<'_>) -> Result<Verdict, (Step
             // smaller LUN is refused later.
             Some(v) => {
                 let used = recorded.unwrap_or(v.size);
-                if v.size < used {
-                    return Err(shrink(
-                        format!("local volume {}", v.path.display()),
-                        v.size,
-                        used,
-                        format!("grow it back to at least {used} bytes"),
-                    ));
-                }
+                local_holds(used)?;
                 Some(used)
             }
             None => None,

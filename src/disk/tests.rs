@@ -420,40 +420,27 @@ fn heal_refuses_a_smaller_disk() {
     );
 }
 
-/// A runner whose commands naming `/dev/md/vm1` hang (an mdadm stuck in
-/// the kernel on a LUN that never answers: not even SIGKILL ends it)
-/// until [`HangingRunner::release`]; the others replay as recorded.
+/// What a command that hangs in the kernel waits on (an mdadm stuck on
+/// a LUN that never answers: not even SIGKILL ends it).
 #[derive(Debug, Default)]
-struct HangingRunner {
-    inner: RecordingRunner,
+struct Hang {
     released: std::sync::Mutex<bool>,
     wake: std::sync::Condvar,
     hung: std::sync::atomic::AtomicBool,
 }
 
-impl HangingRunner {
+impl Hang {
+    fn wait(&self) {
+        self.hung.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut r = self.released.lock().expect("lock");
+        while !*r {
+            r = self.wake.wait(r).expect("wait");
+        }
+    }
+
     fn release(&self) {
         *self.released.lock().expect("lock") = true;
         self.wake.notify_all();
-    }
-}
-
-impl crate::runner::Runner for HangingRunner {
-    fn run(&self, cmd: &crate::runner::Cmd) -> Result<crate::runner::Output, RunError> {
-        if cmd.display().contains("/dev/md/vm1 ") {
-            self.hung.store(true, std::sync::atomic::Ordering::SeqCst);
-            let mut r = self.released.lock().expect("lock");
-            while !*r {
-                r = self.wake.wait(r).expect("wait");
-            }
-        }
-        self.inner.run(cmd)
-    }
-    fn verify(&self, p: &[Program]) -> Result<(), RunError> {
-        self.inner.verify(p)
-    }
-    fn spawn_self_detached(&self, args: &[String]) -> Result<u32, RunError> {
-        self.inner.spawn_self_detached(args)
     }
 }
 
@@ -466,7 +453,16 @@ fn watch_goes_on_when_one_mirrors_heal_hangs() {
     c.timeouts.lock = Duration::from_secs(3600);
     c.timeouts.heal = Duration::from_millis(500);
     let c: &'static Config = Box::leak(Box::new(c));
-    let runner: &'static HangingRunner = Box::leak(Box::default());
+    let runner: &'static RecordingRunner = Box::leak(Box::default());
+    let hang = std::sync::Arc::new(Hang::default());
+    {
+        let hang = hang.clone();
+        runner.before(move |cmd| {
+            if cmd.contains("/dev/md/vm1 ") {
+                hang.wait();
+            }
+        });
+    }
     let e: Engine<'static> = Engine {
         sys: Sys::new(d.path()),
         ..Engine::new(c, runner)
@@ -485,15 +481,15 @@ fn watch_goes_on_when_one_mirrors_heal_hangs() {
     };
     // A guard against hanging the test run, not a timing claim.
     let returned = rx.recv_timeout(Duration::from_secs(20)).is_ok();
-    let hung = runner.hung.load(std::sync::atomic::Ordering::SeqCst);
-    runner.release();
+    let hung = hang.hung.load(std::sync::atomic::Ordering::SeqCst);
+    hang.release();
     let _ = looker.join();
     assert!(hung, "vm1's heal reached its hanging mdadm");
     assert!(
         returned,
         "watch's look did not return while vm1's heal hung"
     );
-    let calls = runner.inner.calls();
+    let calls = runner.calls();
     assert!(
         calls
             .iter()
@@ -650,36 +646,6 @@ fn heal_full_of_an_in_sync_mirror_records_the_local_leg_first() {
     );
 }
 
-/// A runner that fails every `iscsiadm --login` as iscsid does when the
-/// target never answers (exit 11), and keeps the node record as it was
-/// when iscsiadm ran.
-#[derive(Debug)]
-struct SilentTarget {
-    inner: RecordingRunner,
-    record: std::path::PathBuf,
-    seen: std::sync::Mutex<Option<String>>,
-}
-
-impl crate::runner::Runner for SilentTarget {
-    fn run(&self, cmd: &crate::runner::Cmd) -> Result<crate::runner::Output, RunError> {
-        if cmd.display().ends_with("--login") {
-            *self.seen.lock().expect("lock") = fs::read_to_string(&self.record).ok();
-            self.inner.fail(
-                "iscsiadm -m node",
-                11,
-                "iscsiadm: Could not log into all portals",
-            );
-        }
-        self.inner.run(cmd)
-    }
-    fn verify(&self, p: &[Program]) -> Result<(), RunError> {
-        self.inner.verify(p)
-    }
-    fn spawn_self_detached(&self, args: &[String]) -> Result<u32, RunError> {
-        self.inner.spawn_self_detached(args)
-    }
-}
-
 /// Item 14: with a budget, a login gets what the budget leaves (less than
 /// the configured 60 s), iscsid's own attempts are set to end within it
 /// (so none go on after iscsiadm returns), and the error names the budget;
@@ -694,17 +660,24 @@ fn a_login_draws_from_the_budget_and_iscsids_attempts_fit_it() {
     let record = dir.join("127.0.0.1,3261");
     let body = format!("# BEGIN RECORD 2.1.8\nnode.name = {target}\nnode.conn[0].timeo.login_timeout = 15\nnode.session.initial_login_retry_max = 8\n# END RECORD\n");
     fs::write(&record, &body).expect("write record");
-    let runner = SilentTarget {
-        inner: RecordingRunner::new(),
-        record: record.clone(),
-        seen: std::sync::Mutex::new(None),
-    };
-    let e = engine(d.path(), &c, &runner.inner);
-    let e = Engine {
-        runner: &runner,
-        ..e
+    // The target never answers: iscsiadm fails as iscsid does then (exit
+    // 11); the node record is kept as it was when iscsiadm ran.
+    let runner = RecordingRunner::new();
+    runner.fail(
+        &format!("iscsiadm -m node -T {target} -p 127.0.0.1:3261 --login"),
+        11,
+        "iscsiadm: Could not log into all portals",
+    );
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    {
+        let (seen, record) = (seen.clone(), record.clone());
+        runner.before(move |cmd| {
+            if cmd.ends_with("--login") {
+                *seen.lock().expect("lock") = fs::read_to_string(&record).ok();
+            }
+        });
     }
-    .with_budget(Budget::new(
+    let e = engine(d.path(), &c, &runner).with_budget(Budget::new(
         Duration::from_secs(30),
         Duration::from_secs(10),
     ));
@@ -716,12 +689,7 @@ fn a_login_draws_from_the_budget_and_iscsids_attempts_fit_it() {
         "names the step and the budget: {text}"
     );
     assert!(err.rollback.is_empty(), "clean rollback: {text}");
-    let seen = runner
-        .seen
-        .lock()
-        .expect("lock")
-        .clone()
-        .expect("login ran");
+    let seen = seen.lock().expect("lock").clone().expect("login ran");
     let value = |key: &str| -> u64 {
         seen.lines()
             .find_map(|l| l.strip_prefix(&format!("{key} = ")))

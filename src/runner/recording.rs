@@ -7,19 +7,37 @@ use std::sync::Mutex;
 use super::{Arg, Cmd, Output, Program, RunError, Runner};
 
 type Rule = (String, Result<Output, (i32, String)>);
+type Hook = Box<dyn Fn(&str) + Send + Sync>;
 
 /// Records commands; answers from rules matched by command-line prefix.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct RecordingRunner {
     calls: Mutex<Vec<String>>,
     argvs: Mutex<Vec<Vec<String>>>,
     rules: Mutex<VecDeque<Rule>>,
+    before: Mutex<Option<std::sync::Arc<Hook>>>,
+}
+
+impl std::fmt::Debug for RecordingRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordingRunner")
+            .field("calls", &self.calls)
+            .field("rules", &self.rules)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RecordingRunner {
     /// A runner where every command succeeds with empty output.
     pub fn new() -> RecordingRunner {
         RecordingRunner::default()
+    }
+
+    /// Call `hook` with each command line (as displayed) before it is
+    /// answered: a test can look at the host then, or block the command
+    /// (an mdadm stuck in the kernel).
+    pub fn before(&self, hook: impl Fn(&str) + Send + Sync + 'static) {
+        *self.before.lock().expect("lock") = Some(std::sync::Arc::new(Box::new(hook)));
     }
 
     /// The next command starting with `prefix` prints `stdout` and succeeds.
@@ -77,6 +95,10 @@ impl Runner for RecordingRunner {
             }))
             .collect();
         self.argvs.lock().expect("lock").push(argv);
+        let hook = self.before.lock().expect("lock").clone();
+        if let Some(hook) = hook {
+            hook(&shown);
+        }
         let mut rules = self.rules.lock().expect("lock");
         let Some(i) = rules
             .iter()
