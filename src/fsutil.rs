@@ -102,12 +102,7 @@ pub fn check_private_subdir(dir: &Path) -> Result<bool, FsError> {
 /// Check an existing directory of ours (and what is above it) without
 /// creating anything; Ok(false) when it does not exist.
 pub fn check_dir(path: &Path) -> Result<bool, FsError> {
-    ancestors(path)?;
-    if !exists(path)? {
-        return Ok(false);
-    }
-    verify(path, Kind::Private)?;
-    Ok(true)
+    check(path, Kind::Private)
 }
 
 /// Make sure `path` is a directory of root's that others cannot write in
@@ -119,11 +114,17 @@ pub fn root_dir(path: &Path) -> Result<(), FsError> {
 /// Check an existing root directory as [`root_dir`] does, creating
 /// nothing; Ok(false) when absent.
 pub fn check_root_dir(path: &Path) -> Result<bool, FsError> {
+    check(path, Kind::Root)
+}
+
+/// Check an existing directory of `kind` and what is above it, creating
+/// nothing; Ok(false) when it does not exist.
+fn check(path: &Path, kind: Kind) -> Result<bool, FsError> {
     ancestors(path)?;
     if !exists(path)? {
         return Ok(false);
     }
-    verify(path, Kind::Root)?;
+    verify(path, kind)?;
     Ok(true)
 }
 

@@ -843,6 +843,16 @@ mod tests {
 
     const WAIT: Duration = Duration::from_secs(1);
 
+    /// iscsiadm through `r`, commands capped at 1 s, no deadline.
+    fn adm(r: &RecordingRunner, login_timeout: Duration) -> Iscsiadm<'_> {
+        Iscsiadm {
+            runner: r,
+            timeout: Duration::from_secs(1),
+            login_timeout,
+            deadline: None,
+        }
+    }
+
     #[test]
     fn discovery_output_is_parsed_into_portal_and_target() {
         let r = RecordingRunner::new();
@@ -850,12 +860,7 @@ mod tests {
             "iscsiadm -m discovery",
             "127.0.0.1:3260,1 iqn.2024-01.lab:a\n[::1]:3260,1 iqn.2024-01.lab:b\n",
         );
-        let a = Iscsiadm {
-            runner: &r,
-            timeout: Duration::from_secs(1),
-            login_timeout: Duration::from_secs(1),
-            deadline: None,
-        };
+        let a = adm(&r, Duration::from_secs(1));
         let v = a.discover("127.0.0.1").expect("discover");
         assert_eq!(
             v,
@@ -874,12 +879,7 @@ mod tests {
     fn login_exit_24_is_an_auth_failure() {
         let r = RecordingRunner::new();
         r.fail("iscsiadm -m node", 24, "iscsiadm: Login failed");
-        let a = Iscsiadm {
-            runner: &r,
-            timeout: Duration::from_secs(1),
-            login_timeout: Duration::from_secs(1),
-            deadline: None,
-        };
+        let a = adm(&r, Duration::from_secs(1));
         let e = a
             .login("iqn.2024-01.lab:a", "127.0.0.1:3260")
             .expect_err("auth");
@@ -969,12 +969,7 @@ mod tests {
             11,
             "iscsiadm: Could not login to [iface: default, target: iqn.2024-01.lab:a, portal: 127.0.0.1,3261].",
         );
-        let a = Iscsiadm {
-            runner: &r,
-            timeout: Duration::from_secs(1),
-            login_timeout: Duration::from_secs(15),
-            deadline: None,
-        };
+        let a = adm(&r, Duration::from_secs(15));
         let e = a
             .login("iqn.2024-01.lab:a", "127.0.0.1:3261")
             .expect_err("no answer");

@@ -7,14 +7,14 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::fixture::system::Snapshot;
 use crate::fixture::target::{Chap, Kind, Target, TargetSpec};
-use crate::fixture::tool::{syslog, Tool};
+use crate::fixture::tool::{syslog, tree, Tool};
 use crate::fixture::{Lab, Udev};
 
 const IQN: &str = "iqn.2024-01.lab.iscsimple:security";
@@ -27,23 +27,6 @@ fn chap_toml(t: &Target, c: &Chap, password: &str) -> String {
         t.portal(),
         c.user
     )
-}
-
-/// The node record files of IQN.
-fn records() -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![PathBuf::from(format!("/etc/iscsi/nodes/{IQN}"))];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 /// Every command line seen in /proc while it runs, as any user sees them.
@@ -103,7 +86,10 @@ fn lab_security_secrets_stale_idbm_lock_and_unsafe_dirs() {
     let tool = Tool::new(&good);
     tool.attach(&spec);
     tool.detach(&spec);
-    let record = records().into_iter().next().expect("a node record");
+    let (record, _) = tree(Path::new(&format!("/etc/iscsi/nodes/{IQN}")))
+        .into_iter()
+        .next()
+        .expect("a node record");
     let kept = fs::read_to_string(&record).expect("record");
     assert!(kept.contains(&c.password), "the record holds the secret");
 
