@@ -890,3 +890,87 @@ fn releasing_a_holder_whose_spec_never_got_attached_forgets_it_only() {
     assert_eq!(e.store.load("label-vm1").expect("load"), Some(a));
     assert_eq!(runner.calls(), Vec::<String>::new(), "nothing run");
 }
+
+/// A logged-in session `sid` to `target` on SCSI host 7 with no disk left
+/// on it, and a plain attachment of its LUN 1 whose disk is gone.
+fn session_host(r: &Path, e: &Engine<'_>, target: &str, sid: u32) -> Attachment {
+    let dev = r.join(format!("sys/devices/platform/host7/session{sid}"));
+    fs::create_dir_all(&dev).expect("mkdir");
+    let class = r.join(format!("sys/class/iscsi_session/session{sid}"));
+    fs::create_dir_all(&class).expect("mkdir");
+    fs::write(class.join("targetname"), format!("{target}\n")).expect("w");
+    fs::write(class.join("state"), "LOGGED_IN\n").expect("w");
+    std::os::unix::fs::symlink(&dev, class.join("device")).expect("link");
+    let a = Attachment {
+        spec: format!("lun1@{target}"),
+        phase: Phase::Attached,
+        device: Some("/dev/sdh".into()),
+        iscsi: Some(IscsiLeg {
+            target: target.into(),
+            lun: 1,
+            portal: "127.0.0.1:3260".into(),
+            hctl: "7:0:0:1".into(),
+            kname: "sdh".into(),
+            scanned: true,
+            size: 1 << 24,
+            wwid: Some("naa.lun1".into()),
+            devnum: Some("8:112".into()),
+        }),
+        mirror: None,
+    };
+    e.store
+        .save(&key_of(&a.spec.parse().expect("spec")), &a)
+        .expect("save");
+    a
+}
+
+/// Item 10/15: the one logout rule. Detach logs out only the session the
+/// tool's login made (its claim names that session's id, or is pending
+/// from a call killed before it could record it), never one whose id
+/// differs or that nobody claimed, and never while another attachment
+/// uses the target. A claim whose session is gone or replaced is dropped.
+#[test]
+fn detach_logs_out_only_the_session_its_login_made() {
+    let target = "iqn.2024-01.lab:s";
+    let logout = "iscsiadm -m session -r 5 --logout";
+    let claim = |sid| crate::state::OwnedSession {
+        target: target.into(),
+        portal: "127.0.0.1:3260".into(),
+        sid,
+    };
+    for (case, owned, other, logs_out, claim_left) in [
+        ("ours", Some(claim(Some(5))), false, true, false),
+        ("pending claim", Some(claim(None)), false, true, false),
+        ("another session", Some(claim(Some(4))), false, false, false),
+        ("never claimed", None, false, false, false),
+        ("shared", Some(claim(Some(5))), true, false, true),
+    ] {
+        let runner = RecordingRunner::new();
+        let (d, c) = fake_root();
+        let e = engine(d.path(), &c, &runner);
+        let a = session_host(d.path(), &e, target, 5);
+        if let Some(o) = &owned {
+            e.store.own_session(o).expect("claim");
+        }
+        if other {
+            let mut b = a.clone();
+            b.spec = format!("lun2@{target}");
+            b.iscsi.as_mut().expect("leg").lun = 2;
+            e.store
+                .save(&key_of(&b.spec.parse().expect("spec")), &b)
+                .expect("save");
+        }
+        assert!(e.detach(&a.spec).expect("detach"), "{case}: detached");
+        assert_eq!(
+            runner.calls().iter().any(|c| c == logout),
+            logs_out,
+            "{case}: {:?}",
+            runner.calls()
+        );
+        assert_eq!(
+            e.store.owned_session(target).expect("read").is_some(),
+            claim_left,
+            "{case}: the claim"
+        );
+    }
+}
