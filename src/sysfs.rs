@@ -51,6 +51,13 @@ impl Sys {
         self.path(p).exists()
     }
 
+    /// Whether absolute path `p` opens for reading. A disk's node appears
+    /// (devtmpfs) before the kernel finishes probing it, and opening it in
+    /// that window fails with ENXIO (seen in the lab without udev).
+    pub fn opens(&self, p: impl AsRef<Path>) -> bool {
+        fs::File::open(self.path(p)).is_ok()
+    }
+
     /// The last component of the canonical target of link `p`.
     pub fn link_name(&self, p: impl AsRef<Path>) -> Option<String> {
         fs::canonicalize(self.path(p))

@@ -103,7 +103,7 @@ impl Engine<'_> {
             .wait(limit.wait, || {
                 let d = iscsi::lun_device(&self.sys, &session, lun)?;
                 let b = d.block?;
-                self.sys.exists(format!("/dev/{b}")).then_some(b)
+                self.sys.opens(format!("/dev/{b}")).then_some(b)
             })
             .ok_or_else(|| {
                 let e = IscsiError::NoBlockDevice {

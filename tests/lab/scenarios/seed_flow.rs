@@ -67,7 +67,8 @@ fn seed_flow(kind: Kind, chap: Chap, udev: Udev) {
     let mut sd = String::new();
     let waited = wait_for("the LUN's block device", Duration::from_secs(15), || {
         ini::disk(iqn, lun.number).map(|d| sd = d).is_some()
-            && Path::new(&format!("/dev/{sd}")).exists()
+            // The node appears before the disk is probed; it opens after.
+            && std::fs::File::open(format!("/dev/{sd}")).is_ok()
     });
     println!("TIME: login -> /dev/{sd}: {waited:?}");
     let sd_path = PathBuf::from(format!("/dev/{sd}"));
