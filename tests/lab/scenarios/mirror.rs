@@ -5,6 +5,7 @@ use std::time::Duration;
 use crate::fixture::data;
 use crate::fixture::lvm::{kname, Vg};
 use crate::fixture::md::Md;
+use crate::fixture::points;
 use crate::fixture::system::Snapshot;
 use crate::fixture::target::{Kind, Target, TargetSpec};
 use crate::fixture::tool::Tool;
@@ -114,6 +115,18 @@ fn lab_mirror_missing_legs() {
         Snapshot::take().sessions.is_empty(),
         "no login for a MISSING target"
     );
+    // README: the volume's record says "local is newer" (the iSCSI leg
+    // was MISSING), written before the array is built: there while attached.
+    let (record, copy) = copy_record(&lv);
+    let newer = &copy["newer"];
+    assert!(
+        newer.is_object()
+            && newer["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("MISSING")),
+        "a MISSING-target attach records the local leg as newer: {copy:#}"
+    );
+    assert!(tool.newer("local-only"), "status lists it");
     tool.detach("local-only");
 
     // Both missing: refused, nothing changes.
@@ -121,8 +134,128 @@ fn lab_mirror_missing_legs() {
     let err = tool.attach_fails("MISSING+none", 2);
     assert!(err.contains("both legs are MISSING"), "{err}");
     assert_eq!(Snapshot::take(), before);
+
+    // README: refused while the local volume is newer, "delete the file to
+    // accept the iSCSI copy". An incoming migration of local-only is such a
+    // refusal; once the file it names is deleted, the next attach takes the
+    // LUN's copy onto both legs.
+    let lun = t.lun(0).clone();
+    let spec = format!("lun0@{IQN}+local-only");
+    let out = tool.run(&["attach", "--defer-local", &spec]);
+    assert_eq!(out.code, 2, "refused: {}", out.stderr);
+    assert!(
+        out.stderr
+            .contains(&format!("recorded in {}", record.display()))
+            && out
+                .stderr
+                .contains("delete that file to accept the iSCSI copy"),
+        "the refusal names the record and the way out: {}",
+        out.stderr
+    );
+    assert_eq!(Snapshot::take(), before, "a refusal changes nothing");
+    std::fs::remove_file(&record).expect("delete the record");
+    let (out, reference) = points::run(&tool, &["attach", &spec], None);
+    assert!(out.ok(), "{}", out.stderr);
+    assert!(
+        !out.stderr.contains("trusting the local leg"),
+        "{}",
+        out.stderr
+    );
+    iscsi_copy_on_both_legs(&lv, &lun);
+    tool.detach("local-only");
+
+    // README, host crash: an attach killed after it wrote the open record
+    // leaves it; the next attach says "an earlier call did not finish" and
+    // which leg it trusts: the iSCSI disk when no record says otherwise
+    // (the local volume's own data is overwritten) ...
+    let open_at = points::index_of(&reference, "/open/local-only.json");
+    data::fill(&lv, 0, 16, 0xabc2);
+    killed_after_open(&tool, &spec, open_at + 1);
+    let out = tool.run(&["attach", &spec]);
+    assert!(out.ok(), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("an earlier attach or detach of local-only (")
+            && out.stderr.contains(
+                "did not finish; trusting the iSCSI disk (no record of its leg failing); the local leg is resynced from it"
+            ),
+        "{}",
+        out.stderr
+    );
+    iscsi_copy_on_both_legs(&lv, &lun);
+    tool.detach("local-only");
+    // ... and the local leg when its record says it is newer.
+    let dev = tool.attach("MISSING+local-only");
+    data::fill(&dev, 0, 16, 0xabc3);
+    tool.detach("local-only");
+    assert!(tool.newer("local-only"));
+    killed_after_open(&tool, &spec, open_at + 1);
+    let out = tool.run(&["attach", &spec]);
+    assert!(out.ok(), "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("an earlier attach or detach of local-only (")
+            && out
+                .stderr
+                .contains("did not finish; trusting the local leg"),
+        "{}",
+        out.stderr
+    );
+    let m = Md::by_label("local-only");
+    m.wait_synced(Duration::from_secs(120));
+    data::verify(&lv, 0, 16, 0xabc3);
+    data::verify(&lun.backing, 0, 16, 0xabc3);
+    data::equal(&lv, &lun.backing, 16).expect("legs equal");
+    tool.detach("local-only");
     vg.remove();
     Snapshot::take().assert_clean();
+}
+
+/// The record (`copies/ID.json`) of local volume `lv`: its path and JSON.
+fn copy_record(lv: &Path) -> (std::path::PathBuf, serde_json::Value) {
+    let dir = Path::new("/var/lib/iscsimple/copies");
+    let lv = std::fs::canonicalize(lv).expect("lv");
+    crate::fixture::tool::tree(dir)
+        .into_iter()
+        .map(|(p, text)| {
+            let v: serde_json::Value = serde_json::from_str(&text).expect("record JSON");
+            (p, v)
+        })
+        .find(|(_, v)| {
+            v["local"]
+                .as_str()
+                .and_then(|l| std::fs::canonicalize(l).ok())
+                .as_deref()
+                == Some(lv.as_path())
+        })
+        .unwrap_or_else(|| panic!("no record of {} in {}", lv.display(), dir.display()))
+}
+
+/// Attach `spec` killed at kill point `at`, which must come after the open
+/// record's write.
+fn killed_after_open(tool: &Tool, spec: &str, at: usize) {
+    let (out, p) = points::run(tool, &["attach", spec], Some(at));
+    assert!(
+        out.code == -1 && p.last().is_some_and(|l| l.ends_with("KILLED")),
+        "killed at point {at}: exit {}, {p:#?}",
+        out.code
+    );
+    assert!(
+        p[..p.len() - 1]
+            .iter()
+            .any(|l| l.contains("/open/local-only.json")),
+        "killed after the open record was written: {p:#?}"
+    );
+}
+
+/// The array of local-only, in sync, holds the LUN's pattern on both legs.
+fn iscsi_copy_on_both_legs(lv: &Path, lun: &crate::fixture::target::Lun) {
+    let m = Md::by_label("local-only");
+    m.wait_synced(Duration::from_secs(120));
+    assert_eq!(m.members().len(), 2);
+    data::verify(&m.dev(), 0, 16, lun.seed);
+    data::verify(lv, 0, 16, lun.seed);
+    data::verify(&lun.backing, 0, 16, lun.seed);
+    data::equal(lv, &lun.backing, 16).expect("legs equal");
 }
 
 /// The migration ordering on one host: the mirror comes up with its iSCSI
@@ -156,8 +289,15 @@ fn lab_mirror_deferred_local_join() {
     let out = tool.run(&["join", "vm1-disk"]);
     assert!(out.ok(), "{}", out.stderr);
     m.wait_synced(Duration::from_secs(120));
-    data::verify(&lv, 4, 4, 0x50c);
+    // The whole local leg: the LUN's data around what "the source" wrote,
+    // nothing of the local volume's own pattern left anywhere.
     data::verify(&lv, 0, 4, lun.seed);
+    data::verify(&lv, 4, 4, 0x50c);
+    data::verify(&lv, 8, MIB - 8, lun.seed);
+    let sd = m.iscsi_member().expect("iSCSI member");
+    data::equal(&lv, Path::new(&format!("/dev/{sd}")), MIB).expect("legs equal after the join");
+    data::equal(&lv, &lun.backing, MIB).expect("the local leg equals the LUN");
+    assert_eq!(m.members().len(), 2, "both legs after the join");
     let st = tool.run(&["status"]);
     assert!(!st.stdout.contains("pending"), "{}", st.stdout);
     tool.detach("vm1-disk");

@@ -6,11 +6,14 @@
 //! open-iscsi, mdadm, lvm2, udev); lab.sh copies the .deb in as
 //! /lab/iscsimple.deb.
 use std::path::Path;
+use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::fixture::libvirt::{Libvirt, ROOT};
-use crate::fixture::lvm::Vg;
+use crate::fixture::data;
+use crate::fixture::libvirt::Libvirt;
+use crate::fixture::lvm::{kname, Vg};
+use crate::fixture::md::Md;
 use crate::fixture::target::{Kind, Target, TargetSpec};
 
 const IQN: &str = "iqn.2024-01.lab.iscsimple:deb";
@@ -121,6 +124,9 @@ fn lab_libvirt_deb_install_doctor_attach_remove() {
     let tg = Target::start(TargetSpec::new(Kind::Lio, IQN, &[16]));
     let vg = Vg::create("labvg", 24);
     let local = vg.lv("vm1-disk", 16);
+    // The local volume's own pattern, which the LUN's copy must replace.
+    data::fill(&local, 0, 16, 0x10ca1);
+    let lun = tg.luns[0].clone();
     let cfg = lv.path("/etc/iscsimple/iscsimple.toml");
     let text = std::fs::read_to_string(&cfg).expect("config");
     let portals = text
@@ -143,6 +149,27 @@ fn lab_libvirt_deb_install_doctor_attach_remove() {
         out.ok() && out.stdout.trim() == "/dev/md/vm1-disk",
         "attach"
     );
+    // The package's binary built the seed's mirror: the LUN's disk and the
+    // local volume, the iSCSI leg write-mostly; the LUN's data reads
+    // through the array and is on both legs once resynced.
+    let m = Md::by_label("vm1-disk");
+    m.wait_synced(Duration::from_secs(120));
+    let sd = m.iscsi_member().expect("the LUN's disk is a member");
+    let lk = kname(&local);
+    assert_eq!(m.members(), {
+        let mut v = vec![sd.clone(), lk.clone()];
+        v.sort();
+        v
+    });
+    assert!(
+        m.member_state(&sd).contains("write_mostly"),
+        "iSCSI leg write-mostly: {}",
+        m.member_state(&sd)
+    );
+    assert!(!m.member_state(&lk).contains("write_mostly"));
+    data::verify(&m.dev(), 0, 16, lun.seed);
+    data::verify(&local, 0, 16, lun.seed);
+    data::equal(&local, Path::new(&format!("/dev/{sd}")), 16).expect("legs equal");
     show(
         "iscsimple status",
         &lv.run("/usr/sbin/iscsimple", &["status"]),
@@ -176,6 +203,5 @@ fn lab_libvirt_deb_install_doctor_attach_remove() {
         !lv.run("/usr/bin/dpkg", &["-s", "iscsimple"]).ok(),
         "not installed"
     );
-    let _ = ROOT;
     vg.remove();
 }

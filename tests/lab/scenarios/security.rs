@@ -83,9 +83,14 @@ fn lab_security_secrets_stale_idbm_lock_and_unsafe_dirs() {
 
     // A first attach leaves a node record holding the secret, as open-iscsi
     // keeps it.
+    // README: a secret never appears on any command line. Every
+    // /proc/*/cmdline is sampled while the tool logs in with CHAP (the
+    // target's own setup, which names the secrets, ran before).
     let tool = Tool::new(&good);
+    let sampler = Cmdlines::start();
     tool.attach(&spec);
     tool.detach(&spec);
+    no_secret_on_a_command_line(sampler.stop(), &[c.password.as_str()]);
     let (record, _) = tree(Path::new(&format!("/etc/iscsi/nodes/{IQN}")))
         .into_iter()
         .next()
@@ -240,5 +245,41 @@ fn lab_security_secrets_stale_idbm_lock_and_unsafe_dirs() {
     fs::set_permissions("/var/lib/iscsimple", fs::Permissions::from_mode(0o700)).expect("fix");
     tool.attach(&spec);
     tool.detach(&spec);
+
+    // Mutual CHAP: neither secret on a command line either.
+    t.stop();
+    let m = Chap::mutual();
+    let (target_user, target_secret) = m.mutual.clone().expect("mutual");
+    let t = Target::start(TargetSpec::new(Kind::Tgt, IQN, &[16]).chap(m.clone()));
+    let tool = Tool::new(&format!(
+        "{}username_in = \"{target_user}\"\npassword_in = \"{target_secret}\"\n",
+        chap_toml(&t, &m, &m.password)
+    ));
+    let sampler = Cmdlines::start();
+    tool.attach(&spec);
+    tool.detach(&spec);
+    no_secret_on_a_command_line(
+        sampler.stop(),
+        &[m.password.as_str(), target_secret.as_str()],
+    );
     Snapshot::take().assert_clean();
+}
+
+/// Panic if a sampled command line holds one of `secrets`, or if the
+/// sampler did not see the tool and its iscsiadm children (it proved
+/// nothing then).
+fn no_secret_on_a_command_line(cmdlines: BTreeSet<String>, secrets: &[&str]) {
+    println!("{} distinct command lines sampled", cmdlines.len());
+    assert!(
+        cmdlines
+            .iter()
+            .any(|l| l.contains("iscsimple") && l.contains("attach"))
+            && cmdlines.iter().any(|l| l.contains("iscsiadm")),
+        "the sampler saw the tool and iscsiadm: {cmdlines:#?}"
+    );
+    for l in &cmdlines {
+        for secret in secrets {
+            assert!(!l.contains(secret), "secret on a command line: {l}");
+        }
+    }
 }
