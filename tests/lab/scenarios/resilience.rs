@@ -156,6 +156,15 @@ fn lab_target_dies_under_writer_watch_heals_with_bitmap() {
     // /proc/mdstat can wake it to write the record.
     let watch = tool.watch();
     let watch_started = Instant::now();
+    wait_for(
+        "watch to start with its 600 s tick",
+        Duration::from_secs(30),
+        || {
+            syslog()
+                .lines()
+                .any(|l| l.contains("watching mirrors") && l.contains("interval=600s"))
+        },
+    );
 
     // A writer loops over MiB 64..68, each round with its own seed.
     let writer = data::Writer::start(&dev, |r| (64, 4, 0x5eed_0000 + r));
