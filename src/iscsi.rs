@@ -27,6 +27,11 @@ const ERR_SESS_EXISTS: i32 = 15;
 /// time: no connection (ISCSI_ERR_TRANS_TIMEOUT) or no login response
 /// (ISCSI_ERR_PDU_TIMEOUT).
 const ERR_LOGIN_TIMEOUTS: [i32; 2] = [8, 11];
+/// iscsiadm's exit code for a login iscsid will not retry
+/// (ISCSI_ERR_FATAL_LOGIN): with mutual CHAP, how open-iscsi 2.1.8 reports
+/// a target whose CHAP response failed (iscsid logs "Login authentication
+/// failed with target"); no text of iscsiadm's says so.
+const ERR_FATAL_LOGIN: i32 = 19;
 
 /// Where open-iscsi keeps node records.
 pub const NODE_DB: &str = "/etc/iscsi/nodes";
@@ -488,7 +493,14 @@ impl Iscsiadm<'_> {
     /// Log in. An existing session is not an error, but is not ours either.
     /// The node record's attempts should fit `login_timeout` (see
     /// [`login_attempts`]): iscsiadm is killed only if they do not.
-    pub fn login(&self, target: &str, portal: &str) -> Result<Login, IscsiError> {
+    /// `mutual_chap`: the record makes the target prove itself, so a
+    /// non-retryable failure is taken as its CHAP failing.
+    pub fn login(
+        &self,
+        target: &str,
+        portal: &str,
+        mutual_chap: bool,
+    ) -> Result<Login, IscsiError> {
         let waited = self.cap(self.login_timeout);
         let start = Instant::now();
         let cmd = Cmd::new(Program::Iscsiadm)
@@ -497,7 +509,11 @@ impl Iscsiadm<'_> {
         match self.runner.run(&cmd) {
             Ok(_) => Ok(Login::LoggedIn),
             Err(e) if e.code() == Some(ERR_SESS_EXISTS) => Ok(Login::Existed),
-            Err(e) if e.code() == Some(ERR_LOGIN_AUTH_FAILED) || auth_text(&e) => {
+            Err(e)
+                if e.code() == Some(ERR_LOGIN_AUTH_FAILED)
+                    || auth_text(&e)
+                    || (mutual_chap && e.code() == Some(ERR_FATAL_LOGIN)) =>
+            {
                 Err(IscsiError::AuthFailed {
                     target: target.to_string(),
                     portal: portal.to_string(),
@@ -881,9 +897,32 @@ mod tests {
         r.fail("iscsiadm -m node", 24, "iscsiadm: Login failed");
         let a = adm(&r, Duration::from_secs(1));
         let e = a
-            .login("iqn.2024-01.lab:a", "127.0.0.1:3260")
+            .login("iqn.2024-01.lab:a", "127.0.0.1:3260", false)
             .expect_err("auth");
         assert!(matches!(e, IscsiError::AuthFailed { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_target_failing_mutual_chap_is_an_auth_failure() {
+        // iscsiadm 2.1.8 when the target's CHAP response is wrong (lab, LIO).
+        let r = RecordingRunner::new();
+        for _ in 0..2 {
+            r.fail(
+                "iscsiadm -m node",
+                19,
+                "iscsiadm: initiator reported error (19 - encountered non-retryable iSCSI login failure)\niscsiadm: Could not log into all portals",
+            );
+        }
+        let a = adm(&r, Duration::from_secs(1));
+        let e = a
+            .login("iqn.2024-01.lab:a", "127.0.0.1:3260", true)
+            .expect_err("auth");
+        assert!(matches!(e, IscsiError::AuthFailed { .. }), "{e}");
+        // Without mutual CHAP the target has nothing to prove: not CHAP's doing.
+        let e = a
+            .login("iqn.2024-01.lab:a", "127.0.0.1:3260", false)
+            .expect_err("fatal");
+        assert!(matches!(e, IscsiError::Run(_)), "{e:?}");
     }
 
     #[test]
@@ -971,7 +1010,7 @@ mod tests {
         );
         let a = adm(&r, Duration::from_secs(15));
         let e = a
-            .login("iqn.2024-01.lab:a", "127.0.0.1:3261")
+            .login("iqn.2024-01.lab:a", "127.0.0.1:3261", false)
             .expect_err("no answer");
         assert!(matches!(e, IscsiError::LoginTimeout { .. }), "{e}");
         assert!(

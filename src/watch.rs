@@ -222,6 +222,12 @@ impl Watch {
     }
 }
 
+/// `timeout` for poll(2): milliseconds up to `i32::MAX` (24.8 days); a
+/// `u16` of milliseconds cut every `timeouts.watch` above 65 s to 65 s.
+fn poll_timeout(timeout: Duration) -> PollTimeout {
+    PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX)
+}
+
 /// Waits for md events on `/proc/mdstat`.
 #[derive(Debug)]
 pub struct MdEvents {
@@ -248,16 +254,28 @@ impl MdEvents {
 
     /// Sleep until an md event or `timeout`.
     pub fn wait(&self, timeout: Duration) {
-        let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
         match &self.mdstat {
             Some(f) => {
                 let mut fds = [PollFd::new(
                     f.as_fd(),
                     PollFlags::POLLPRI | PollFlags::POLLERR,
                 )];
-                let _ = nix::poll::poll(&mut fds, PollTimeout::from(ms));
+                let _ = nix::poll::poll(&mut fds, poll_timeout(timeout));
             }
             None => std::thread::sleep(timeout),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watch_interval_of_minutes_is_not_cut_to_65_seconds() {
+        let ms = |d| i32::from(poll_timeout(d));
+        assert_eq!(ms(Duration::from_secs(600)), 600_000);
+        assert_eq!(ms(Duration::from_secs(2)), 2_000);
+        assert_eq!(ms(Duration::from_secs(86_400)), 86_400_000);
     }
 }

@@ -309,7 +309,8 @@ impl Engine<'_> {
             login_timeout: login_limit.wait,
             ..self.iscsiadm()
         };
-        let login = match adm.login(target, &portal) {
+        let mutual = chap.as_ref().is_some_and(|c| c.mutual.is_some());
+        let login = match adm.login(target, &portal, mutual) {
             Ok(l) => l,
             Err(e) => {
                 if matches!(&e, IscsiError::LoginTimeout { run, .. } if matches!(**run, RunError::Timeout { .. }))

@@ -51,17 +51,25 @@ fn chap(kind: Kind, c: Chap) {
         "node DB unchanged"
     );
 
-    if let Some((_, real_tpw)) = &c.mutual {
-        // Wrong target secret (the target fails to prove itself).
+    if c.mutual.is_some() {
+        // Wrong target secret (the target fails to prove itself): a CHAP
+        // failure like the other, exit 2 (README), one line, nothing left.
         let tool = Tool::new(&chap_toml(&t, &c, &c.password, "wrongtarget99999"));
-        let out = tool.run(&["attach", &spec]);
-        assert_ne!(out.code, 0, "a wrong mutual secret must fail");
+        let err = tool.attach_fails(&spec, 2);
+        assert!(
+            err.contains("CHAP authentication failed") && err.contains(&spec),
+            "{err}"
+        );
         assert_eq!(
             Snapshot::take(),
             before,
             "nothing left after a mutual auth failure"
         );
-        let _ = real_tpw;
+        assert_eq!(
+            tree(Path::new("/etc/iscsi/nodes")),
+            nodes_before,
+            "node DB unchanged after a mutual auth failure"
+        );
     }
 
     // The right secrets.

@@ -1,7 +1,7 @@
 //! Issue 14 items 13 and 16: act only on what is verified to be ours.
 //! A disk something still uses is not detached (unless `--force`), and a
 //! libvirt domain's disks are all checked before any is touched.
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -83,8 +83,13 @@ fn lab_detach_refuses_a_plain_lun_in_use() {
     // --force detaches under the open file.
     let out = tool.run(&["detach", "--force", &spec]);
     assert!(out.ok(), "detach --force: {}", out.stderr);
-    let _ = sleeper.kill();
-    let _ = sleeper.wait();
+    // --force detaches; it kills no holder.
+    assert!(
+        sleeper.try_wait().expect("sleep's state").is_none(),
+        "detach --force ended the process holding the disk"
+    );
+    sleeper.kill().expect("kill sleep");
+    sleeper.wait().expect("reap sleep");
     Snapshot::take().assert_clean();
     assert!(attachments().is_empty());
 
@@ -220,6 +225,5 @@ fn lab_hook_prepare_checks_every_disk_before_attaching_any() {
     Snapshot::take().assert_clean();
     assert!(holders().is_empty() && attachments().is_empty());
     assert!(!Path::new("/dev/md/vm1-a").exists());
-    let _ = fs::remove_file("/run/scsi-adds.log");
     vg.remove();
 }

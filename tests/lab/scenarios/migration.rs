@@ -83,6 +83,13 @@ fn lab_migration_two_hosts_local_leg_joins_after_switch() {
 
     // Switch: the source stops and releases; the destination resumes.
     assert!(a.hook("vm1", "release", "end", &xml_a).ok());
+    // The join watcher polls libvirt's status every 500 ms: held for 2 s
+    // (four of its looks), the leg must still not have joined.
+    let held = std::time::Instant::now();
+    while held.elapsed() < Duration::from_secs(2) {
+        assert_eq!(mb.members().len(), 1, "no join before the domain runs here");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert_eq!(mb.members().len(), 1, "no join before the domain runs here");
     libvirt_status("running", "migrated");
     wait_for(

@@ -116,8 +116,13 @@ impl ScsiAdds {
     /// The LUN numbers of the SCSI devices added so far.
     pub(crate) fn luns(mut self) -> Vec<u32> {
         std::thread::sleep(std::time::Duration::from_millis(500));
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // udevadm monitor runs until killed: still running means it saw all.
+        assert!(
+            self.child.try_wait().expect("monitor's state").is_none(),
+            "udevadm monitor ended early: events may be missing"
+        );
+        self.child.kill().expect("kill udevadm monitor");
+        self.child.wait().expect("reap udevadm monitor");
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         println!("scsi uevents:\n{text}");
         text.lines()

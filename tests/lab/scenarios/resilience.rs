@@ -175,7 +175,7 @@ fn lab_target_dies_under_writer_watch_heals_with_bitmap() {
         sd,
     } = mirrored(
         &t,
-        "replacement = 5\nnoop_interval = 2\nnoop_timeout = 2\nwatch = 1",
+        "replacement = 5\nnoop_interval = 2\nnoop_timeout = 2\nwatch = 600",
         0,
     );
     assert_eq!(
@@ -184,7 +184,20 @@ fn lab_target_dies_under_writer_watch_heals_with_bitmap() {
         "write-intent bitmap file in use"
     );
     assert!(Path::new("/var/lib/iscsimple/bitmaps/vm1-disk.bitmap").exists());
+    // A tick of 10 minutes: its first look runs now, before the kill, and
+    // the next one is far past the wait below, so only md's event on
+    // /proc/mdstat can wake it to write the record.
     let watch = tool.watch();
+    let watch_started = Instant::now();
+    wait_for(
+        "watch to start with its 600 s tick",
+        Duration::from_secs(30),
+        || {
+            syslog()
+                .lines()
+                .any(|l| l.contains("watching mirrors") && l.contains("interval=600s"))
+        },
+    );
 
     // A writer loops over MiB 64..68, each round with its own seed.
     let writer = data::Writer::start(&dev, |r| (64, 4, 0x5eed_0000 + r));
@@ -197,8 +210,12 @@ fn lab_target_dies_under_writer_watch_heals_with_bitmap() {
     let failed_after = killed.elapsed();
     let recorded = wait_for(
         "watch to record that the local leg is newer",
-        Duration::from_secs(10),
+        Duration::from_secs(120),
         || tool.newer("vm1-disk"),
+    );
+    assert!(
+        watch_started.elapsed() < Duration::from_secs(600),
+        "recorded before watch's timer could fire: md's event woke it"
     );
     writer.wait_rounds(2);
     let last = writer.finish() - 1;
@@ -211,6 +228,13 @@ fn lab_target_dies_under_writer_watch_heals_with_bitmap() {
     data::verify(&dev, 64, 4, 0x5eed_0000 + last);
     data::verify(&lv, 64, 4, 0x5eed_0000 + last);
     data::verify(&dev, 0, 64, lun.seed);
+
+    // An iSCSI session coming back raises no md event: the heal is the
+    // timer's job, so watch runs on with a 1 s tick from here.
+    watch.stop();
+    let conf = std::fs::read_to_string(&tool.config).expect("config");
+    std::fs::write(&tool.config, conf.replace("watch = 600", "watch = 1")).expect("config");
+    let watch = tool.watch();
 
     // Target back: watch re-adds the leg, only dirty regions are copied.
     // The copy is slowed to ~2 MB/s (md does not count skipped clean
@@ -345,7 +369,8 @@ fn lab_target_dies_under_writer_watch_heals_with_bitmap() {
     );
     data::equal(&lv, &lun.backing, BIG).expect("legs equal");
 
-    tool.run(&["watch", "--once"]);
+    let out = tool.run(&["watch", "--once"]);
+    assert_eq!(out.code, 0, "watch --once: {}", out.stderr);
     assert!(!tool.newer("vm1-disk"), "no record once in sync");
     tool.detach("vm1-disk");
     assert!(!Path::new("/var/lib/iscsimple/bitmaps/vm1-disk.bitmap").exists());
@@ -475,7 +500,8 @@ fn lab_degraded_detach_then_attach_local_wins() {
     data::verify(&lun.backing, 8, 4, 0xbeef);
     data::equal(&lv, &lun.backing, MIB).expect("legs equal");
     assert!(tool.newer("vm1-disk"), "cleared only once seen in sync");
-    tool.run(&["watch", "--once"]);
+    let out = tool.run(&["watch", "--once"]);
+    assert_eq!(out.code, 0, "watch --once: {}", out.stderr);
     assert!(!tool.newer("vm1-disk"), "cleared once in sync");
 
     // Degraded again, then the label is renamed in the table, same
@@ -501,7 +527,8 @@ fn lab_degraded_detach_then_attach_local_wins() {
     data::verify(&lun.backing, 0, 4, 0xfeed);
     data::verify(&lun.backing, 8, 4, 0xbeef);
     data::equal(&lv, &lun.backing, MIB).expect("legs equal");
-    tool.run(&["watch", "--once"]);
+    let out = tool.run(&["watch", "--once"]);
+    assert_eq!(out.code, 0, "watch --once: {}", out.stderr);
     assert!(tool.local_newer().is_empty(), "cleared once in sync");
     tool.detach("vm1-renamed");
 
@@ -530,7 +557,8 @@ fn lab_degraded_detach_then_attach_local_wins() {
     m.wait_synced(Duration::from_secs(120));
     data::verify(&lun.backing, 12, 4, 0x5a5a);
     data::equal(&lv, &lun.backing, MIB).expect("legs equal");
-    tool.run(&["watch", "--once"]);
+    let out = tool.run(&["watch", "--once"]);
+    assert_eq!(out.code, 0, "watch --once: {}", out.stderr);
     assert!(tool.local_newer().is_empty(), "cleared once in sync");
     tool.detach("vm1-renamed");
     vg.remove();
@@ -712,7 +740,8 @@ fn lab_reboot_power_loss_while_degraded_keeps_local_is_newer() {
             data::verify(&m.dev(), 2, 4, 0x0dd_ba11);
             data::verify(&lun.backing, 2, 4, 0x0dd_ba11);
             data::equal(&lv, &lun.backing, MIB).expect("legs equal");
-            tool.run(&["watch", "--once"]);
+            let out = tool.run(&["watch", "--once"]);
+            assert_eq!(out.code, 0, "watch --once: {}", out.stderr);
             assert!(!tool.newer("vm1-disk"), "cleared once in sync");
             tool.detach("vm1-disk");
             assert!(!Path::new("/var/lib/iscsimple/open/vm1-disk.json").exists());

@@ -169,9 +169,14 @@ fn seed_flow(kind: Kind, chap: Chap, udev: Udev) {
             m.dev().display(),
             udev
         );
-        let _ = std::fs::remove_file(&mdpath);
-        let _ = std::fs::remove_file(m.dev());
-        let _ = std::fs::remove_dir("/dev/md");
+        for p in [Path::new(&mdpath), &m.dev()] {
+            if p.exists() {
+                std::fs::remove_file(p).unwrap_or_else(|e| panic!("rm {}: {e}", p.display()));
+            }
+        }
+        if Path::new("/dev/md").exists() {
+            std::fs::remove_dir("/dev/md").expect("rmdir /dev/md (empty now)");
+        }
     }
     let out = logout(iqn, &portal);
     assert!(out.ok(), "logout: {out:?}");

@@ -123,8 +123,13 @@ fn lab_status_table_json_watch_and_hook_log_fields() {
             break;
         }
     }
-    let _ = w.kill();
-    let _ = w.wait();
+    // It redraws until stopped: still running after all those redraws.
+    assert!(
+        w.try_wait().expect("status --watch state").is_none(),
+        "status --watch ended on its own"
+    );
+    w.kill().expect("stop status --watch");
+    w.wait().expect("reap status --watch");
     println!("$ iscsimple status --watch --interval 0.5\n{text}");
     assert!(bars.len() >= 3, "a bar per redraw: {bars:?}");
     assert!(
