@@ -1,7 +1,9 @@
 #!/bin/bash
 # tests/run-all.sh -- what `make test` runs: lints, unit tests (cargo test),
-# packaging (tests/package.sh), then the lab scenarios in the VM; one
-# closing "N passed, N failed" line.
+# packaging (tests/package.sh), the lab harness's self-test, then the lab
+# scenarios in the VM; a line naming the scenarios each lab ran twice (a
+# rerun passes, but is never silent), and one closing "N passed, N failed"
+# line.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 mkdir -p target
@@ -26,6 +28,14 @@ pf=$(tail -1 target/package.log | sed -n 's/^package: \([0-9]*\) passed, \([0-9]
 pp=${pp:-0}; pf=${pf:-0}
 [ "$pkg_rc" != 0 ] && [ "$pf" = 0 ] && pf=1
 
+# the harness's rule for running a scenario twice, on made-up consoles (no VM)
+bash tests/lab/lab.sh --self-test 2>&1 | tee target/lab-selftest.log
+st_rc=${PIPESTATUS[0]}
+sp=$(tail -1 target/lab-selftest.log | sed -n 's/^lab self-test: \([0-9]*\) passed, \([0-9]*\) failed$/\1/p')
+sf=$(tail -1 target/lab-selftest.log | sed -n 's/^lab self-test: \([0-9]*\) passed, \([0-9]*\) failed$/\2/p')
+sp=${sp:-0}; sf=${sf:-0}
+[ "$st_rc" != 0 ] && [ "$sf" = 0 ] && sf=1
+
 bash tests/lab/lab.sh 2>target/lab.err | tee target/lab.log
 lab_rc=${PIPESTATUS[0]}
 lp=$(tail -1 target/lab.log | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) failed$/\1/p')
@@ -41,6 +51,14 @@ xf=$(tail -1 target/lab-xen.log | sed -n 's/^\([0-9]*\) passed, \([0-9]*\) faile
 xp=${xp:-0}; xf=${xf:-0}
 if [ "$xen_rc" != 0 ] && [ "$xf" = 0 ]; then xf=1; tail -40 target/lab-xen.err; fi
 
-echo "lint: $([ $fail_lint = 0 ] && echo ok || echo FAILED); unit: $up passed, $uf failed; package: $pp passed, $pf failed; lab: $lp passed, $lf failed; xen lab: $xp passed, $xf failed"
-echo "$((up + pp + lp + xp)) passed, $((uf + pf + lf + xf + fail_lint)) failed"
-[ "$unit_rc" = 0 ] && [ "$pkg_rc" = 0 ] && [ "$lab_rc" = 0 ] && [ "$xen_rc" = 0 ] && [ $fail_lint = 0 ]
+# lab.sh's rerun line ("lab: no reruns" or "lab: N rerun(s): NAME..."),
+# the line before its closing one
+reruns() {
+    local l
+    l=$(grep -aE '^lab: (no reruns|[0-9]+ rerun\(s\):)' "$1" | tail -1)
+    echo "${l:-lab: no rerun line (lab.sh ended early)}"
+}
+echo "reruns: $(reruns target/lab.log); xen $(reruns target/lab-xen.log)"
+echo "lint: $([ $fail_lint = 0 ] && echo ok || echo FAILED); unit: $up passed, $uf failed; package: $pp passed, $pf failed; lab self-test: $sp passed, $sf failed; lab: $lp passed, $lf failed; xen lab: $xp passed, $xf failed"
+echo "$((up + pp + sp + lp + xp)) passed, $((uf + pf + sf + lf + xf + fail_lint)) failed"
+[ "$unit_rc" = 0 ] && [ "$pkg_rc" = 0 ] && [ "$st_rc" = 0 ] && [ "$lab_rc" = 0 ] && [ "$xen_rc" = 0 ] && [ $fail_lint = 0 ]

@@ -80,7 +80,12 @@ impl Engine<'_> {
                 steps.push(Undo::StopArray {
                     kname: m.kname.clone(),
                     expect,
-                    bitmap: m.bitmap.clone(),
+                    // A call killed between `mdadm --build` and recording
+                    // the array left the label's bitmap file unrecorded.
+                    bitmap: m
+                        .bitmap
+                        .clone()
+                        .or_else(|| Some(self.durable.bitmap(&m.label))),
                 });
             }
         }

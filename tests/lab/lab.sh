@@ -7,7 +7,12 @@
 # the host, then boots one qemu TCG VM per
 # scenario whose name contains one of the FILTERs (all when none) and runs it
 # there as root. Prints one line per scenario, the guest's log for failures,
-# and a closing "N passed, N failed" line; exits 1 if any scenario failed.
+# a line naming the scenarios that ran twice ("lab: N rerun(s): NAME..." or
+# "lab: no reruns"; see rerun_reason for when one does, and its first
+# console is always printed) and a closing "N passed, N failed" line, always
+# the last; exits 1 if any scenario failed.
+# tests/lab/lab.sh --self-test checks the rerun rule and the closing lines
+# on made-up consoles, in a second, without a VM (run-all.sh runs it).
 #
 # Env: LAB_CACHE (image cache, default /var/tmp/iscsimple/lab),
 #      LAB_TIMEOUT (seconds per scenario VM, default 600), LAB_MEM (MiB, 1024),
@@ -47,6 +52,151 @@ esac
 OUT=${LAB_OUT:-$OUT}
 LIST=0
 [ "${1:-}" = --list ] && { LIST=1; shift; }
+
+
+# When a scenario runs once more: its guest, not the scenario, failed, which
+# is told by all three of
+# - the VM ended without its exit marker (@@LAB-EXIT=N@@): a guest that
+#   printed it ran its scenario to the end, whatever else its console holds
+#   (a failed scenario's diagnostics print dmesg, where every kernel WARN
+#   has a "RIP:" line, and an oops there comes after the scenario failed);
+# - a known signature in the console before the scenario's end marker
+#   (@@LAB-SCENARIO-END), or anywhere when there is none;
+# - the signature is one of KNOWN_FAULTS: a guest kernel oops (the kernel
+#   runs with oops=panic, so the first one ends the VM; no user-space
+#   program may cause one), or the firmware hanging before the kernel.
+# Seen: Debian 6.1's iscsi_tcp dereferencing NULL while cleaning up a
+# connection whose login the target had just rejected (under TCG), and
+# SeaBIOS hanging at "Booting from ROM" on a loaded host. Never rerun: a
+# WARN, a hung task, a panic without an oops (such as init killed by the
+# OOM killer), a timeout, any other hang.
+KNOWN_FAULTS=(
+    'BUG: kernel NULL pointer dereference'
+    'BUG: unable to handle page fault'
+    'general protection fault'
+    'kernel BUG at'
+)
+FIRMWARE_HANG='Booting from ROM'
+
+rerun_reason() {  # rerun_reason CONSOLE -> prints why the guest failed and returns 0, or returns 1
+    local text end hit n sig=() f
+    [ -s "$1" ] || return 1
+    text=$(tr -d '\r' < "$1")
+    grep -aqE '^@@LAB-EXIT=[0-9]+@@$' <<< "$text" && return 1
+    end=$(grep -an -m1 '@@LAB-SCENARIO-END' <<< "$text" | cut -d: -f1)
+    for f in "${KNOWN_FAULTS[@]}"; do sig+=(-e "$f"); done
+    if hit=$(grep -anF -m1 "${sig[@]}" <<< "$text"); then
+        n=${hit%%:*} hit=${hit#*:}
+        if [ -z "$end" ] || [ "$n" -lt "$end" ]; then
+            echo "guest kernel fault: ${hit#*] }"
+            return 0
+        fi
+    fi
+    if ! grep -aq '@@LAB-SCENARIO-START' <<< "$text" \
+       && grep -av '^[[:space:]]*$' <<< "$text" | tail -n 2 | grep -aqF "$FIRMWARE_HANG"; then
+        echo "the guest never reached the scenario (firmware hang at \"$FIRMWARE_HANG\")"
+        return 0
+    fi
+    return 1
+}
+
+summary() {   # summary PASSED FAILED [RERUN...] -> the closing lines; the last one is "N passed, N failed"
+    local p=$1 f=$2; shift 2
+    if [ $# = 0 ]; then echo "lab: no reruns"; else echo "lab: $# rerun(s): $*"; fi
+    echo "$p passed, $f failed"
+}
+
+show_console() {  # show_console LOG -> the scenario's part of a console (its tail when it never started)
+    if grep -aq '@@LAB-SCENARIO-START' "$1" 2>/dev/null; then
+        sed -n '/@@LAB-SCENARIO-START/,$p' "$1"
+    else
+        tail -n 80 "$1" 2>/dev/null
+    fi
+}
+
+self_test() {  # the rerun rule and the closing lines on made-up consoles; exit 1 on a mismatch
+    local d ok=0 bad=0 c want got why
+    d=$(mktemp -d "${TMPDIR:-/tmp}/labself.XXXXXX")
+    local start='@@LAB-SCENARIO-START lab_x@@' oops='[   12.345678] BUG: kernel NULL pointer dereference, address: 0000000000000000
+[   12.345700] Oops: 0000 [#1] PREEMPT SMP NOPTI
+[   12.345800] RIP: 0010:iscsi_sw_tcp_conn_stop+0x20/0x80 [iscsi_tcp]
+[   12.346000] Kernel panic - not syncing: Fatal exception' \
+          warn='[   20.000000] WARNING: CPU: 1 PID: 77 at drivers/md/md.c:100 md_foo+0x1/0x2
+[   20.000100] RIP: 0010:md_foo+0x1/0x2'
+    printf '%s\n' 'lab: kernel 6.1' "$start" 'test lab_x ... ok' '@@LAB-SCENARIO-END rc=0@@' '@@LAB-EXIT=0@@' > "$d/pass"
+    printf '%s\n' "$start" 'assertion failed' '@@LAB-SCENARIO-END rc=101@@' '---- dmesg (tail)' "$warn" '@@LAB-EXIT=101@@' > "$d/warn_in_diagnostics"
+    printf '%s\n' "$start" 'assertion failed' '@@LAB-SCENARIO-END rc=101@@' '---- dmesg (tail)' "$oops" '@@LAB-EXIT=101@@' > "$d/oops_in_diagnostics"
+    printf '%s\n' "$start" 'attaching' "$oops" > "$d/oops_mid_scenario"
+    printf '%s\r\n' "$start" 'attaching' "$oops" > "$d/oops_mid_scenario_crlf"
+    printf '%s\n' "$start" "$oops" '@@LAB-SCENARIO-END rc=101@@' '@@LAB-EXIT=101@@' > "$d/oops_but_exit_marker"
+    printf '%s\n' "$start" 'assertion failed' '@@LAB-SCENARIO-END rc=101@@' '---- dmesg (tail)' "$oops" > "$d/oops_after_scenario_end"
+    printf '%s\n' "$start" 'attaching' "$warn" > "$d/warn_then_timeout"
+    printf '%s\n' "$start" 'attaching' '[   30.0] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000009' > "$d/panic_without_oops"
+    printf '%s\n' "$start" 'attaching' > "$d/timeout_mid_scenario"
+    printf '%s\n' 'SeaBIOS (version 1.16.2-debian-1.16.2-1)' '' 'Booting from ROM..' > "$d/firmware_hang"
+    printf '%s\n' 'SeaBIOS (version 1.16.2-debian-1.16.2-1)' 'Booting from ROM..' 'lab: kernel 6.1' 'lab: modprobe raid1 failed' > "$d/guest_init_hang"
+    : > "$d/empty"
+    for c in pass:no warn_in_diagnostics:no oops_in_diagnostics:no oops_mid_scenario:yes \
+             oops_mid_scenario_crlf:yes oops_but_exit_marker:no oops_after_scenario_end:no \
+             warn_then_timeout:no panic_without_oops:no timeout_mid_scenario:no firmware_hang:yes \
+             guest_init_hang:no empty:no; do
+        want=${c#*:} c=${c%:*}
+        if why=$(rerun_reason "$d/$c"); then got=yes; else got=no; fi
+        if [ "$got" = "$want" ]; then ok=$((ok + 1)); else bad=$((bad + 1)); fi
+        printf 'lab self-test: rerun %-24s want %-3s got %-3s %s\n' "$c" "$want" "$got" "$why"
+    done
+    # the closing lines: the rerun line, then "N passed, N failed" last (run-all.sh reads tail -1)
+    for c in "3 1|lab: no reruns|3 passed, 1 failed" "2 0 lab_a lab_b|lab: 2 rerun(s): lab_a lab_b|2 passed, 0 failed"; do
+        # shellcheck disable=SC2086  # word-split arguments
+        got=$(summary ${c%%|*} | tr '\n' '|'); want="${c#*|}|"
+        if [ "$got" = "$want" ]; then ok=$((ok + 1)); else bad=$((bad + 1)); fi
+        printf 'lab self-test: summary %-24s want %s got %s\n' "${c%%|*}" "$want" "$got"
+    done
+    # a rerun shows the first run's console, passed or not
+    mkdir "$d/logs"
+    for c in 0 1; do
+        cp "$d/pass" "$d/logs/lab_r.log"
+        printf '%s\n' "$start" 'FIRST-RUN-OUTPUT' "$oops" > "$d/logs/lab_r.log.first"
+        rerun_reason "$d/logs/lab_r.log.first" > "$d/logs/lab_r.log.retried"
+        echo "$c" > "$d/logs/lab_r.log.rc"; echo 1000 > "$d/logs/lab_r.log.ms"
+        got=$(OUT=$d report lab_r)
+        if grep -q 'FIRST-RUN-OUTPUT' <<< "$got" && grep -q 'run twice: guest kernel fault' <<< "$got"; then
+            ok=$((ok + 1)); want=shown
+        else
+            bad=$((bad + 1)); want="NOT shown"
+        fi
+        echo "lab self-test: report of a rerun that exited $c: first console $want"
+    done
+    rm -rf "$d"
+    echo "lab self-test: $ok passed, $bad failed"
+    [ "$bad" = 0 ]
+}
+
+report() {    # report NAME -> prints its line (and its log on failure), returns its rc
+    local name=$1 log="$OUT/logs/$1.log" rc ms
+    rc=$(cat "$log.rc"); ms=$(cat "$log.ms")
+    local again=""
+    [ -f "$log.retried" ] && again=", run twice: $(cat "$log.retried")"
+    if [ "$rc" = 0 ]; then
+        printf 'lab %s ... ok (%d.%ds%s)\n' "$name" $((ms / 1000)) $((ms % 1000 / 100)) "$again"
+        [ "${LAB_VERBOSE:-0}" = 1 ] && sed -n '/@@LAB-SCENARIO-START/,$p' "$log"
+    else
+        printf 'lab %s ... FAILED (guest exit %s, %d.%ds%s)\n' "$name" "$rc" $((ms / 1000)) $((ms % 1000 / 100)) "$again"
+        echo "---- $name: guest console (scenario output and diagnostics; full log $log)"
+        show_console "$log"
+        cat "$log.host" 2>/dev/null
+        echo "---- end of $name"
+    fi
+    # a rerun never hides the first run, whatever the second did
+    if [ -f "$log.retried" ]; then
+        echo "---- $name: FIRST run's console, which failed ($(cat "$log.retried"); full log $log.first)"
+        show_console "$log.first"
+        echo "---- end of $name's first run"
+    fi
+    return "$rc"
+}
+
+if [ "${1:-}" = --self-test ]; then self_test; exit; fi
 
 t0=$(date +%s)
 bash "$HERE/${BUILD[0]}" "${BUILD[@]:1}" || { echo "lab: image build failed"; echo "0 passed, 1 failed"; exit 1; }
@@ -129,18 +279,6 @@ boot() {      # boot NAME LOG HOSTLOG [VAR=VALUE...] -> one VM running scenario 
         > /dev/null 2>>"$hostlog"
 }
 
-guest_fault() {  # guest_fault LOG -> prints why the guest, not the scenario, failed
-    # The kernel oopsed (a kernel bug: no user-space program may cause one;
-    # seen: iscsi_tcp's connection cleanup after a rejected login under
-    # TCG), or the VM never reached the scenario (seen: SeaBIOS hanging at
-    # "Booting from ROM" on a loaded host).
-    local line
-    line=$(tr -d '\r' < "$1" 2>/dev/null | grep -a -m1 -E 'BUG: kernel|Oops: |Kernel panic|RIP: ' || true)
-    if [ -n "$line" ]; then echo "guest kernel fault: ${line#*] }"; return 0; fi
-    grep -aq '@@LAB-SCENARIO-START' "$1" 2>/dev/null && return 1
-    echo "the guest never reached the scenario (boot hang)"
-}
-
 run_one() {   # run_one NAME -> writes $OUT/logs/NAME.{log,log.host,log.rc,log.ms}
     local name=$1 log="$OUT/logs/$1.log" s e rc b disk why
     s=$(date +%s%N)
@@ -165,8 +303,9 @@ run_one() {   # run_one NAME -> writes $OUT/logs/NAME.{log,log.host,log.rc,log.m
         boot "$name" "$log" "$log.host"
         rc=$?
         # A fault of the guest's kernel or firmware says nothing about the
-        # scenario: it runs once more, and the report says so.
-        if [ "$rc" != 0 ] && why=$(guest_fault "$log"); then
+        # scenario: it runs once more (see rerun_reason), the report shows
+        # the first console and the summary counts the rerun.
+        if [ "$rc" != 0 ] && why=$(rerun_reason "$log"); then
             mv "$log" "$log.first"
             echo "$why" > "$log.retried"
             echo "lab: $name: $why (first console: $log.first); running it once more" >> "$log.host"
@@ -179,43 +318,23 @@ run_one() {   # run_one NAME -> writes $OUT/logs/NAME.{log,log.host,log.rc,log.m
     echo "$(( (e - s) / 1000000 ))" > "$log.ms"
 }
 
-report() {    # report NAME -> prints its line (and its log on failure), returns its rc
-    local name=$1 log="$OUT/logs/$1.log" rc ms
-    rc=$(cat "$log.rc"); ms=$(cat "$log.ms")
-    local again=""
-    [ -f "$log.retried" ] && again=", run twice: $(cat "$log.retried")"
-    if [ "$rc" = 0 ]; then
-        printf 'lab %s ... ok (%d.%ds%s)\n' "$name" $((ms / 1000)) $((ms % 1000 / 100)) "$again"
-        [ "${LAB_VERBOSE:-0}" = 1 ] && sed -n '/@@LAB-SCENARIO-START/,$p' "$log"
-    else
-        printf 'lab %s ... FAILED (guest exit %s, %d.%ds%s)\n' "$name" "$rc" $((ms / 1000)) $((ms % 1000 / 100)) "$again"
-        echo "---- $name: guest console (scenario output and diagnostics; full log $log)"
-        if grep -q '@@LAB-SCENARIO-START' "$log" 2>/dev/null; then
-            sed -n '/@@LAB-SCENARIO-START/,$p' "$log"
-        else
-            tail -n 80 "$log" 2>/dev/null
-        fi
-        cat "$log.host" 2>/dev/null
-        echo "---- end of $name"
-    fi
-    return "$rc"
-}
-
 pass=0 fail=0 jobs=${LAB_JOBS:-1}
-running=()
+running=() reruns=()
 for s in "${scenarios[@]}"; do
     run_one "$s" &
     running+=("$s:$!")
     while [ ${#running[@]} -ge "$jobs" ]; do
         wait "${running[0]##*:}"
         if report "${running[0]%:*}"; then pass=$((pass + 1)); else fail=$((fail + 1)); fi
+        [ -f "$OUT/logs/${running[0]%:*}.log.retried" ] && reruns+=("${running[0]%:*}")
         running=("${running[@]:1}")
     done
 done
 for r in "${running[@]}"; do
     wait "${r##*:}"
     if report "${r%:*}"; then pass=$((pass + 1)); else fail=$((fail + 1)); fi
+    [ -f "$OUT/logs/${r%:*}.log.retried" ] && reruns+=("${r%:*}")
 done
 echo "lab: $(( $(date +%s) - t0 ))s in all"
-echo "$pass passed, $fail failed"
+summary "$pass" "$fail" "${reruns[@]}"
 [ "$fail" = 0 ]
