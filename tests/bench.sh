@@ -13,7 +13,8 @@
 # host's /etc/xen/scripts (Debian's xen-utils-common, which
 # tests/lab/build-xen.sh installs) or from the Xen lab image, copied into
 # the VM; without them those figures are left out.
-# Env: LAB_MEM (MiB, default 3072: the 1 GiB heal figure keeps a 1 GiB LUN
+# Env: LAB_TIMEOUT (s per VM, default 1800: five 1 GiB full resyncs on a
+# busy host), LAB_MEM (MiB, default 3072: the 1 GiB heal figure keeps a 1 GiB LUN
 # and a 1 GiB volume in guest RAM), and lab.sh's.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -36,7 +37,7 @@ for d in /etc/xen/scripts "${LAB_CACHE:-/var/tmp/iscsimple/lab}/xen/dom0-root/et
 done
 [ -n "$files" ] || echo "bench: no Xen hotplug scripts (/etc/xen/scripts/block-iscsi): block-iscsi figures left out" >&2
 
-LAB_PREFIX=bench_ LAB_OUT="$OUT/lab" LAB_FILES="$files" LAB_MEM=${LAB_MEM:-3072} \
+LAB_PREFIX=bench_ LAB_OUT="$OUT/lab" LAB_FILES="$files" LAB_MEM=${LAB_MEM:-3072} LAB_TIMEOUT=${LAB_TIMEOUT:-1800} \
     bash "$TOP/tests/lab/lab.sh" "$@" | tee "$OUT/lab.log"
 rc=${PIPESTATUS[0]}
 

@@ -529,7 +529,7 @@ fn raid_speed_limits() -> String {
 fn bench_resync() {
     let _lab = Lab::start(Udev::On);
     const MIB: u64 = 64;
-    let n = runs(3);
+    let n = runs(5);
     let t = Target::start(TargetSpec::new(Kind::Tgt, IQN, &[MIB]));
     let portal = t.portal();
     let vg = Vg::create("benchvg", MIB + 16);
@@ -546,102 +546,112 @@ fn bench_resync() {
     let mut dd1m_times = Vec::new();
     let mut speeds = [String::new(), String::new()];
     for round in 0..n {
-        for (i, cfg) in configs.iter().enumerate() {
-            let tool = Tool::new(cfg);
-            tool.labels(&[("bench-disk", &lvs)]);
-            let (_, dev) = tool_timed(&tool, &["attach", &mirror]);
-            assert_eq!(dev, "/dev/md/bench-disk");
-            let m = Md::by_label("bench-disk");
-            let rec = wait_idle(&m, Duration::from_secs(300));
-            speeds[i] = format!(
-                "array sync_speed_min/max {}/{} (system {})",
-                m.attr("sync_speed_min"),
-                m.attr("sync_speed_max"),
-                raid_speed_limits()
-            );
-            println!(
-                "round {round} md recovery ({}) {MIB} MiB: {rec:.2}s",
-                speeds[i]
-            );
-            md_times[i].push(rec);
+        // md with each config, then dd: the order rotated every round
+        for j in 0..3 {
+            let i = (j + round) % 3;
+            if i < 2 {
+                let tool = Tool::new(&configs[i]);
+                tool.labels(&[("bench-disk", &lvs)]);
+                // from the attach call (login, build, add) to in sync
+                let (rec, ()) = secs(|| {
+                    let (_, dev) = tool_timed(&tool, &["attach", &mirror]);
+                    assert_eq!(dev, "/dev/md/bench-disk");
+                    wait_idle(&Md::by_label("bench-disk"), Duration::from_secs(300));
+                });
+                let m = Md::by_label("bench-disk");
+                speeds[i] = format!(
+                    "array sync_speed_min/max {}/{} (system {})",
+                    m.attr("sync_speed_min"),
+                    m.attr("sync_speed_max"),
+                    raid_speed_limits()
+                );
+                println!(
+                    "round {round} md recovery ({}) {MIB} MiB: {rec:.2}s",
+                    speeds[i]
+                );
+                md_times[i].push(rec);
+                settle();
+                tool_timed(&tool, &["detach", &mirror]);
+                settle();
+                continue;
+            }
+            let tool = Tool::new(&configs[0]);
+            let (_, sd) = tool_timed(&tool, &["attach", &plain]);
+            let count = (MIB * 16).to_string();
+            let (d, out) = secs(|| {
+                run(
+                    "/usr/bin/dd",
+                    &[
+                        &format!("if={sd}"),
+                        &format!("of={lvs}"),
+                        "bs=64K",
+                        &format!("count={count}"),
+                        "iflag=direct",
+                        "oflag=direct",
+                    ],
+                )
+            });
+            assert!(out.ok(), "dd: {}", out.stderr);
+            let (d1, out) = secs(|| {
+                run(
+                    "/usr/bin/dd",
+                    &[
+                        &format!("if={sd}"),
+                        &format!("of={lvs}"),
+                        "bs=1M",
+                        &format!("count={MIB}"),
+                        "iflag=direct",
+                        "oflag=direct",
+                    ],
+                )
+            });
+            assert!(out.ok(), "dd: {}", out.stderr);
+            println!("round {round} dd {MIB} MiB: bs=64K {d:.2}s, bs=1M {d1:.2}s");
+            dd_times.push(d);
+            dd1m_times.push(d1);
             settle();
-            tool_timed(&tool, &["detach", &mirror]);
+            tool_timed(&tool, &["detach", &plain]);
+            settle();
         }
-        let tool = Tool::new(&configs[0]);
-        let (_, sd) = tool_timed(&tool, &["attach", &plain]);
-        let count = (MIB * 16).to_string();
-        let (d, out) = secs(|| {
-            run(
-                "/usr/bin/dd",
-                &[
-                    &format!("if={sd}"),
-                    &format!("of={lvs}"),
-                    "bs=64K",
-                    &format!("count={count}"),
-                    "iflag=direct",
-                    "oflag=direct",
-                ],
-            )
-        });
-        assert!(out.ok(), "dd: {}", out.stderr);
-        let (d1, out) = secs(|| {
-            run(
-                "/usr/bin/dd",
-                &[
-                    &format!("if={sd}"),
-                    &format!("of={lvs}"),
-                    "bs=1M",
-                    &format!("count={MIB}"),
-                    "iflag=direct",
-                    "oflag=direct",
-                ],
-            )
-        });
-        assert!(out.ok(), "dd: {}", out.stderr);
-        println!("round {round} dd {MIB} MiB: bs=64K {d:.2}s, bs=1M {d1:.2}s");
-        dd_times.push(d);
-        dd1m_times.push(d1);
-        settle();
-        tool_timed(&tool, &["detach", &plain]);
     }
-    let note = |s: &str| {
-        format!("{MIB} MiB tgt LUN -> LVM volume (loop on tmpfs); md: from attach's return to in sync; dd bs=64K iflag=direct oflag=direct (md raid1 resyncs in 64 KiB blocks); {s}")
+    let note = |s: &str, dd: &str| {
+        format!("{MIB} MiB tgt LUN -> LVM volume (loop on tmpfs); md: from the attach call (login, build, add) to in sync; dd {dd} iflag=direct oflag=direct, on the LUN already attached; md, md tuned and dd rotated each round; {s}")
     };
     Figure::new(
-        "resync_vs_dd",
-        "Time to full redundancy, default resync speed limits",
-        ("md recovery (iscsimple attach)", md_times[0].clone()),
-        ("dd, direct I/O, 64 KiB", dd_times.clone()),
+        "resync_vs_dd_1m",
+        "Time to full redundancy from the attach call, default resync speed limits",
+        ("iscsimple attach + md recovery", md_times[0].clone()),
+        ("dd, direct I/O, 1 MiB", dd1m_times.clone()),
         "s",
         Goal::AtMost(1.10),
     )
-    .note(note(&speeds[0]))
+    .note(note(&speeds[0], "bs=1M (one 1 MiB request at a time)"))
     .extra(serde_json::json!({"speed": speeds[0], "mib": MIB}))
     .paired()
     .emit();
     Figure::new(
-        "resync_tuned_vs_dd",
-        "Time to full redundancy, [md] sync_speed_min = 200000",
-        ("md recovery (iscsimple attach)", md_times[1].clone()),
-        ("dd, direct I/O, 64 KiB", dd_times),
+        "resync_tuned_vs_dd_1m",
+        "Time to full redundancy from the attach call, [md] sync_speed_min = 200000",
+        ("iscsimple attach + md recovery", md_times[1].clone()),
+        ("dd, direct I/O, 1 MiB", dd1m_times),
         "s",
         Goal::AtMost(1.10),
     )
-    .note(note(&speeds[1]))
+    .note(note(&speeds[1], "bs=1M"))
     .extra(serde_json::json!({"speed": speeds[1], "mib": MIB}))
     .paired()
     .emit();
     Figure::new(
-        "resync_vs_dd_1m",
-        "Time to full redundancy, default resync speed limits, against dd bs=1M",
-        ("md recovery (iscsimple attach)", md_times[0].clone()),
-        ("dd, direct I/O, 1 MiB", dd1m_times),
+        "resync_vs_dd",
+        "Time to full redundancy from the attach call, against dd bs=64K",
+        ("iscsimple attach + md recovery", md_times[0].clone()),
+        ("dd, direct I/O, 64 KiB", dd_times),
         "s",
         Goal::None,
     )
-    .note(format!(
-        "{}; a stronger baseline than md's own block size: one 1 MiB request at a time",
-        speeds[0]
+    .note(note(
+        &speeds[0],
+        "bs=64K (md raid1's own resync block): the weaker baseline",
     ))
     .paired()
     .emit();
@@ -711,8 +721,16 @@ fn heal_bench(bitmap: bool, iqn: &str, mib: u64, heals: usize, fulls: usize) {
     let mdp = m.dev().to_str().expect("utf8").to_string();
     let (mut hs, mut fs, mut hw, mut fw) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..heals + fulls {
-        let heal = hs.len() < heals && (round % 2 == 0 || fs.len() >= fulls);
-        let sd = outage(&t, &m, 8 + 8 * round as u64, 4);
+        // pairs alternate which goes first (heal, full, full, heal, ...)
+        let heal = if hs.len() >= heals {
+            false
+        } else if fs.len() >= fulls {
+            true
+        } else {
+            (round % 2 == 0) == ((round / 2) % 2 == 0)
+        };
+        // 4 MiB written at a new place each round, within the array
+        let sd = outage(&t, &m, 8 + 8 * (round as u64 % ((mib - 8) / 8)), 4);
         if heal {
             let (h, w) = timed_resync(&m, &sd, || {
                 tool_timed(&tool, &["heal", "bench-disk"]);
@@ -789,13 +807,13 @@ fn bench_heal() {
     // backing files live in the guest's RAM (rootfs, a tmpfs limited to
     // half of it by default): a 1 GiB LUN and a 1 GiB volume need more
     must("/usr/bin/mount", &["-o", "remount,size=95%", "/"]);
-    heal_bench(false, IQN, 64, runs(3), runs(3));
+    heal_bench(false, IQN, 64, runs(5), runs(5));
     heal_bench(
         true,
         "iqn.2024-01.lab.iscsimple:bench-1g",
         1024,
-        runs(3),
-        runs(3).min(2),
+        runs(5),
+        runs(5),
     );
 }
 
@@ -964,11 +982,12 @@ fn all_synced() {
 }
 
 /// 8 concurrent attaches of mirrored specs on one target (8 LUNs, one
-/// session) against 8 times one attach (of the same kind: cold, logging in).
+/// session) against the same 8 attached one after another (cold: the
+/// first logs in, the others share its session), the order alternating.
 #[test]
 fn bench_concurrent_attach() {
     let _lab = Lab::start(Udev::On);
-    let n = runs(3);
+    let n = runs(5);
     let t = Target::start(TargetSpec::new(Kind::Tgt, IQN, &[8; 8]));
     let vg = Vg::create("benchvg", 8 * 8 + 16);
     let mut labels = Vec::new();
@@ -992,7 +1011,14 @@ fn bench_concurrent_attach() {
             })
             .collect();
         for h in hs {
-            h.join().expect("tool thread");
+            let (_, dev) = h.join().expect("tool thread");
+            assert!(args[0] != "attach" || dev.starts_with("/dev/md/"), "{dev}");
+        }
+    };
+    let one_by_one = || {
+        for s in &specs {
+            let (_, dev) = tool_timed(&tool, &["attach", s]);
+            assert!(dev.starts_with("/dev/md/"), "{dev}");
         }
     };
     let detach_all = || {
@@ -1001,29 +1027,33 @@ fn bench_concurrent_attach() {
         at_once(&["detach"]);
         settle();
     };
-    let (mut conc, mut one, mut busy) = (Vec::new(), Vec::new(), [Vec::new(), Vec::new()]);
+    let (mut conc, mut seq, mut busy) = (Vec::new(), Vec::new(), [Vec::new(), Vec::new()]);
     for round in 0..n {
-        forget_nodes();
-        let (o, b1, _) = secs_busy(|| tool_timed(&tool, &["attach", &specs[round % 8]]));
-        all_synced();
-        settle();
-        tool_timed(&tool, &["detach", &specs[round % 8]]);
-        settle();
-        forget_nodes();
-        let (c, b8, ()) = secs_busy(|| at_once(&["attach"]));
-        detach_all();
-        println!(
-            "round {round}: one attach {o:.2}s (CPUs {:.0}% busy); 8 at once {c:.2}s (CPUs {:.0}% busy)",
-            b1 * 100.0,
-            b8 * 100.0
-        );
-        conc.push(c);
-        one.push(o * 8.0);
-        busy[0].push(b1);
-        busy[1].push(b8);
+        for k in 0..2 {
+            forget_nodes();
+            settle();
+            if (k + round) % 2 == 0 {
+                let (o, b, ()) = secs_busy(one_by_one);
+                seq.push(o);
+                busy[0].push(b);
+                println!(
+                    "round {round}: 8 one after another {o:.2}s (CPUs {:.0}% busy)",
+                    b * 100.0
+                );
+            } else {
+                let (c, b, ()) = secs_busy(|| at_once(&["attach"]));
+                conc.push(c);
+                busy[1].push(b);
+                println!(
+                    "round {round}: 8 at once {c:.2}s (CPUs {:.0}% busy)",
+                    b * 100.0
+                );
+            }
+            detach_all();
+        }
     }
     let busy_note = format!(
-        "the guest's 2 vCPUs were {:.0}% busy during one attach, {:.0}% during the 8 at once (medians)",
+        "the guest's 2 vCPUs were {:.0}% busy during the 8 one after another, {:.0}% during the 8 at once (medians)",
         bench::median(&busy[0]) * 100.0,
         bench::median(&busy[1]) * 100.0
     );
@@ -1060,13 +1090,13 @@ fn bench_concurrent_attach() {
         "concurrent8_vs_8x_one",
         "8 concurrent attaches on one target (total)",
         ("8 attaches at once", conc),
-        ("8 x one attach", one),
+        ("8 attaches one after another", seq),
         "s",
         Goal::AtMost(0.5),
     )
-    .note(format!("tgt target with 8 LUNs of 8 MiB, 8 LVM volumes, mirrored specs, cold (node records deleted before each); one attach = one of the 8 alone (logs in), times 8; the 8 at once share the session the first opens; {busy_note}"))
+    .note(format!("tgt target with 8 LUNs of 8 MiB, 8 LVM volumes, mirrored specs, cold (node records deleted before each batch): the first attach of a batch logs in, the others share its session, in both orders; the two batches alternate which goes first; {busy_note}"))
     .paired()
-    .extra(serde_json::json!({"cpu_busy_one": busy[0], "cpu_busy_8": busy[1], "profile_wall_s": wall, "timeline": timeline.iter().map(|(o, w, e)| serde_json::json!({"at_s": (o * 1000.0).round() / 1000.0, "spec": w, "event": e})).collect::<Vec<_>>()}))
+    .extra(serde_json::json!({"cpu_busy_sequential": busy[0], "cpu_busy_8": busy[1], "profile_wall_s": wall, "timeline": timeline.iter().map(|(o, w, e)| serde_json::json!({"at_s": (o * 1000.0).round() / 1000.0, "spec": w, "event": e})).collect::<Vec<_>>()}))
     .emit();
     vg.remove();
 }
@@ -1076,7 +1106,7 @@ fn bench_concurrent_attach() {
 #[test]
 fn bench_scaling() {
     let _lab = Lab::start(Udev::On);
-    let n = runs(3);
+    let n = runs(5);
     let t = Target::start(TargetSpec::new(Kind::Lio, IQN, &[16]));
     let others: Vec<Target> = (0..4)
         .map(|i| {
@@ -1125,26 +1155,41 @@ fn bench_scaling() {
     settle();
     tool_timed(&tool, &["detach", &spec]);
     settle();
-    for level in [0usize, 1, 8, 32] {
-        // bring the others up to `level`, 8 at a time
-        while attached < level {
-            let batch: Vec<String> = other_specs[attached..level.min(attached + 8)].to_vec();
-            let hs: Vec<_> = batch
+    // Levels cannot be interleaved (the others stay attached): they are
+    // visited up then down (0 1 8 32 8 1 0), so the host's drift over the
+    // run weighs on every level alike; 32 is visited once with all runs.
+    let visits = [0usize, 1, 8, 32, 8, 1, 0];
+    let up = n.div_ceil(2);
+    for (vi, &level) in visits.iter().enumerate() {
+        // bring the others up (or down) to `level`, 8 at a time
+        while attached != level {
+            let (lo, hi) = if attached < level {
+                (attached, level.min(attached + 8))
+            } else {
+                (level.max(attached.saturating_sub(8)), attached)
+            };
+            let verb = if attached < level { "attach" } else { "detach" };
+            let hs: Vec<_> = other_specs[lo..hi]
                 .iter()
                 .map(|s| {
                     let s = s.clone();
-                    std::thread::spawn(move || tool_timed(&Tool::new_shared(), &["attach", &s]))
+                    std::thread::spawn(move || tool_timed(&Tool::new_shared(), &[verb, &s]))
                 })
                 .collect();
             for h in hs {
                 h.join().expect("attach thread");
             }
-            attached += batch.len();
+            attached = if verb == "attach" { hi } else { lo };
         }
         all_synced();
         settle();
+        let runs_here = match (level, vi < 3) {
+            (32, _) => n,
+            (_, true) => up,
+            _ => n - up,
+        };
         let mut v = Vec::new();
-        for _ in 0..n {
+        for _ in 0..runs_here {
             run(
                 "/usr/sbin/iscsiadm",
                 &["-m", "node", "-T", IQN, "-o", "delete"],
@@ -1156,7 +1201,7 @@ fn bench_scaling() {
             settle();
             v.push(a);
         }
-        if level == 0 || level == 32 {
+        if vi <= 3 && (level == 0 || level == 32) {
             run(
                 "/usr/sbin/iscsiadm",
                 &["-m", "node", "-T", IQN, "-o", "delete"],
@@ -1178,7 +1223,10 @@ fn bench_scaling() {
             st.arrays.len(),
             bench::median(&v)
         );
-        levels.push((level, v));
+        match levels.iter_mut().find(|(l, _)| *l == level) {
+            Some((_, all)) => all.extend(v),
+            None => levels.push((level, v)),
+        }
     }
     let base = levels[0].1.clone();
     for (level, v) in levels.iter().skip(1) {
@@ -1190,13 +1238,11 @@ fn bench_scaling() {
             "s",
             Goal::AtMost(1.10),
         )
-        .note("mirrored spec on its own LIO target (cold: its node record deleted before each run); the others: mirrored 4 MiB LUNs on 4 LIO targets (8 each, local legs on loop devices), all in sync; levels measured one after another (not interleaved); flat = within 10 %")
+        .note("mirrored spec on its own LIO target (cold: its node record deleted before each run); the others: mirrored 4 MiB LUNs on 4 LIO targets (8 each, local legs on loop devices), all in sync; levels visited up then down (0 1 8 32 8 1 0: they cannot be interleaved), runs split between the two visits; flat = within 10 %")
         .extra(serde_json::json!({"profile": profiles.get(&level.to_string()), "profile_none": profiles.get("0")}))
         .emit();
     }
-    for s in &other_specs {
-        tool_timed(&tool, &["detach", s]);
-    }
+    assert_eq!(attached, 0, "the last visit detached the others");
     for d in &loops {
         run("/usr/sbin/losetup", &["-d", d]);
     }
