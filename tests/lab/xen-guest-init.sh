@@ -6,7 +6,8 @@
 # first MiBs, until the domain is destroyed. Optionally writes to disks.
 #
 # Kernel command line (xl config `extra = "..."`):
-#   lab.sum_mib=N         MiB checksummed when a disk appears (default 4)
+#   lab.sum_mib=N         MiB checksummed when a disk appears; 0 (the default):
+#                         the whole disk, reported as its size in MiB
 #   lab.resum=S           also re-report the checksums every S seconds
 #   lab.writer=VDEV[,..]  write continuously to VDEV while it is present
 #   lab.writer_mib=N      size of the written area: MiB [0, N) (default 8)
@@ -32,7 +33,7 @@ opt() {   # opt NAME DEFAULT: value of lab.NAME= on the kernel command line
     v=$(tr ' ' '\n' < /proc/cmdline | sed -n "s/^lab\.$1=//p" | tail -n 1)
     echo "${v:-$2}"
 }
-SUM_MIB=$(opt sum_mib 4)
+SUM_MIB=$(opt sum_mib 0)
 RESUM=$(opt resum 0)
 WRITERS=" $(opt writer '' | tr ',' ' ') "
 WRITER_MIB=$(opt writer_mib 8)
@@ -41,8 +42,12 @@ up() { cut -d' ' -f1 /proc/uptime; }
 echo "GUEST UP uptime=$(up) sum_mib=$SUM_MIB writer=$(echo $WRITERS | tr ' ' ',') writer_mib=$WRITER_MIB"
 modprobe xen-blkfront 2>/dev/null || insmod /lib/modules/*/kernel/drivers/block/xen-blkfront.ko
 
-sum() {   # sha256 of the first SUM_MIB MiB of /dev/$1 (less if the disk is smaller)
-    dd if="/dev/$1" bs=1M count="$SUM_MIB" iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1
+mib() {   # MiB checksummed on /dev/$1: SUM_MIB, or the whole disk (lab disks are whole MiBs)
+    if [ "$SUM_MIB" = 0 ]; then echo $(( $(cat "/sys/block/$1/size") / 2048 )); else echo "$SUM_MIB"; fi
+}
+
+sum() {   # sha256 of the first $2 MiB of /dev/$1 (less if the disk is smaller)
+    dd if="/dev/$1" bs=1M count="$2" iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1
 }
 
 writer() {   # writer VDEV: the loop described above, in the background
@@ -73,7 +78,8 @@ while :; do
         now="$now$n "
         case "$seen" in *" $n "*) continue ;; esac
         i=0; while [ ! -b "/dev/$n" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
-        echo "GUEST-DISK $n add sectors=$(cat "$p/size") ro=$(cat "$p/ro") sha256_${SUM_MIB}MiB=$(sum "$n")"
+        m=$(mib "$n")
+        echo "GUEST-DISK $n add sectors=$(cat "$p/size") ro=$(cat "$p/ro") sha256_${m}MiB=$(sum "$n" "$m")"
         case "$WRITERS" in
         *" $n "*) writer "$n" & echo $! > "/tmp/writer-pid.$n" ;;
         esac
@@ -90,7 +96,8 @@ while :; do
     if [ "$RESUM" != 0 ] && [ $(( $(cut -d. -f1 /proc/uptime) - last_sum )) -ge "$RESUM" ]; then
         last_sum=$(cut -d. -f1 /proc/uptime)
         for n in $now; do
-            echo "GUEST-DISK $n sum sectors=$(cat "/sys/block/$n/size") sha256_${SUM_MIB}MiB=$(sum "$n")"
+            m=$(mib "$n")
+            echo "GUEST-DISK $n sum sectors=$(cat "/sys/block/$n/size") sha256_${m}MiB=$(sum "$n" "$m")"
         done
     fi
     sleep 0.2
