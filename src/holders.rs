@@ -277,6 +277,15 @@ fn census(
     Ok(c)
 }
 
+/// The holders that use `spec`: not released, domain alive or unknown.
+pub fn users(
+    store: &Store,
+    live: &mut dyn Liveness,
+    spec: &str,
+) -> Result<Vec<(String, Holder)>, StateError> {
+    Ok(census(store, live, spec, None)?.users)
+}
+
 /// How a holder is named in messages.
 fn describe(name: &str, h: &Holder) -> String {
     match kind(name) {
@@ -306,6 +315,24 @@ pub fn claim(store: &Store, name: &str, mut h: Holder) -> Result<(), StateError>
     store.save_holder(name, &h)
 }
 
+/// A detach's guard: [`Cause::Held`] while a live holder (other than
+/// `except`) uses attachment `a`.
+fn unheld(
+    store: &Store,
+    live: &mut dyn Liveness,
+    a: &state::Attachment,
+    except: Option<&str>,
+) -> Result<(), Cause> {
+    let c = census(store, live, &a.spec, except)?;
+    if c.users.is_empty() {
+        return Ok(());
+    }
+    Err(Cause::Held {
+        spec: a.spec.clone(),
+        by: c.users.iter().map(|(n, h)| describe(n, h)).collect(),
+    })
+}
+
 /// Detach `spec` unless, asked under the attachment's lock, a live holder
 /// (other than `except`) uses it: then [`Cause::Held`].
 fn detach_unused(
@@ -314,16 +341,7 @@ fn detach_unused(
     spec: &str,
     except: Option<&str>,
 ) -> Result<bool, DiskError> {
-    let mut guard = |a: &state::Attachment| -> Result<(), Cause> {
-        let c = census(&engine.store, live, &a.spec, except)?;
-        if c.users.is_empty() {
-            return Ok(());
-        }
-        Err(Cause::Held {
-            spec: a.spec.clone(),
-            by: c.users.iter().map(|(n, h)| describe(n, h)).collect(),
-        })
-    };
+    let mut guard = |a: &state::Attachment| unheld(&engine.store, live, a, except);
     engine.detach_with(
         spec,
         DetachOptions {
@@ -432,7 +450,7 @@ pub fn check_sharing(
     writable: bool,
     same_vm: &mut dyn FnMut(&Holder) -> bool,
 ) -> Result<(), HolderError> {
-    for (name, h) in census(store, live, spec, None)?.users {
+    for (name, h) in users(store, live, spec)? {
         if h.domain == domain || !(writable || h.writable) || same_vm(&h) {
             continue;
         }
@@ -460,16 +478,7 @@ pub fn detach(
         .find(what)
         .map_err(|e| DiskError::new("detach", what, crate::disk::Step::State, e.into()))?
         .map(|(_, a)| a.spec);
-    let mut guard = |a: &state::Attachment| -> Result<(), Cause> {
-        let c = census(&engine.store, live, &a.spec, None)?;
-        if c.users.is_empty() {
-            return Ok(());
-        }
-        Err(Cause::Held {
-            spec: a.spec.clone(),
-            by: c.users.iter().map(|(n, h)| describe(n, h)).collect(),
-        })
-    };
+    let mut guard = |a: &state::Attachment| unheld(&engine.store, live, a, None);
     let detached = engine.detach_with(
         what,
         DetachOptions {

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::disk::{AttachOptions, DiskError, Engine};
-use crate::holders::{self, HolderError, HostLiveness, Life, Liveness};
+use crate::holders::{self, HolderError, HostLiveness};
 use crate::spec::{Spec, SpecError};
 use crate::state::{Holder, StateError};
 use crate::xen::xenstore::{Tx, Xenstore, XsError};
@@ -130,14 +130,9 @@ fn check_sharing(
 ) -> Result<(), HotplugError> {
     let me = be.domid.to_string();
     let my_vm = vm_of(xs, &me)?;
-    for (name, h) in engine.store.holders()? {
-        if h.spec != spec.to_string() || name == be.holder_name() || h.domain == me {
-            continue;
-        }
-        if !(writable || h.writable) || h.released {
-            continue;
-        }
-        if HostLiveness::with_xenstore(&mut *xs).life(&name, &h) == Life::Dead {
+    let live = &mut HostLiveness::with_xenstore(&mut *xs);
+    for (name, h) in holders::users(&engine.store, live, &spec.to_string())? {
+        if name == be.holder_name() || h.domain == me || !(writable || h.writable) {
             continue;
         }
         let other_vm = match &h.vm {
