@@ -105,6 +105,20 @@ pub enum MemberCondition {
     Recovering,
 }
 
+impl MemberCondition {
+    /// The word `status` shows for a member in this condition of `array`:
+    /// a member that is neither in sync nor faulty is `recovering` while md
+    /// copies onto it, else a `spare` waiting for a recovery.
+    pub fn word(self, array: &Array) -> &'static str {
+        match self {
+            MemberCondition::InSync => "in_sync",
+            MemberCondition::Faulty => "faulty",
+            MemberCondition::Recovering if array.sync_action == "recover" => "recovering",
+            MemberCondition::Recovering => "spare",
+        }
+    }
+}
+
 /// An md array as sysfs shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Array {
@@ -603,6 +617,20 @@ mod tests {
         assert_eq!(a.members[1].kname, "sda");
         assert_eq!(a.members[1].state, vec!["in_sync", "write_mostly"]);
         assert_eq!(a.members[0].slot, None);
+        // md's words for the members, as status shows them
+        assert_eq!(a.members[1].condition().word(&a), "in_sync");
+        assert!(a.members[1].write_mostly());
+        assert_eq!(a.members[0].condition().word(&a), "recovering");
+        let idle = Array {
+            sync_action: "idle".into(),
+            ..a.clone()
+        };
+        assert_eq!(idle.members[0].condition().word(&idle), "spare");
+        let faulty = Member {
+            state: vec!["faulty".into(), "in_sync".into()],
+            ..a.members[1].clone()
+        };
+        assert_eq!(faulty.condition().word(&a), "faulty");
     }
 
     #[test]

@@ -134,17 +134,10 @@ fn leg(
         None if array.is_some() => ("absent".to_string(), false),
         None => ("attached".to_string(), false),
         Some(m) => {
-            let has = |f: &str| m.state.iter().any(|s| s == f);
-            let st = if has("faulty") {
-                "faulty"
-            } else if has("in_sync") {
-                "in_sync"
-            } else if array.map(|a| a.sync_action == "recover").unwrap_or(false) {
-                "recovering"
-            } else {
-                "spare"
-            };
-            (st.to_string(), has("write_mostly"))
+            // md owns the reading of member flags; a member is found only
+            // in a present array
+            let word = array.map_or("attached", |a| m.condition().word(a));
+            (word.to_string(), m.write_mostly())
         }
     };
     let recovering = state == "recovering";
