@@ -54,9 +54,40 @@ mod imp {
     }
 }
 
+/// The simulator's hold on each point: a call on this thread stops there
+/// (to let another call run) or dies there (a panic that unwinds as a
+/// SIGKILL would end the process: no undo runs, locks are dropped).
+#[cfg(feature = "sim")]
+pub mod hook {
+    use std::cell::RefCell;
+
+    type Hook = Box<dyn FnMut(&str)>;
+
+    thread_local! {
+        static HOOK: RefCell<Option<Hook>> = const { RefCell::new(None) };
+    }
+
+    /// Call `hook` at every point this thread reaches (None: stop).
+    pub fn install(hook: Option<Hook>) {
+        HOOK.with(|h| *h.borrow_mut() = hook);
+    }
+
+    pub(super) fn call(step: &str) {
+        let hook = HOOK.with(|h| h.borrow_mut().take());
+        // Taken out while it runs: it may unwind (a simulated kill), and
+        // the thread's call is over then.
+        if let Some(mut f) = hook {
+            f(step);
+            HOOK.with(|h| *h.borrow_mut() = Some(f));
+        }
+    }
+}
+
 /// A step that changes the host is about to run (see the module docs).
 #[inline]
 pub fn point(step: &str, detail: impl Debug) {
+    #[cfg(feature = "sim")]
+    hook::call(step);
     #[cfg(feature = "crashpoints")]
     imp::point(step, &detail);
     #[cfg(not(feature = "crashpoints"))]

@@ -187,7 +187,7 @@ pub fn sessions(sys: &Sys) -> Vec<Session> {
             let target = sys.read(format!("{dir}/targetname"))?;
             let state = sys.read(format!("{dir}/state")).unwrap_or_default();
             // .../hostN/sessionM/iscsi_session/sessionM: the host is two levels up.
-            let real = fs::canonicalize(sys.path(format!("{dir}/device"))).ok()?;
+            let real = sys.canonical(format!("{dir}/device"))?;
             let host = real
                 .parent()?
                 .file_name()?
@@ -275,10 +275,11 @@ pub fn lun_device(sys: &Sys, session: &Session, lun: u32) -> Option<ScsiDev> {
 /// when the scan is done: afterwards the SCSI device exists or the LUN does
 /// not (its block device may still be on its way).
 pub fn scan_lun(sys: &Sys, session: &Session, lun: u32) -> Result<(), IscsiError> {
-    let path = sys.path(format!("/sys/class/scsi_host/host{}/scan", session.host));
+    let path = PathBuf::from(format!("/sys/class/scsi_host/host{}/scan", session.host));
     tracing::debug!(host = session.host, lun, "scanning LUN");
     crate::crash::point("scan", &path);
-    fs::write(&path, format!("- - {lun}")).map_err(|source| IscsiError::Io { path, source })
+    sys.write(&path, &format!("- - {lun}"))
+        .map_err(|source| IscsiError::Io { path, source })
 }
 
 /// Ask the kernel to read a SCSI device's identity (VPD pages, hence
@@ -287,9 +288,10 @@ pub fn scan_lun(sys: &Sys, session: &Session, lun: u32) -> Result<(), IscsiError
 /// another disk at the same address, and only this shows it. Blocks while
 /// the target does not answer.
 pub fn rescan_device(sys: &Sys, dev: &ScsiDev) -> Result<(), IscsiError> {
-    let path = sys.path(format!("/sys/bus/scsi/devices/{}/rescan", dev.hctl));
+    let path = PathBuf::from(format!("/sys/bus/scsi/devices/{}/rescan", dev.hctl));
     tracing::debug!(hctl = %dev.hctl, "rescanning SCSI device");
-    fs::write(&path, "1").map_err(|source| IscsiError::Io { path, source })
+    sys.write(&path, "1")
+        .map_err(|source| IscsiError::Io { path, source })
 }
 
 /// Flush a SCSI disk's cache and remove the device from the kernel.
@@ -302,23 +304,18 @@ pub fn delete_device(sys: &Sys, dev: &ScsiDev) -> Result<(), IscsiError> {
     if !reachable {
         tracing::warn!(hctl = %dev.hctl, state = ?state, "SCSI device offline: deleting it without a flush");
     }
-    let start = std::time::Instant::now();
+    let start = crate::clock::now();
     if let Some(b) = dev.block.as_ref().filter(|_| reachable) {
-        let node = sys.path(format!("/dev/{b}"));
-        // fsync on a block device writes back its dirty pages and sends a cache flush.
-        if let Ok(f) = fs::OpenOptions::new().write(true).open(&node) {
-            f.sync_all().map_err(|source| IscsiError::Io {
-                path: node.clone(),
-                source,
-            })?;
-        }
+        let node = PathBuf::from(format!("/dev/{b}"));
+        sys.flush(&node)
+            .map_err(|source| IscsiError::Io { path: node, source })?;
     }
-    let path = sys.path(format!("/sys/bus/scsi/devices/{}/delete", dev.hctl));
-    let flushed = start.elapsed();
+    let path = PathBuf::from(format!("/sys/bus/scsi/devices/{}/delete", dev.hctl));
+    let flushed = crate::clock::since(start);
     crate::crash::point("delete SCSI device", &path);
-    match fs::write(&path, "1") {
+    match sys.write(&path, "1") {
         Ok(()) => {
-            tracing::debug!(hctl = %dev.hctl, flush_ms = flushed.as_millis(), elapsed_ms = start.elapsed().as_millis(), "SCSI device deleted");
+            tracing::debug!(hctl = %dev.hctl, flush_ms = flushed.as_millis(), elapsed_ms = crate::clock::since(start).as_millis(), "SCSI device deleted");
             Ok(())
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -421,7 +418,7 @@ pub struct Iscsiadm<'a> {
 impl Iscsiadm<'_> {
     fn cap(&self, t: Duration) -> Duration {
         match self.deadline {
-            Some(d) => t.min(d.saturating_duration_since(Instant::now())),
+            Some(d) => t.min(d.saturating_duration_since(crate::clock::now())),
             None => t,
         }
     }
@@ -502,7 +499,7 @@ impl Iscsiadm<'_> {
         mutual_chap: bool,
     ) -> Result<Login, IscsiError> {
         let waited = self.cap(self.login_timeout);
-        let start = Instant::now();
+        let start = crate::clock::now();
         let cmd = Cmd::new(Program::Iscsiadm)
             .timeout(waited)
             .args(["-m", "node", "-T", target, "-p", portal, "--login"]);
@@ -527,7 +524,7 @@ impl Iscsiadm<'_> {
                     target: target.to_string(),
                     portal: portal.to_string(),
                     waited,
-                    elapsed: start.elapsed(),
+                    elapsed: crate::clock::since(start),
                     run: Box::new(run),
                 })
             }
@@ -614,7 +611,7 @@ impl IdbmLock {
         fsutil::root_dir(&dir)?;
         let (lock, write) = (dir.join("lock"), dir.join("lock.write"));
         let file = fsutil::open_lock(&lock)?;
-        let start = std::time::Instant::now();
+        let start = crate::clock::now();
         loop {
             // link(2) follows no symlink, and fails if anything is at `write`.
             match fs::hard_link(&lock, &write) {
@@ -633,13 +630,13 @@ impl IdbmLock {
             if break_stale(&file, &lock, &write, stale_after)? {
                 continue;
             }
-            if start.elapsed() >= wait {
+            if crate::clock::since(start) >= wait {
                 return Err(IscsiError::IdbmBusy {
                     path: write,
-                    waited: start.elapsed(),
+                    waited: crate::clock::since(start),
                 });
             }
-            std::thread::sleep(Duration::from_millis(10));
+            crate::clock::sleep(Duration::from_millis(10));
         }
     }
 }
@@ -972,7 +969,7 @@ mod tests {
             "# BEGIN RECORD 2.1.8\nnode.session.scan = manual\nnode.startup = manual\n# END RECORD\nnode.conn[0].timeo.noop_out_interval = 5\n"
         );
         let before = fs::metadata(&rec).expect("stat").modified().expect("mtime");
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        crate::clock::sleep(std::time::Duration::from_millis(20));
         set_record_values(&sys, &rec, &[("node.startup", "manual")], WAIT).expect("set");
         let after = fs::metadata(&rec).expect("stat").modified().expect("mtime");
         assert_eq!(before, after, "nothing to change: not rewritten");
@@ -1051,12 +1048,12 @@ mod tests {
         fs::create_dir_all(&lockdir).expect("mkdir");
         fs::write(lockdir.join("lock"), "").expect("lock");
         fs::write(lockdir.join("lock.write"), "").expect("stale lock.write");
-        let start = std::time::Instant::now();
+        let start = crate::clock::now();
         set_record_values(&sys, &rec, &[("node.startup", "manual")], WAIT).expect("set");
         assert!(
-            start.elapsed() < Duration::from_secs(2),
+            crate::clock::since(start) < Duration::from_secs(2),
             "{:?}",
-            start.elapsed()
+            crate::clock::since(start)
         );
         assert_eq!(
             fs::read_to_string(&rec).expect("read"),
@@ -1074,15 +1071,15 @@ mod tests {
         fs::write(&lock, "").expect("lock");
         fs::hard_link(&lock, &write).expect("held");
         let holder = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(400));
+            crate::clock::sleep(Duration::from_millis(400));
             // Still the holder's own link: nobody broke it meanwhile.
             let m = fs::metadata(&write).expect("still held");
             assert_eq!(m.ino(), fs::metadata(&lock).expect("lock").ino());
             fs::remove_file(&write).expect("release");
-            std::time::Instant::now()
+            crate::clock::now()
         });
         set_record_values(&sys, &rec, &[("node.startup", "manual")], WAIT).expect("set");
-        let done = std::time::Instant::now();
+        let done = crate::clock::now();
         let released = holder.join().expect("holder");
         assert!(done >= released, "wrote only after the holder let go");
     }
@@ -1160,10 +1157,10 @@ mod tests {
         let (lock, write) = (lockdir.join("lock"), lockdir.join("lock.write"));
         fs::write(&lock, "").expect("lock");
         fs::hard_link(&lock, &write).expect("left behind");
-        let start = std::time::Instant::now();
+        let start = crate::clock::now();
         let held = IdbmLock::take_with(&sys, Duration::from_secs(5), Duration::from_millis(300))
             .expect("taken");
-        let waited = start.elapsed();
+        let waited = crate::clock::since(start);
         assert!(
             waited >= Duration::from_millis(250),
             "{waited:?}: judged by age"
@@ -1190,7 +1187,7 @@ mod tests {
         );
         // Someone judged ours stale and took it: a new link, a new ctime.
         fs::remove_file(&write).expect("broken");
-        std::thread::sleep(Duration::from_millis(20));
+        crate::clock::sleep(Duration::from_millis(20));
         fs::hard_link(&lock, &write).expect("theirs");
         drop(held);
         assert!(write.exists(), "their lock stays");

@@ -17,6 +17,7 @@
 //! - [`doctor`] — host checks, each with the exact fix.
 #![deny(missing_docs)]
 
+pub mod clock;
 pub mod config;
 pub mod crash;
 pub mod disk;
@@ -30,6 +31,8 @@ pub mod lock;
 pub mod md;
 pub mod openers;
 pub mod runner;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod spec;
 pub mod state;
 pub mod status;

@@ -174,7 +174,7 @@ pub fn wait_running(
     domain: &str,
     timeout: std::time::Duration,
 ) -> bool {
-    let start = std::time::Instant::now();
+    let start = crate::clock::now();
     let mut seen = false;
     loop {
         match status_state(status_dir, domain) {
@@ -183,11 +183,11 @@ pub fn wait_running(
             None if seen => return false,
             None => {}
         }
-        if start.elapsed() >= timeout {
+        if crate::clock::since(start) >= timeout {
             return false;
         }
         // libvirt rewrites the file atomically; a short poll is enough here.
-        std::thread::sleep(std::time::Duration::from_millis(500));
+        crate::clock::sleep(std::time::Duration::from_millis(500));
     }
 }
 

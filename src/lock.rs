@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::fsutil::{self, FsError};
 
@@ -51,7 +51,7 @@ impl Lock {
         // The lock directory and the run directory above it.
         fsutil::private_subdir(dir)?;
         let file = fsutil::open_lock(&path)?;
-        let start = Instant::now();
+        let start = crate::clock::now();
         let mut pause = Duration::from_millis(2);
         loop {
             // SAFETY: flock(2) on a descriptor we own; no memory is passed.
@@ -64,14 +64,14 @@ impl Lock {
             if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
                 return Err(LockError::Open { path, source: err });
             }
-            if start.elapsed() >= timeout {
+            if crate::clock::since(start) >= timeout {
                 return Err(LockError::Busy {
                     what: what.to_string(),
                     path,
-                    waited: start.elapsed(),
+                    waited: crate::clock::since(start),
                 });
             }
-            std::thread::sleep(pause);
+            crate::clock::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(50));
         }
     }

@@ -2,8 +2,7 @@
 //! to either leg. State is read from `/sys/block/mdN/md/`, not from
 //! `mdadm --detail` text.
 use std::fs;
-use std::os::unix::fs::FileTypeExt;
-use std::os::unix::fs::MetadataExt;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -233,7 +232,7 @@ impl Mdadm<'_> {
         let t = match self.deadline {
             Some(d) => self
                 .timeout
-                .min(d.saturating_duration_since(Instant::now())),
+                .min(d.saturating_duration_since(crate::clock::now())),
             None => self.timeout,
         };
         Cmd::new(Program::Mdadm).timeout(t)
@@ -448,9 +447,10 @@ pub fn set_speed_limits(
 ) -> Result<(), MdError> {
     for (attr, v) in [("sync_speed_min", min), ("sync_speed_max", max)] {
         if let Some(v) = v {
-            let path = sys.path(format!("/sys/block/{kname}/md/{attr}"));
+            let path = PathBuf::from(format!("/sys/block/{kname}/md/{attr}"));
             crate::crash::point("md speed limit", &path);
-            fs::write(&path, v.to_string()).map_err(|source| MdError::Io { path, source })?;
+            sys.write(&path, &v.to_string())
+                .map_err(|source| MdError::Io { path, source })?;
         }
     }
     Ok(())
@@ -464,50 +464,39 @@ pub fn remove_stale_nodes(sys: &Sys, label: &str, kname: &str) -> Result<(), MdE
     if read_array(sys, kname).is_some() {
         return Ok(());
     }
-    let link = sys.path(label_path(label));
-    if let Ok(target) = fs::read_link(&link) {
+    let link = label_path(label);
+    if let Some(target) = sys.read_link(&link) {
         let points_here = target.file_name().map(|n| n == kname).unwrap_or(false);
         if points_here {
-            fs::remove_file(&link).map_err(|source| MdError::Io {
+            sys.remove(&link).map_err(|source| MdError::Io {
                 path: link.clone(),
                 source,
             })?;
         }
     }
-    let node = sys.path(format!("/dev/{kname}"));
-    if let Ok(md) = fs::symlink_metadata(&node) {
-        if md.file_type().is_block_device() && libc::major(md.rdev()) as u64 == MD_MAJOR {
-            fs::remove_file(&node).map_err(|source| MdError::Io {
-                path: node.clone(),
-                source,
-            })?;
-        }
+    let node = PathBuf::from(format!("/dev/{kname}"));
+    // Only a node, not a link to one (symlink_metadata in Sys::block_dev's
+    // place would follow it): a link named mdN is not the kernel's.
+    if sys.read_link(&node).is_none() && matches!(sys.block_dev(&node), Ok(Some((MD_MAJOR, _)))) {
+        sys.remove(&node).map_err(|source| MdError::Io {
+            path: node.clone(),
+            source,
+        })?;
     }
-    let dir = sys.path("/dev/md");
-    if fs::read_dir(&dir)
-        .map(|mut d| d.next().is_none())
-        .unwrap_or(false)
-    {
-        let _ = fs::remove_dir(&dir);
-    }
+    sys.remove_empty_dir("/dev/md");
     Ok(())
 }
 
 /// Make sure `/dev/md/LABEL` points at `kname` (udev may not name arrays
 /// that carry no metadata).
 pub fn ensure_label_link(sys: &Sys, label: &str, kname: &str) -> Result<(), MdError> {
-    let link = sys.path(label_path(label));
-    if sys.link_name(label_path(label)).as_deref() == Some(kname) {
+    let link = label_path(label);
+    if sys.link_name(&link).as_deref() == Some(kname) {
         return Ok(());
     }
-    let io = |source| MdError::Io {
-        path: link.clone(),
-        source,
-    };
     crate::crash::point("md label link", &link);
-    fs::create_dir_all(link.parent().expect("has parent")).map_err(io)?;
-    let _ = fs::remove_file(&link);
-    std::os::unix::fs::symlink(format!("../{kname}"), &link).map_err(io)
+    sys.symlink(format!("../{kname}"), &link)
+        .map_err(|source| MdError::Io { path: link, source })
 }
 
 #[cfg(test)]

@@ -539,13 +539,6 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// The kernel's boot id (changes at every boot).
-pub fn boot_id() -> String {
-    fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
 /// A file name for `s` that no other string gets: letters, digits, `.`
 /// and `-` stay, every other byte is `_` and two hex digits (an identity
 /// such as a t10 wwid holds spaces, and `_` itself must stay apart).

@@ -6,7 +6,7 @@
 //! udevd has finished with it (its links are made or gone), which is what
 //! `udevadm settle` waits for, for one device instead of the whole queue.
 use std::os::fd::{AsFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{
@@ -50,6 +50,10 @@ impl Watcher {
     }
 
     fn subscribe(group: u32) -> Watcher {
+        // Under a virtual clock no real uevent can concern the modelled host.
+        if crate::clock::is_virtual() {
+            return Watcher { sock: None };
+        }
         let sock = socket(
             AddressFamily::Netlink,
             SockType::Raw,
@@ -70,12 +74,12 @@ impl Watcher {
     /// Check `cond` now and after every uevent until it returns Some or
     /// `timeout` passes (then None).
     pub fn wait<T>(&self, timeout: Duration, mut cond: impl FnMut() -> Option<T>) -> Option<T> {
-        let start = Instant::now();
+        let start = crate::clock::now();
         loop {
             if let Some(v) = cond() {
                 return Some(v);
             }
-            let left = timeout.saturating_sub(start.elapsed());
+            let left = timeout.saturating_sub(crate::clock::since(start));
             if left.is_zero() {
                 return None;
             }
@@ -101,9 +105,9 @@ impl Watcher {
             .iter()
             .map(|p| format!("{p}\0").into_bytes())
             .collect();
-        let start = Instant::now();
+        let start = crate::clock::now();
         loop {
-            let left = timeout.saturating_sub(start.elapsed());
+            let left = timeout.saturating_sub(crate::clock::since(start));
             if left.is_zero() {
                 return Event::Timeout;
             }
@@ -122,7 +126,7 @@ impl Watcher {
             Some(sock) => {
                 let _ = receive(sock, max, |_| false);
             }
-            None => std::thread::sleep(max),
+            None => crate::clock::sleep(max),
         }
     }
 }

@@ -1,7 +1,5 @@
 //! The local leg: a block device (usually an LVM volume) named by the label
 //! table, resolved and checked through stat, sysfs and an exclusive open.
-use std::fs;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::sysfs::Sys;
@@ -101,19 +99,15 @@ pub fn identity(sys: &Sys, kname: &str) -> Option<String> {
 
 /// Resolve `path` to a block device and read its size.
 pub fn resolve(sys: &Sys, path: &Path) -> Result<Volume, VolumeError> {
-    let md = fs::metadata(sys.path(path)).map_err(|source| VolumeError::Stat {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    if !md.file_type().is_block_device() {
-        return Err(VolumeError::NotBlock {
+    let (maj, min) = sys
+        .block_dev(path)
+        .map_err(|source| VolumeError::Stat {
             path: path.to_path_buf(),
-        });
-    }
-    let (maj, min) = (
-        u64::from(libc::major(md.rdev())),
-        u64::from(libc::minor(md.rdev())),
-    );
+            source,
+        })?
+        .ok_or_else(|| VolumeError::NotBlock {
+            path: path.to_path_buf(),
+        })?;
     let kname = sys.block_kname(maj, min).ok_or_else(|| VolumeError::Stat {
         path: path.to_path_buf(),
         source: std::io::Error::new(
@@ -146,12 +140,8 @@ pub fn check_unused(sys: &Sys, v: &Volume) -> Result<(), VolumeError> {
     if !holders.is_empty() {
         return Err(in_use(holders));
     }
-    match fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_EXCL)
-        .open(sys.path(&v.path))
-    {
-        Ok(_) => Ok(()),
+    match sys.open_exclusive(&v.path, false) {
+        Ok(()) => Ok(()),
         Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(in_use(Vec::new())),
         Err(source) => Err(VolumeError::Stat {
             path: v.path.clone(),
@@ -193,10 +183,7 @@ pub fn users(sys: &Sys, kname: &str) -> Vec<String> {
     );
     // O_NONBLOCK: no media checks on the way (a disk whose target is gone
     // must still be detachable); only EBUSY says anything here.
-    let excl = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_EXCL | libc::O_NONBLOCK)
-        .open(sys.path(format!("/dev/{kname}")));
+    let excl = sys.open_exclusive(format!("/dev/{kname}"), true);
     if matches!(&excl, Err(e) if e.raw_os_error() == Some(libc::EBUSY)) && by.is_empty() {
         by.push("an exclusive opener (mounted?)".to_string());
     }
@@ -218,6 +205,7 @@ pub fn check_size(v: &Volume, needed: u64) -> Result<(), VolumeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn a_regular_file_is_refused() {

@@ -148,7 +148,7 @@ impl Watch {
                 tracing::error!(spec = %a.spec, error = %e, "cannot start the heal");
                 continue;
             }
-            let wait = budget.end().saturating_duration_since(Instant::now()) + GRACE;
+            let wait = budget.end().saturating_duration_since(crate::clock::now()) + GRACE;
             match rx.recv_timeout(wait) {
                 Ok(outcome) => self.healed(&key, &a.spec, outcome),
                 Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -156,7 +156,7 @@ impl Watch {
                     self.stuck.insert(
                         key.clone(),
                         Stuck {
-                            since: Instant::now(),
+                            since: crate::clock::now(),
                             done: rx,
                         },
                     );
@@ -180,7 +180,7 @@ impl Watch {
         match s.done.try_recv() {
             Err(mpsc::TryRecvError::Empty) => false,
             Ok(outcome) => {
-                let took = s.since.elapsed();
+                let took = crate::clock::since(s.since);
                 self.stuck.remove(key);
                 tracing::info!(spec, after = ?took, "a heal that outlived its budget ended");
                 self.healed(key, spec, outcome);
@@ -262,7 +262,7 @@ impl MdEvents {
                 )];
                 let _ = nix::poll::poll(&mut fds, poll_timeout(timeout));
             }
-            None => std::thread::sleep(timeout),
+            None => crate::clock::sleep(timeout),
         }
     }
 }

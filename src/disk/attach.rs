@@ -310,7 +310,7 @@ impl Engine<'_> {
         // Already attached (a rerun): hand out the same device.
         if let Some(a) = self.store.load(key).map_err(|e| (Step::State, e.into()))? {
             if a.phase == Phase::Attached && a.spec == spec.to_string() {
-                if let Some(dev) = a.device.clone().filter(|d| self.sys.path(d).exists()) {
+                if let Some(dev) = a.device.clone().filter(|d| self.sys.exists(d)) {
                     tracing::info!(spec = %spec, device = %dev.display(), "already attached");
                     return Ok(dev);
                 }
@@ -435,7 +435,7 @@ impl Engine<'_> {
                     .set_open(&OpenRecord {
                         label: label.to_string(),
                         spec: spec.to_string(),
-                        boot_id: state::boot_id(),
+                        boot_id: self.sys.boot_id(),
                         since: state::now(),
                     })
                     .map_err(|e| (Step::State, e.into()))?;
@@ -614,7 +614,7 @@ impl Engine<'_> {
         };
         let shown = spec.to_string();
         if let Some(o) = open {
-            let what = if o.boot_id != state::boot_id() {
+            let what = if o.boot_id != self.sys.boot_id() {
                 format!(
                     "the last attach of {label} ({}, {}) was never detached: the host went down with it",
                     o.spec,

@@ -18,7 +18,7 @@ impl Budget {
     /// `total` from now; the last `reserve` of it is for undoing what the
     /// steps did (their waits end `reserve` before the end).
     pub fn new(total: Duration, reserve: Duration) -> Budget {
-        Budget::since(Instant::now(), total, reserve)
+        Budget::since(crate::clock::now(), total, reserve)
     }
 
     /// Like [`Budget::new`], counted from `start`.
@@ -61,7 +61,7 @@ impl Limit {
     pub fn of(own: Duration, deadline: Option<Instant>) -> Limit {
         match deadline {
             Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
+                let left = d.saturating_duration_since(crate::clock::now());
                 Limit {
                     wait: own.min(left),
                     by_budget: left < own,
@@ -102,11 +102,11 @@ mod tests {
                 by_budget: false
             }
         );
-        let far = Instant::now() + Duration::from_secs(3600);
+        let far = crate::clock::now() + Duration::from_secs(3600);
         assert!(!Limit::of(own, Some(far)).by_budget);
-        let near = Limit::of(own, Some(Instant::now() + Duration::from_secs(2)));
+        let near = Limit::of(own, Some(crate::clock::now() + Duration::from_secs(2)));
         assert!(near.by_budget && near.wait <= Duration::from_secs(2));
-        let gone = Limit::of(own, Some(Instant::now() - Duration::from_secs(1)));
+        let gone = Limit::of(own, Some(crate::clock::now() - Duration::from_secs(1)));
         assert!(gone.by_budget && gone.wait.is_zero());
     }
 }

@@ -95,7 +95,7 @@ impl Engine<'_> {
             if by.is_empty() {
                 break;
             }
-            std::thread::sleep(std::time::Duration::from_millis(200));
+            crate::clock::sleep(std::time::Duration::from_millis(200));
             by = crate::volume::users(&self.sys, &kname);
         }
         (!by.is_empty()).then(|| Cause::Busy {

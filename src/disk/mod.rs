@@ -236,7 +236,7 @@ impl<'a> Engine<'a> {
             Some(b)
                 if cause.is_timeout()
                     && !matches!(cause, Cause::Budget { .. })
-                    && self.deadline().is_some_and(|d| Instant::now() >= d) =>
+                    && self.deadline().is_some_and(|d| crate::clock::now() >= d) =>
             {
                 Cause::Budget {
                     budget: b.total(),
@@ -254,7 +254,7 @@ impl<'a> Engine<'a> {
     fn over(&self, limit: Limit, cause: Cause) -> Cause {
         match self.budget {
             Some(b) if limit.by_budget && cause.is_timeout() => {
-                let passed = self.deadline().is_some_and(|d| Instant::now() >= d);
+                let passed = self.deadline().is_some_and(|d| crate::clock::now() >= d);
                 Cause::Budget {
                     budget: b.total(),
                     left: (!passed).then_some(limit.wait),
@@ -363,15 +363,11 @@ impl<'a> Engine<'a> {
                 .map(|a| (file_key(&key), a)));
         }
         let all = self.store.all()?;
-        let dev = std::fs::canonicalize(what).ok();
+        let dev = self.sys.canonical(what);
         Ok(all.into_iter().find(|(_, a)| {
             a.mirror.as_ref().map(|m| m.label == what).unwrap_or(false)
                 || a.device.as_deref() == Some(Path::new(what))
-                || (dev.is_some()
-                    && a.device
-                        .as_ref()
-                        .and_then(|d| std::fs::canonicalize(d).ok())
-                        == dev)
+                || (dev.is_some() && a.device.as_ref().and_then(|d| self.sys.canonical(d)) == dev)
         }))
     }
 

@@ -304,7 +304,7 @@ impl Engine<'_> {
             key: key.to_string(),
             target: target.to_string(),
         });
-        let started = Instant::now();
+        let started = crate::clock::now();
         let adm = Iscsiadm {
             login_timeout: login_limit.wait,
             ..self.iscsiadm()
@@ -359,11 +359,12 @@ impl Engine<'_> {
     /// up late is then ours to log out).
     fn await_login_end(&self, target: &str, until: Instant) {
         let was = self.undoing.replace(true);
-        let limit = self.limit(until.saturating_duration_since(Instant::now()) + LOGIN_END_SLACK);
+        let limit =
+            self.limit(until.saturating_duration_since(crate::clock::now()) + LOGIN_END_SLACK);
         self.undoing.set(was);
         let ended = Watcher::new().wait(limit.wait, || {
             let half = iscsi::session_of(&self.sys, target).is_some_and(|s| s.state != "LOGGED_IN");
-            (Instant::now() >= until && !half).then_some(())
+            (crate::clock::now() >= until && !half).then_some(())
         });
         if ended.is_none() {
             tracing::warn!(target, "iscsid's login attempts did not end in time");

@@ -267,14 +267,14 @@ fn add_inner(
 pub fn wait_taken_over(xs: &mut Xenstore, domid: u32, timeout: Duration) -> Result<bool, XsError> {
     let path = format!("/local/domain/{domid}/name");
     xs.watch(&path, "name")?;
-    let start = std::time::Instant::now();
+    let start = crate::clock::now();
     loop {
         match xs.read(Tx::NONE, &path)? {
             None => return Ok(false),
             Some(n) if !n.ends_with(INCOMING_SUFFIX) => return Ok(true),
             Some(_) => {}
         }
-        let left = timeout.saturating_sub(start.elapsed());
+        let left = timeout.saturating_sub(crate::clock::since(start));
         if left.is_zero() {
             return Ok(false);
         }
