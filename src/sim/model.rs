@@ -94,6 +94,11 @@ pub struct Scsi {
     pub kname: String,
     /// Its minor (major 8).
     pub minor: u32,
+    /// The identity the kernel read at scan (or last rescan): a target
+    /// that now serves another disk at that LUN does not change it.
+    pub wwid: String,
+    /// The capacity read then.
+    pub size: u64,
 }
 
 /// An md member's state.
@@ -116,6 +121,9 @@ pub struct Member {
     pub state: MState,
     /// Write-mostly.
     pub write_mostly: bool,
+    /// Re-added with the bitmap: only the writes made while the array
+    /// was degraded are copied onto it.
+    pub partial: bool,
 }
 
 /// An md array.
@@ -129,6 +137,9 @@ pub struct Array {
     pub owner: String,
     /// The label it was built under.
     pub label: String,
+    /// Writes made while a member was missing, failed or recovering: what
+    /// the write-intent bitmap marks.
+    pub dirty: Data,
 }
 
 /// Who is calling the tool on this thread: the spec it acts for, if any.
@@ -192,6 +203,10 @@ pub struct Model {
     pub tags: BTreeMap<u64, usize>,
     /// Commands that fail once, by displayed prefix (fault injection).
     pub fail_next: Vec<String>,
+    /// Per local volume: the smallest LUN size it mirrored.
+    pub paired: BTreeMap<String, u64>,
+    /// Per local volume: the LUN (index) it last mirrored.
+    pub paired_lun: BTreeMap<String, usize>,
     /// Root of the files (node DB) the runner writes.
     pub root: PathBuf,
 }
@@ -245,7 +260,7 @@ impl Model {
 
     fn size_of(&self, d: &Dev) -> u64 {
         match d {
-            Dev::Scsi(h) => self.luns[self.scsi[h].lun].size,
+            Dev::Scsi(h) => self.scsi[h].size,
             Dev::Local(n) => self.locals[n].size,
             Dev::Md(m) => self.arrays[m].size,
         }
@@ -287,6 +302,38 @@ impl Model {
             }
         }
         all
+    }
+
+    /// Whether SCSI disk `k` now reaches another disk than the one the
+    /// kernel identified at scan.
+    pub fn swapped(&self, k: &str) -> bool {
+        match self.dev(k) {
+            Some(Dev::Scsi(h)) => self.scsi[&h].wwid != self.luns[self.scsi[&h].lun].wwid,
+            _ => false,
+        }
+    }
+
+    /// Remember which LUN each local volume mirrors (an array with both).
+    pub fn pair(&mut self) {
+        let mut pairs = Vec::new();
+        for a in self.arrays.values() {
+            let lun = a.members.iter().find_map(|x| match self.dev(&x.kname) {
+                Some(Dev::Scsi(h)) => Some((self.scsi[&h].lun, self.scsi[&h].size)),
+                _ => None,
+            });
+            let local = a.members.iter().find_map(|x| match self.dev(&x.kname) {
+                Some(Dev::Local(n)) => Some(n),
+                _ => None,
+            });
+            if let (Some(l), Some(n)) = (lun, local) {
+                pairs.push((n, l));
+            }
+        }
+        for (n, (i, size)) in pairs {
+            let e = self.paired.entry(n.clone()).or_insert(size);
+            *e = (*e).min(size);
+            self.paired_lun.insert(n, i);
+        }
     }
 
     /// Whether the SCSI disk `k` answers (its target is up).
@@ -352,6 +399,10 @@ impl Model {
                 {
                     return false;
                 }
+                let a = self.arrays.get_mut(&m).expect("exists");
+                if a.members.len() < 2 || a.members.iter().any(|x| x.state != MState::InSync) {
+                    a.dirty.insert(id);
+                }
                 let mut wrote = false;
                 for (mk, st) in members {
                     if st == MState::Faulty {
@@ -401,10 +452,33 @@ impl Model {
                     self.set_member(m, &dst.kname, MState::Faulty);
                     continue;
                 }
+                let dirty = a.dirty.clone();
+                let copy = if dst.partial {
+                    let mut d = self.data_of(&dst.kname).cloned().unwrap_or_default();
+                    d.extend(dirty.iter().copied());
+                    d
+                } else {
+                    from.clone()
+                };
+                if copy != from {
+                    let d = format!(
+                        "md{m}: {} re-added with the bitmap holds {} writes, {} holds {}: the bitmap did not cover what differs",
+                        dst.kname,
+                        copy.len(),
+                        src.kname,
+                        from.len()
+                    );
+                    self.violate("a resync leaves an exact copy", d);
+                }
                 if let Some(d) = self.data_mut(&dst.kname) {
-                    *d = from.clone();
+                    *d = copy;
                 }
                 self.set_member(m, &dst.kname, MState::InSync);
+            }
+            if let Some(a) = self.arrays.get_mut(&m) {
+                if a.members.len() == 2 && a.members.iter().all(|x| x.state == MState::InSync) {
+                    a.dirty.clear();
+                }
             }
         }
     }
@@ -598,9 +672,7 @@ impl Model {
             (["dm"], Dev::Local(_)) => Node::dir(&["uuid"]),
             (["dm", "uuid"], Dev::Local(n)) => Node::File(self.locals[n].uuid.clone()),
             (["device"], Dev::Scsi(_)) => Node::dir(&["wwid"]),
-            (["device", "wwid"], Dev::Scsi(h)) => {
-                Node::File(self.luns[self.scsi[h].lun].wwid.clone())
-            }
+            (["device", "wwid"], Dev::Scsi(h)) => Node::File(self.scsi[h].wwid.clone()),
             (["md", rest @ ..], Dev::Md(m)) => self.md_node(*m, rest),
             _ => Node::None,
         }
@@ -735,11 +807,16 @@ impl Model {
                 Ok(())
             }
             ["sys", "bus", "scsi", "devices", h, "rescan"] => {
-                if self.scsi.contains_key(*h) {
-                    Ok(())
-                } else {
-                    Err(io::ErrorKind::NotFound.into())
+                let reachable = self.scsi.get(*h).is_some_and(|s| self.reachable(&s.kname));
+                let Some(s) = self.scsi.get_mut(*h) else {
+                    return Err(io::ErrorKind::NotFound.into());
+                };
+                if !reachable {
+                    return Err(io::Error::from_raw_os_error(libc::EIO));
                 }
+                s.wwid = self.luns[s.lun].wwid.clone();
+                s.size = self.luns[s.lun].size;
+                Ok(())
             }
             ["sys", "block", _, "md", "sync_speed_min" | "sync_speed_max"] => Ok(()),
             _ => Err(io::Error::new(
@@ -784,6 +861,8 @@ impl Model {
                     lun: i,
                     kname: format!("sd{letter}"),
                     minor: idx * 16,
+                    wwid: self.luns[i].wwid.clone(),
+                    size: self.luns[i].size,
                 },
             );
         }
@@ -1008,7 +1087,7 @@ impl Model {
                 match (*op, rest) {
                     ("--add", [.., dev]) | ("--re-add", [.., dev]) => {
                         let wm = rest.contains(&"--write-mostly");
-                        self.add(m, dev, wm)
+                        self.add(m, dev, wm, *op == "--re-add")
                     }
                     ("--fail", [dev]) => {
                         let k = self.kname_at(dev)?;
@@ -1091,6 +1170,7 @@ impl Model {
                     kname: k,
                     state: MState::InSync,
                     write_mostly: wm,
+                    partial: false,
                 });
                 wm = false;
             }
@@ -1104,6 +1184,22 @@ impl Model {
         if size > smallest {
             return Err((1, "mdadm: a device is too small".into()));
         }
+        // Built from a local volume alone (its copy is newer, or the target
+        // is MISSING): never larger than the LUN it mirrored, or the VM
+        // writes where the LUN can never follow.
+        let only_local = members
+            .iter()
+            .all(|x| matches!(self.dev(&x.kname), Some(Dev::Local(_))));
+        for x in &members {
+            if let Some(Dev::Local(n)) = self.dev(&x.kname) {
+                if let Some(&lun) = self.paired.get(&n).filter(|_| only_local) {
+                    if size > lun {
+                        let d = format!("{md} built at {size} bytes from local {n}, which mirrored a LUN of {lun}");
+                        self.violate("an array is never larger than its LUN", d);
+                    }
+                }
+            }
+        }
         let m = (0..=127u32)
             .rev()
             .find(|m| !self.arrays.contains_key(m))
@@ -1116,13 +1212,15 @@ impl Model {
                 members,
                 owner,
                 label: label.clone(),
+                dirty: Data::new(),
             },
         );
         self.links.insert(label, format!("../md{m}"));
+        self.pair();
         Ok(Output::default())
     }
 
-    fn add(&mut self, m: u32, dev: &str, wm: bool) -> Result<Output, (i32, String)> {
+    fn add(&mut self, m: u32, dev: &str, wm: bool, partial: bool) -> Result<Output, (i32, String)> {
         let k = self.kname_at(dev)?;
         let size = self.dev(&k).map(|d| self.size_of(&d)).unwrap_or(0);
         if size < self.arrays[&m].size {
@@ -1163,6 +1261,7 @@ impl Model {
             kname: k,
             state: MState::Recovering,
             write_mostly: wm,
+            partial,
         });
         Ok(Output::default())
     }

@@ -64,6 +64,9 @@ pub enum Op {
     TargetUp(usize),
     /// Another host writes LUN i (the VM ran there).
     ExternalWrite(usize),
+    /// The filer serves a new, empty disk at LUN i (smaller when the flag
+    /// is set): another wwid behind the same target and number.
+    ReplaceLun(usize, bool),
     /// The administrator logs into target i by hand.
     AdminLogin(usize),
     /// The label table changes (0: l6 names l1's volume, l1 goes; 1: l1
@@ -92,6 +95,11 @@ impl fmt::Display for Op {
             Op::TargetUp(t) => write!(f, "target {} up", [T1, T2][*t]),
             Op::ExternalWrite(l) => write!(f, "another host writes LUN #{l}"),
             Op::AdminLogin(t) => write!(f, "admin logs into {}", [T1, T2][*t]),
+            Op::ReplaceLun(l, small) => write!(
+                f,
+                "the filer serves a new {}disk at LUN #{l}",
+                if *small { "smaller " } else { "" }
+            ),
             Op::EditTable(k) => write!(f, "label table edit #{k}"),
             Op::KillRerun(op, n) => write!(f, "[{op}] killed at point {n}, run again"),
             Op::Kill(op, n) => write!(f, "[{op}] killed at point {n}"),
@@ -241,7 +249,8 @@ fn op(r: &mut Rng, pool: &[usize], depth: u32) -> Op {
         70..=73 => Op::TargetDown(r.below(2)),
         74..=77 => Op::TargetUp(r.below(2)),
         78..=80 => Op::ExternalWrite(r.below(4)),
-        81..=82 => Op::AdminLogin(r.below(2)),
+        81 => Op::AdminLogin(r.below(2)),
+        82 => Op::ReplaceLun(r.below(4), r.below(2) == 0),
         83..=84 => Op::EditTable(r.below(3)),
         85..=89 if depth == 0 => Op::KillRerun(Box::new(call(r)), point(r)),
         90..=93 if depth == 0 => Op::Kill(Box::new(call(r)), point(r)),
@@ -296,10 +305,6 @@ pub struct World {
     clock: Arc<Virtual>,
     /// Running VMs: spec → the device they have open (kernel name).
     vms: BTreeMap<String, String>,
-    /// Per local volume: the smallest LUN it mirrored.
-    paired: BTreeMap<String, u64>,
-    /// Per local volume: the LUN (index) it last mirrored.
-    paired_lun: BTreeMap<String, usize>,
     /// A call was killed and left so: its leftovers may be about.
     killed: bool,
     /// Check logs for secrets (costly: one sequence in sixteen).
@@ -402,8 +407,6 @@ impl World {
             config,
             clock: Virtual::new(),
             vms: BTreeMap::new(),
-            paired: BTreeMap::new(),
-            paired_lun: BTreeMap::new(),
             killed: false,
             check_logs: false,
             trace: Vec::new(),
@@ -503,6 +506,19 @@ impl World {
                     drop(m);
                     self.trace.push(op.to_string());
                 }
+            }
+            Op::ReplaceLun(l, small) => {
+                let mut m = self.host.model();
+                let n = m.next_write;
+                m.next_write += 1;
+                let lun = &mut m.luns[*l];
+                lun.wwid = format!("naa.9{n}");
+                lun.data.clear();
+                if *small {
+                    lun.size /= 2;
+                }
+                drop(m);
+                self.trace.push(op.to_string());
             }
             Op::EditTable(k) => {
                 let _ = fs::write(self.root().join("etc/tab.conf"), TABLES[*k]);
@@ -627,16 +643,8 @@ impl World {
     /// The disk (LUN index) a spec's VM writes belong to: its LUN, or with
     /// a MISSING target the LUN its local volume last mirrored.
     fn disk_of(&self, spec: &str) -> Option<usize> {
-        let sp = spec.parse::<Spec>().ok()?;
         let m = self.host.model();
-        if let Some(t) = &sp.target {
-            return m
-                .luns
-                .iter()
-                .position(|l| l.target == t.as_str() && l.lun == sp.lun);
-        }
-        let dev = self.table_device(sp.label?.as_str())?;
-        self.paired_lun.get(dev.strip_prefix("/dev/vg/")?).copied()
+        self.disk_of_locked(&m, spec)
     }
 
     /// A VM handed a device reads every write of its disk that any copy
@@ -651,7 +659,13 @@ impl World {
                     .filter(|x| x.state == MState::InSync)
                     .collect();
                 ins.sort_by_key(|x| x.write_mostly);
-                // No in-sync member: md fails every read, nothing stale is read.
+                // No in-sync member: md fails every read, nothing stale is
+                // read. A member whose LUN the filer swapped under a live
+                // session reads another disk: the filer's fault, which heal
+                // finds (wwid), not the attach's.
+                if ins.first().is_some_and(|x| m.swapped(&x.kname)) {
+                    return;
+                }
                 match ins.first().and_then(|x| m.data_of(&x.kname)) {
                     Some(d) => d.clone(),
                     None => return,
@@ -705,7 +719,7 @@ impl World {
                 .position(|l| l.target == t.as_str() && l.lun == sp.lun);
         }
         let dev = self.table_device(sp.label?.as_str())?;
-        self.paired_lun.get(dev.strip_prefix("/dev/vg/")?).copied()
+        m.paired_lun.get(dev.strip_prefix("/dev/vg/")?).copied()
     }
 
     fn table_device(&self, label: &str) -> Option<String> {
@@ -899,58 +913,7 @@ impl World {
                 });
             }
         }
-        // An array is never larger than the LUN it mirrors (nor, with a
-        // MISSING target, than the smallest LUN its local volume mirrored).
-        for (mn, a) in &m.arrays {
-            for x in &a.members {
-                if let Some(super::model::Dev::Scsi(h)) = m.dev(&x.kname) {
-                    let lun = &m.luns[m.scsi[&h].lun];
-                    if a.size > lun.size {
-                        v.push(Violation {
-                            invariant: "an array is never larger than its LUN",
-                            detail: format!(
-                                "md{mn} has {} bytes, LUN {} {}",
-                                a.size, lun.wwid, lun.size
-                            ),
-                        });
-                    }
-                }
-                if let Some(super::model::Dev::Local(n)) = m.dev(&x.kname) {
-                    if let Some(&s) = self.paired.get(&n) {
-                        if a.size > s {
-                            v.push(Violation {
-                                invariant: "an array is never larger than its LUN",
-                                detail: format!(
-                                    "md{mn} ({}) has {} bytes; local {n} mirrored a LUN of {s}",
-                                    a.owner, a.size
-                                ),
-                            });
-                        }
-                    }
-                }
-            }
-        }
-        // Remember which LUN each local volume mirrored.
-        let mut pairs = Vec::new();
-        for a in m.arrays.values() {
-            let lun = a.members.iter().find_map(|x| match m.dev(&x.kname) {
-                Some(super::model::Dev::Scsi(h)) => Some(m.scsi[&h].lun),
-                _ => None,
-            });
-            let local = a.members.iter().find_map(|x| match m.dev(&x.kname) {
-                Some(super::model::Dev::Local(n)) => Some(n),
-                _ => None,
-            });
-            if let (Some(s), Some(n)) = (lun, local) {
-                pairs.push((n, s));
-            }
-        }
-        for (n, i) in pairs {
-            let s = m.luns[i].size;
-            let e = self.paired.entry(n.clone()).or_insert(s);
-            *e = (*e).min(s);
-            self.paired_lun.insert(n, i);
-        }
+        m.pair();
         // Files the tool makes are its own: no link, nothing others may write.
         for dir in [&self.config.state_dir, &self.config.run_dir] {
             private_tree(dir, &mut v);
