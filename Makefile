@@ -7,7 +7,7 @@ DESTDIR ?=
 ASSETS := target/assets
 BIN := target/release/iscsimple
 
-.PHONY: all build assets install uninstall deb lintian deps test unit lab lint demo bench fuzz clean-lab
+.PHONY: all build assets install uninstall deb lintian deps test unit sim lab lint demo bench fuzz clean-lab
 
 all: build
 
@@ -64,8 +64,16 @@ deps:
 test: deps
 	bash tests/run-all.sh
 
+# unit tests and the simulator's default budget (10,000 sequences)
 unit:
-	$(CARGO) test
+	$(CARGO) test --features sim
+
+# the simulator alone (src/sim, tests/sim.rs), optimised: SEEDS sequences
+# from seed FROM; SIM_SEED=N make sim replays seed N step by step
+SEEDS ?= 100000
+FROM ?= 0
+sim:
+	SIM_SEEDS=$(SEEDS) SIM_FROM=$(FROM) $(CARGO) test --release --features sim --test sim -- --nocapture
 
 # LAB_FILTER=substring selects scenarios
 lab: deps
@@ -73,7 +81,7 @@ lab: deps
 
 lint:
 	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets --features lab,crashpoints -- -D warnings
+	$(CARGO) clippy --all-targets --features lab,crashpoints,sim -- -D warnings
 
 demo: deps
 	bash tests/lab/demo.sh

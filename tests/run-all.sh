@@ -9,9 +9,9 @@ cd "$(dirname "$0")/.." || exit 1
 mkdir -p target
 fail_lint=0
 if ! cargo fmt --check >&2; then echo "lint: cargo fmt --check failed"; fail_lint=1; fi
-if ! cargo clippy --all-targets --features lab,crashpoints -- -D warnings >&2; then echo "lint: clippy failed"; fail_lint=1; fi
+if ! cargo clippy --all-targets --features lab,crashpoints,sim -- -D warnings >&2; then echo "lint: clippy failed"; fail_lint=1; fi
 
-cargo test 2>&1 | tee target/unit.log
+cargo test --features sim 2>&1 | tee target/unit.log
 unit_rc=${PIPESTATUS[0]}
 # sum the "test result: ok. N passed; M failed" lines of every test binary
 read -r up uf < <(awk '/^test result:/ { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
