@@ -439,6 +439,36 @@ pub fn reclaim(
     Ok(())
 }
 
+/// Take `spec` for holder `name` before attaching: a leaked attachment
+/// (no live holder) is detached first, never handed over as it is
+/// ([`reclaim`]); then the holder is recorded, so that a remove after a
+/// killed add finds what to undo. Xen's add and the simulator use it.
+pub fn hold(
+    engine: &Engine<'_>,
+    live: &mut dyn Liveness,
+    name: &str,
+    spec: &Spec,
+    h: Holder,
+) -> Result<(), HolderError> {
+    reclaim(engine, live, spec)?;
+    claim(&engine.store, name, h)?;
+    Ok(())
+}
+
+/// Attach `spec` for holder `name` (taken by [`hold`]); when the attach
+/// fails it rolled itself back, and the holder holds nothing then.
+pub fn attach_or_forget(
+    engine: &Engine<'_>,
+    name: &str,
+    spec: &Spec,
+    opts: crate::disk::AttachOptions,
+) -> Result<std::path::PathBuf, HolderError> {
+    engine.attach_with(spec, opts).map_err(|e| {
+        let _ = engine.store.remove_holder(name);
+        e.into()
+    })
+}
+
 /// Refuse `spec` to `domain` while a live holder of another domain uses
 /// it, writable by either (a disk goes to one VM), unless `same_vm` says
 /// that holder is this VM's other half (a migration to this host).

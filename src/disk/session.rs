@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use super::undo::Undo;
 use super::{Cause, Engine, Step};
 use crate::iscsi::{self, IscsiError, Iscsiadm, Login, Session};
+use crate::lock::Lock;
 use crate::runner::RunError;
 use crate::spec::TargetName;
-use crate::state::{IscsiLeg, OwnedSession, StateError};
+use crate::state::{IscsiLeg, OwnedSession, Phase, StateError};
 use crate::uevent::Watcher;
 
 /// After iscsid's last login attempt: time for it to destroy the half-made
@@ -375,8 +376,21 @@ impl Engine<'_> {
     /// still logging in (its leg not recorded yet).
     fn others_of(&self, key: &str, target: &str) -> Result<bool, StateError> {
         Ok(self.store.all()?.into_iter().any(|(k, o)| {
-            k != crate::lock::file_key(key) && super::target_of(&o).as_deref() == Some(target)
+            k != crate::lock::file_key(key)
+                && super::target_of(&o).as_deref() == Some(target)
+                && (o.phase != Phase::Attaching || self.in_progress(&k))
         }))
+    }
+
+    /// Whether the call that is attaching record `k` (a file key) still
+    /// runs: it holds the record's lock until it ends. A killed call's
+    /// record uses nothing; its leftovers are the next call's of that
+    /// record to clean (found by the simulator: a refused attach kept the
+    /// session it had just made because a dead attach's record named the
+    /// target).
+    fn in_progress(&self, k: &str) -> bool {
+        let name = crate::lock::file_key(&format!("attach-{k}"));
+        Lock::take(&self.store.lock_dir(), &name, "attachment", Duration::ZERO).is_err()
     }
 
     /// The one logout rule, for rollback, detach and crash recovery: log

@@ -1045,8 +1045,15 @@ impl Model {
                 self.violate("a session in use is never logged out", detail);
             }
         }
-        let me = caller().spec;
-        for spec in self.attached.clone() {
+        let me = caller();
+        // The sweep detaches what no live domain holds, whichever spec.
+        let attached = if me.op == "sweep" {
+            BTreeSet::new()
+        } else {
+            self.attached.clone()
+        };
+        let me = me.spec;
+        for spec in attached {
             if Some(&spec) != me.as_ref()
                 && spec_target(&spec).as_deref() == Some(s.target.as_str())
             {
@@ -1133,6 +1140,10 @@ impl Model {
         let owner = self.arrays[&m].owner.clone();
         let me = caller();
         if me.spec.as_deref() == Some(owner.as_str()) {
+            return;
+        }
+        // The sweep detaches attachments no live domain holds: any owner.
+        if me.op == "sweep" {
             return;
         }
         if self.attached.contains(&owner) || me.op != "attach" {

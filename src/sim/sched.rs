@@ -13,8 +13,10 @@ use std::sync::Arc;
 
 use crate::clock::Virtual;
 use crate::config::Config;
-use crate::disk::{Engine, HealOptions};
+use crate::disk::{AttachOptions, Budget, Engine, HealOptions};
+use crate::holders::{self, HolderError};
 use crate::spec::Spec;
+use crate::state::Holder;
 use crate::sysfs::Sys;
 
 use super::model::{set_caller, Caller, Data, Host, Local, Lun, MState, Model, Target, Violation};
@@ -23,6 +25,8 @@ const T1: &str = "iqn.2024-01.sim:t1";
 const T2: &str = "iqn.2024-01.sim:t2";
 const SECRET: &str = "s3cr3t-ch4p-pw";
 const MIB: u64 = 1 << 20;
+/// libxl kills a hotplug script after 40 s.
+const XL_KILL: std::time::Duration = std::time::Duration::from_secs(40);
 
 /// Every spec a sequence may use: they share targets, LUNs and labels on
 /// purpose. LUN 3 of T1 belongs to another tenant: no spec names it.
@@ -64,6 +68,15 @@ pub enum Op {
     TargetUp(usize),
     /// Another host writes LUN i (the VM ran there).
     ExternalWrite(usize),
+    /// Xen domain d (0 or 1) starts with spec i: `xen add`'s holder steps
+    /// (sharing check, reclaim, holder record) and attach, under its budget.
+    DomAdd(usize, usize),
+    /// Domain d is shut down: its VM stops, then `xen remove`.
+    DomRemove(usize),
+    /// Domain d dies without a remove (its backend's script never ran).
+    DomCrash(usize),
+    /// `watch` sweeps holders whose domain is gone.
+    Sweep,
     /// The filer serves a new, empty disk at LUN i (smaller when the flag
     /// is set): another wwid behind the same target and number.
     ReplaceLun(usize, bool),
@@ -95,6 +108,10 @@ impl fmt::Display for Op {
             Op::TargetUp(t) => write!(f, "target {} up", [T1, T2][*t]),
             Op::ExternalWrite(l) => write!(f, "another host writes LUN #{l}"),
             Op::AdminLogin(t) => write!(f, "admin logs into {}", [T1, T2][*t]),
+            Op::DomAdd(d, i) => write!(f, "domain {d} starts on {}", SPECS[*i]),
+            Op::DomRemove(d) => write!(f, "domain {d} shuts down (xen remove)"),
+            Op::DomCrash(d) => write!(f, "domain {d} dies without a remove"),
+            Op::Sweep => f.write_str("watch sweeps dead holders"),
             Op::ReplaceLun(l, small) => write!(
                 f,
                 "the filer serves a new {}disk at LUN #{l}",
@@ -231,14 +248,21 @@ pub fn sequence(seed: u64) -> Vec<Op> {
 
 fn op(r: &mut Rng, pool: &[usize], depth: u32) -> Op {
     let s = pool[r.below(pool.len())];
-    let call = |r: &mut Rng| match r.below(10) {
-        0..=4 => Op::Attach(pool[r.below(pool.len())]),
-        5..=7 => Op::Detach(pool[r.below(pool.len())]),
-        8 => Op::Heal(pool[r.below(pool.len())]),
+    let call = |r: &mut Rng| match r.below(12) {
+        0..=3 => Op::Attach(pool[r.below(pool.len())]),
+        4..=6 => Op::Detach(pool[r.below(pool.len())]),
+        7 => Op::Heal(pool[r.below(pool.len())]),
+        8 => Op::DomAdd(r.below(2), pool[r.below(pool.len())]),
+        9 => Op::DomRemove(r.below(2)),
+        10 => Op::Sweep,
         _ => Op::Watch,
     };
     let point = |r: &mut Rng| 1 + u32::try_from(r.below(14)).unwrap_or(1);
-    match r.below(100) {
+    match r.below(112) {
+        100..=105 => Op::DomAdd(r.below(2), s),
+        106..=108 => Op::DomRemove(r.below(2)),
+        109..=110 => Op::DomCrash(r.below(2)),
+        111 => Op::Sweep,
         0..=27 => Op::Attach(s),
         28..=39 => Op::Detach(s),
         40..=42 => Op::DetachRunning(s),
@@ -251,7 +275,7 @@ fn op(r: &mut Rng, pool: &[usize], depth: u32) -> Op {
         78..=80 => Op::ExternalWrite(r.below(4)),
         81 => Op::AdminLogin(r.below(2)),
         82 => Op::ReplaceLun(r.below(4), r.below(2) == 0),
-        83..=84 => Op::EditTable(r.below(3)),
+        83..=84 => Op::EditTable(if r.below(3) == 0 { r.below(3) } else { 1 }),
         85..=89 if depth == 0 => Op::KillRerun(Box::new(call(r)), point(r)),
         90..=93 if depth == 0 => Op::Kill(Box::new(call(r)), point(r)),
         94..=99 if depth == 0 => Op::Interleave(Box::new(call(r)), point(r), Box::new(call(r))),
@@ -296,6 +320,16 @@ const TABLES: [&str; 3] = [
     "l1 /dev/vg/b\nl2 /dev/vg/a\nl3 /dev/vg/c\nl4 /dev/vg/d\nl5 MISSING\n",
 ];
 
+/// A world to go back to: the model, the files, the VMs and domains.
+#[derive(Debug)]
+struct Saved {
+    model: Model,
+    files: Dir,
+    vms: BTreeMap<String, String>,
+    domains: BTreeMap<usize, (String, bool)>,
+    held_ever: BTreeSet<String>,
+}
+
 /// A simulated host and the VMs on it.
 #[derive(Debug)]
 pub struct World {
@@ -307,6 +341,14 @@ pub struct World {
     vms: BTreeMap<String, String>,
     /// A call was killed and left so: its leftovers may be about.
     killed: bool,
+    /// The label table names l1's volume l6: the operator renamed the
+    /// label, and the VMs' disk lines with it.
+    renamed: bool,
+    /// Xen domains: domain → (spec, running).
+    domains: BTreeMap<usize, (String, bool)>,
+    /// Specs a domain ever held (a CLI attach of one hands out what the
+    /// domains left; only domains reclaim).
+    held_ever: BTreeSet<String>,
     /// Check logs for secrets (costly: one sequence in sixteen).
     pub check_logs: bool,
     /// What each step did, for the report.
@@ -408,8 +450,20 @@ impl World {
             clock: Virtual::new(),
             vms: BTreeMap::new(),
             killed: false,
+            renamed: false,
+            domains: BTreeMap::new(),
+            held_ever: BTreeSet::new(),
             check_logs: false,
             trace: Vec::new(),
+        }
+    }
+
+    /// Spec `i` as the VMs name it now (after a label rename).
+    fn spec(&self, i: usize) -> String {
+        let s = SPECS[i];
+        match s.strip_suffix("+l1") {
+            Some(head) if self.renamed => format!("{head}+l6"),
+            _ => s.to_string(),
         }
     }
 
@@ -421,7 +475,14 @@ impl World {
     pub fn step(&mut self, op: &Op) -> Vec<Violation> {
         let before = self.host.model().violations.len();
         match op {
-            Op::Attach(_) | Op::Detach(_) | Op::DetachRunning(_) | Op::Heal(_) | Op::Watch => {
+            Op::Attach(_)
+            | Op::Detach(_)
+            | Op::DetachRunning(_)
+            | Op::Heal(_)
+            | Op::Watch
+            | Op::DomAdd(..)
+            | Op::DomRemove(_)
+            | Op::Sweep => {
                 let snap = self.kernel_state();
                 let out = self.call(op, AtPoint::Run);
                 self.trace.push(format!("{op}: {}", describe(&out)));
@@ -439,7 +500,7 @@ impl World {
                 }
             }
             Op::Write(i) => {
-                let spec = canon(SPECS[*i]);
+                let spec = canon(&self.spec(*i));
                 if let Some(k) = self.vms.get(&spec).cloned() {
                     let disk = self.disk_of(&spec);
                     let wrote = self.host.model().vm_write(&k, disk);
@@ -447,6 +508,17 @@ impl World {
                         "{op}: {}",
                         if wrote { "written" } else { "I/O error" }
                     ));
+                }
+            }
+            Op::DomCrash(d) => {
+                if let Some((spec, alive)) = self.domains.get_mut(d) {
+                    if *alive {
+                        *alive = false;
+                        if let Some(k) = self.vms.remove(spec.as_str()) {
+                            self.host.model().open_by_vm.remove(&k);
+                        }
+                        self.trace.push(op.to_string());
+                    }
                 }
             }
             Op::Resync => {
@@ -465,12 +537,21 @@ impl World {
                 // the VM this host does not.
                 let mut m = self.host.model();
                 let lun = m.luns[*l].clone();
+                // An array that only dead domains held is a leak: the VM
+                // may well run elsewhere now.
+                let leaked = |owner: &str| {
+                    self.held_ever.contains(owner)
+                        && !self
+                            .domains
+                            .values()
+                            .any(|(sp, alive)| *alive && sp == owner)
+                };
                 let used = m.scsi.values().any(|s| {
                     s.lun == *l
                         && (m.open_by_vm.contains(&s.kname)
-                            || m.arrays
-                                .values()
-                                .any(|a| a.members.iter().any(|x| x.kname == s.kname)))
+                            || m.arrays.values().any(|a| {
+                                !leaked(&a.owner) && a.members.iter().any(|x| x.kname == s.kname)
+                            }))
                 });
                 // Nor while a local copy here holds writes of that disk the
                 // LUN lacks: running it elsewhere then is a split brain,
@@ -509,6 +590,18 @@ impl World {
             }
             Op::ReplaceLun(l, small) => {
                 let mut m = self.host.model();
+                // Only under a mirror that failed the LUN's leg: its local
+                // leg holds the data then (heal's case). A disk replaced
+                // anywhere else loses data on the filer, not here.
+                let failed_leg = m.arrays.values().any(|a| {
+                    a.members.iter().any(|x| {
+                        x.state == MState::Faulty
+                            && matches!(m.dev(&x.kname), Some(super::model::Dev::Scsi(h)) if m.scsi[&h].lun == *l)
+                    })
+                });
+                if !failed_leg {
+                    return Vec::new();
+                }
                 let n = m.next_write;
                 m.next_write += 1;
                 let lun = &mut m.luns[*l];
@@ -521,6 +614,7 @@ impl World {
                 self.trace.push(op.to_string());
             }
             Op::EditTable(k) => {
+                self.renamed = *k == 1;
                 let _ = fs::write(self.root().join("etc/tab.conf"), TABLES[*k]);
                 self.trace.push(op.to_string());
             }
@@ -578,8 +672,12 @@ impl World {
             let held = from_a.recv().is_ok();
             let ob = held.then(|| {
                 let hb = s.spawn(move || w.run_call(b, AtPoint::Run));
-                hb.join()
-                    .unwrap_or_else(|_| Outcome::Failed("panicked".into()))
+                let ob = hb
+                    .join()
+                    .unwrap_or_else(|_| Outcome::Failed("panicked".into()));
+                // What B detached is attached no more when A goes on.
+                w.sync_attached();
+                ob
             });
             let _ = to_a.send(());
             let oa = ha
@@ -602,24 +700,88 @@ impl World {
     /// Run a call on a thread of its own, as a process would, and update
     /// the VMs after it.
     fn call(&mut self, op: &Op, at: AtPoint) -> Outcome {
+        let start = self.clock.now();
         let out = std::thread::scope(|s| {
             let w: &World = self;
             s.spawn(move || w.run_call(op, at))
                 .join()
                 .unwrap_or_else(|_| Outcome::Failed("panicked".into()))
         });
+        let took = self.clock.now().saturating_duration_since(start);
+        if matches!(op, Op::DomAdd(..)) && took > XL_KILL {
+            self.host.model().violations.push(Violation {
+                invariant: "a Xen add ends before libxl kills it",
+                detail: format!("{op} took {}s: {}", took.as_secs(), describe(&out)),
+            });
+        }
         self.after(op, &out);
         out
     }
 
     /// The VMs' side of a call's outcome.
+    /// What the tool no longer records is attached no more (a sweep
+    /// detached it, a remove let it go).
+    fn sync_attached(&self) -> BTreeSet<String> {
+        let recorded: BTreeSet<String> = crate::state::Store::new(&self.config.run_dir)
+            .all()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(_, a)| a.spec)
+            .collect();
+        self.host.model().attached.retain(|s| recorded.contains(s));
+        recorded
+    }
+
     fn after(&mut self, op: &Op, out: &Outcome) {
+        let recorded = self.sync_attached();
+        {
+            let mut m = self.host.model();
+            let gone: Vec<String> = self
+                .vms
+                .keys()
+                .filter(|s| !recorded.contains(*s))
+                .cloned()
+                .collect();
+            for s in gone {
+                if let Some(k) = self.vms.remove(&s) {
+                    m.open_by_vm.remove(&k);
+                }
+            }
+        }
+        match op {
+            Op::DomAdd(d, i) => {
+                // xl runs remove for a backend whatever its add did; the
+                // domain runs only if the add succeeded.
+                let spec = canon(&self.spec(*i));
+                let ok = matches!(out, Outcome::Ok(_));
+                if self.domains.get(d).map_or(true, |(_, alive)| !alive) {
+                    self.domains.insert(*d, (spec.clone(), ok));
+                }
+                self.held_ever.insert(spec);
+            }
+            Op::DomRemove(d) => {
+                if let (Outcome::Ok(_), Some((spec, _))) = (out, self.domains.get(d).cloned()) {
+                    self.domains.remove(d);
+                    let still = self.domains.values().any(|(s, _)| *s == spec);
+                    let recorded = crate::state::Store::new(&self.config.run_dir)
+                        .all()
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|(_, a)| a.spec == spec);
+                    if !still && !recorded {
+                        self.host.model().attached.remove(&spec);
+                    }
+                }
+                return;
+            }
+            _ => {}
+        }
         let (i, attach) = match op {
-            Op::Attach(i) => (*i, true),
+            Op::Attach(i) | Op::DomAdd(_, i) => (*i, true),
             Op::Detach(i) | Op::DetachRunning(i) => (*i, false),
             _ => return,
         };
-        let spec = canon(SPECS[i]);
+        let spec = canon(&self.spec(i));
         let mut m = self.host.model();
         if attach {
             if let Outcome::Ok(Some(dev)) = out {
@@ -629,7 +791,9 @@ impl World {
                 let k = m.kname(&d).0;
                 m.attached.insert(spec.clone());
                 m.open_by_vm.insert(k.clone());
-                self.check_fresh(&mut m, &spec, &k);
+                if matches!(op, Op::DomAdd(..)) || !self.held_ever.contains(&spec) {
+                    self.check_fresh(&mut m, &spec, &k);
+                }
                 self.vms.insert(spec, k);
             }
         } else if let Outcome::Ok(_) = out {
@@ -754,15 +918,19 @@ impl World {
             }
         })));
         let spec = match op {
-            Op::Attach(i) | Op::Detach(i) | Op::DetachRunning(i) | Op::Heal(i) => {
-                Some(canon(SPECS[*i]))
-            }
+            Op::Attach(i)
+            | Op::Detach(i)
+            | Op::DetachRunning(i)
+            | Op::Heal(i)
+            | Op::DomAdd(_, i) => Some(canon(&self.spec(*i))),
+            Op::DomRemove(d) => self.domains.get(d).map(|(s, _)| s.clone()),
             _ => None,
         };
         let name = match op {
-            Op::Attach(_) => "attach",
-            Op::Detach(_) | Op::DetachRunning(_) => "detach",
+            Op::Attach(_) | Op::DomAdd(..) => "attach",
+            Op::Detach(_) | Op::DetachRunning(_) | Op::DomRemove(_) => "detach",
             Op::Heal(_) => "heal",
+            Op::Sweep => "sweep",
             _ => "watch",
         };
         set_caller(Caller {
@@ -770,7 +938,7 @@ impl World {
             op: name,
         });
         // A VM stops before its disk is detached (not for DetachRunning).
-        if let (Op::Detach(_), Some(s)) = (op, &spec) {
+        if let (Op::Detach(_) | Op::DomRemove(_), Some(s)) = (op, &spec) {
             let mut m = self.host.model();
             if let Some(k) = self.vms.get(s) {
                 m.open_by_vm.remove(k);
@@ -821,15 +989,54 @@ impl World {
     fn engine_call(&self, op: &Op, name: &'static str) -> Outcome {
         let sys = Sys::modelled(self.root(), Arc::new(self.host.clone()));
         let engine = Engine::new(&self.config, &self.host).with_sys(sys);
-        let res = match op {
-            Op::Attach(i) => match SPECS[*i].parse::<Spec>() {
-                Ok(s) => engine.attach(&s).map(Some),
+        let disk = |e: crate::disk::DiskError| {
+            let input = e.cause.is_input();
+            (e.to_string(), input)
+        };
+        let held = |e: HolderError| {
+            let input = e.is_input();
+            (e.to_string(), input)
+        };
+        let mut live = SimLive(
+            self.domains
+                .iter()
+                .filter(|(_, (_, alive))| *alive)
+                .map(|(d, _)| d.to_string())
+                .collect(),
+        );
+        let res: Result<Option<PathBuf>, (String, bool)> = match op {
+            Op::Attach(i) => match self.spec(*i).parse::<Spec>() {
+                Ok(s) => engine.attach(&s).map(Some).map_err(disk),
                 Err(e) => return Outcome::Refused(e.to_string()),
             },
-            Op::Detach(i) | Op::DetachRunning(i) => engine.detach(&canon(SPECS[*i])).map(|_| None),
+            Op::Detach(i) | Op::DetachRunning(i) => engine
+                .detach(&canon(&self.spec(*i)))
+                .map(|_| None)
+                .map_err(disk),
             Op::Heal(i) => engine
-                .heal(&canon(SPECS[*i]), HealOptions::default())
-                .map(|_| None),
+                .heal(&canon(&self.spec(*i)), HealOptions::default())
+                .map(|_| None)
+                .map_err(disk),
+            Op::DomAdd(d, i) => {
+                // `xen add` under its budget, a third kept for the undo.
+                let total = self.config.timeouts.hotplug;
+                let engine = engine.fork().with_budget(Budget::new(total, total / 3));
+                match self.spec(*i).parse::<Spec>() {
+                    Ok(spec) => dom_add(&engine, &mut live, *d, &spec)
+                        .map(Some)
+                        .map_err(held),
+                    Err(e) => return Outcome::Refused(e.to_string()),
+                }
+            }
+            Op::DomRemove(d) => {
+                live.0.remove(&d.to_string());
+                holders::release(&engine, &mut live, &xen_name(*d))
+                    .map(|()| None)
+                    .map_err(held)
+            }
+            Op::Sweep => holders::sweep(&engine, &mut live)
+                .map(|_| None)
+                .map_err(|e| (e.to_string(), false)),
             _ => {
                 let all = engine.store.all().unwrap_or_default();
                 for (_, a) in all {
@@ -847,14 +1054,8 @@ impl World {
         };
         let out = match res {
             Ok(p) => Outcome::Ok(p),
-            Err(e) => {
-                let text = e.to_string();
-                if e.cause.is_input() {
-                    Outcome::Refused(text)
-                } else {
-                    Outcome::Failed(text)
-                }
-            }
+            Err((text, true)) => Outcome::Refused(text),
+            Err((text, false)) => Outcome::Failed(text),
         };
         if let Outcome::Refused(t) | Outcome::Failed(t) = &out {
             if t.contains(SECRET) {
@@ -1001,17 +1202,25 @@ impl World {
         format!("{} data {data:?} records {records:?}", self.devices())
     }
 
-    fn save(&self) -> (Model, Dir, BTreeMap<String, String>) {
+    fn save(&self) -> Saved {
         let copy = Dir::new();
         copy_tree(self.root(), &copy.0);
-        (self.host.model().clone(), copy, self.vms.clone())
+        Saved {
+            model: self.host.model().clone(),
+            files: copy,
+            vms: self.vms.clone(),
+            domains: self.domains.clone(),
+            held_ever: self.held_ever.clone(),
+        }
     }
 
-    fn restore(&mut self, (model, copy, vms): (Model, Dir, BTreeMap<String, String>)) {
+    fn restore(&mut self, s: Saved) {
         let _ = fs::remove_dir_all(self.root());
-        copy_tree(&copy.0, self.root());
-        *self.host.model() = model;
-        self.vms = vms;
+        copy_tree(&s.files.0, self.root());
+        *self.host.model() = s.model;
+        self.vms = s.vms;
+        self.domains = s.domains;
+        self.held_ever = s.held_ever;
     }
 
     /// Breaches so far.
@@ -1054,6 +1263,55 @@ fn private_tree(dir: &Path, v: &mut Vec<Violation>) {
         }
         if md.is_dir() {
             private_tree(&e.path(), v);
+        }
+    }
+}
+
+/// The holder record name of domain `d`'s one disk.
+fn xen_name(d: usize) -> String {
+    format!("xen-vbd-{d}-51712")
+}
+
+/// `xen add`'s steps without xenstore: the sharing check, the holder
+/// (reclaim, record), the attach.
+fn dom_add(
+    engine: &Engine<'_>,
+    live: &mut SimLive,
+    d: usize,
+    spec: &Spec,
+) -> Result<PathBuf, HolderError> {
+    let vm = format!("/vm/sim-{d}");
+    holders::check_sharing(
+        &engine.store,
+        live,
+        &spec.to_string(),
+        &d.to_string(),
+        true,
+        &mut |h| h.vm.as_deref() == Some(vm.as_str()),
+    )?;
+    let holder = Holder {
+        spec: spec.to_string(),
+        domain: d.to_string(),
+        backend: format!("backend/vbd/{d}/51712"),
+        writable: true,
+        vm: Some(vm.clone()),
+        since: 0,
+        released: false,
+    };
+    holders::hold(engine, live, &xen_name(d), spec, holder)?;
+    holders::attach_or_forget(engine, &xen_name(d), spec, AttachOptions::default())
+}
+
+/// Which simulated domains run.
+#[derive(Debug)]
+struct SimLive(BTreeSet<String>);
+
+impl holders::Liveness for SimLive {
+    fn life(&mut self, _name: &str, h: &Holder) -> holders::Life {
+        if self.0.contains(&h.domain) {
+            holders::Life::Alive
+        } else {
+            holders::Life::Dead
         }
     }
 }

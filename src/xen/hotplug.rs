@@ -194,10 +194,6 @@ fn add_inner(
         .map(|m| m.contains('w'))
         .unwrap_or(true);
     check_sharing(engine, xs, be, &spec, writable)?;
-    // A leaked attachment (no live holder) is not handed over as it is.
-    holders::reclaim(engine, &mut HostLiveness::with_xenstore(&mut *xs), &spec)?;
-    // Recorded before attaching, so that a remove after a killed add finds
-    // what to clean up.
     let holder = Holder {
         spec: spec.to_string(),
         domain: be.domid.to_string(),
@@ -207,7 +203,13 @@ fn add_inner(
         since: 0,
         released: false,
     };
-    holders::claim(&engine.store, &be.holder_name(), holder)?;
+    holders::hold(
+        engine,
+        &mut HostLiveness::with_xenstore(&mut *xs),
+        &be.holder_name(),
+        &spec,
+        holder,
+    )?;
     // An incoming migration from another host: the source still writes to
     // the iSCSI disk until it is suspended, so the local leg may join only
     // once this domain takes over (xl renames it from NAME--incoming then).
@@ -221,15 +223,7 @@ fn add_inner(
         defer_local,
         ..Default::default()
     };
-    let dev = match engine.attach_with(&spec, opts) {
-        Ok(d) => d,
-        Err(e) => {
-            // attach rolled itself back; this backend holds nothing then,
-            // unless another backend holds the same attachment.
-            let _ = engine.store.remove_holder(&be.holder_name());
-            return Err(e.into());
-        }
-    };
+    let dev = holders::attach_or_forget(engine, &be.holder_name(), &spec, opts)?;
     if defer_local {
         let domid = be.domid.to_string();
         if let Err(e) = engine.spawn_join_watcher(&["--after-xen-domain", &domid], &spec) {
