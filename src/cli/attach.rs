@@ -10,7 +10,7 @@ use super::{load_config, CmdResult, Failure};
 pub(crate) struct Args {
     /// The disk spec: [iscsimple:][lunN@]TARGET[+LABEL].
     pub spec: String,
-    /// Print the ordered plan (one command or sysfs write per line) and change nothing.
+    /// Print the ordered plan (one command, sysfs write, check or wait per line) and change nothing.
     #[arg(long)]
     pub dry_run: bool,
     /// Build a mirror with its iSCSI leg only; the local leg joins with
@@ -27,8 +27,12 @@ pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
     let config = load_config(config)?;
     let runner = RealRunner::new();
     let engine = Engine::new(&config, &runner);
+    let opts = iscsimple::disk::AttachOptions {
+        defer_local: args.defer_local,
+        ..Default::default()
+    };
     if args.dry_run {
-        let plan = engine.plan(&spec).map_err(Failure::from_disk)?;
+        let plan = engine.plan(&spec, opts).map_err(Failure::from_disk)?;
         for line in plan {
             println!("{line}");
         }
@@ -36,10 +40,6 @@ pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
     }
     super::check_dirs(&config, &format!("attach {spec}"))?;
     super::require_programs(&runner)?;
-    let opts = iscsimple::disk::AttachOptions {
-        defer_local: args.defer_local,
-        ..Default::default()
-    };
     let dev = engine.attach_with(&spec, opts);
     super::print_notices(&engine, &spec.to_string());
     println!("{}", dev.map_err(Failure::from_disk)?.display());

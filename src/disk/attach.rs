@@ -1,18 +1,20 @@
 //! Attach (and its dry-run plan): input checks first, then the iSCSI leg,
 //! then the mirror; every step that changes the host pushes its undo.
+//! Attach and the plan walk one list of [`Action`]s ([`steps`]), made once
+//! from the checked inputs: attach takes each, the dry run prints each.
 use std::path::PathBuf;
 
 use super::array::Expected;
 use super::copies::{Asked, Verdict};
 use super::undo::Undo;
 use super::{key_of, lun_of, remove_file, when, AttachOptions, Cause, DiskError, Engine, Step};
-use crate::iscsi;
 use crate::labels::{LabelTable, LocalDevice};
 use crate::lock::file_key;
 use crate::md::{self, Bitmap, Leg, MdError};
 use crate::spec::Spec;
 use crate::state::{self, Attachment, LunId, Mirror, OpenRecord, Phase};
 use crate::volume;
+use plan::{steps, Action, Source};
 
 /// What a spec asks for, from the label table and the local volume.
 struct Inputs {
@@ -20,6 +22,20 @@ struct Inputs {
     local_path: Option<PathBuf>,
     /// The local leg resolved.
     local: Option<volume::Volume>,
+}
+
+/// What attach's walk of its steps works with, besides the steps.
+struct Walk<'w> {
+    /// The spec.
+    spec: &'w Spec,
+    /// The attachment's key.
+    key: &'w str,
+    /// How to attach.
+    opts: AttachOptions,
+    /// The local leg resolved, unless MISSING.
+    local: Option<&'w volume::Volume>,
+    /// The label's open record as it was before this attach.
+    open: Option<&'w OpenRecord>,
 }
 
 impl Engine<'_> {
@@ -62,14 +78,9 @@ impl Engine<'_> {
     }
 
     /// What else on the host would make this attach wrong: the label's
-    /// array exists, the local volume is in use, another attachment
-    /// (finished or still logging in) has the LUN.
-    fn conflicts(
-        &self,
-        spec: &Spec,
-        key: &str,
-        local: Option<&volume::Volume>,
-    ) -> Result<(), (Step, Cause)> {
+    /// array exists, another attachment (finished or still logging in) has
+    /// the LUN. (The local volume in use: a step, [`Action::CheckLocal`].)
+    fn conflicts(&self, spec: &Spec, key: &str) -> Result<(), (Step, Cause)> {
         if let Some(label) = &spec.label {
             if let Some(arr) = md::by_label(&self.sys, label.as_str()) {
                 return Err((
@@ -81,9 +92,6 @@ impl Engine<'_> {
                     },
                 ));
             }
-        }
-        if let Some(v) = local {
-            volume::check_unused(&self.sys, v).map_err(|e| (Step::LocalVolume, e.into()))?;
         }
         if let Some(t) = &spec.target {
             // Attachments still logging in count: their leg is not
@@ -137,11 +145,27 @@ impl Engine<'_> {
                 )))
             }
             // A record of a call that died: attach cleans it up first.
-            Some(_) => {}
-            None => self
-                .conflicts(spec, &key, inputs.local.as_ref())
-                .map_err(fail)?,
+            Some(_) => return self.judge(spec, &inputs, opts).map(|_| ()),
+            None => self.conflicts(spec, &key).map_err(fail)?,
         }
+        let verdict = self.judge(spec, &inputs, opts)?;
+        let steps = steps(
+            spec,
+            inputs.local_path.as_deref(),
+            verdict.trust_local,
+            opts,
+        );
+        self.take_checks(&steps, inputs.local.as_ref())
+            .map_err(fail)
+    }
+
+    /// The records' verdict on `spec` before login, as an error of attach.
+    fn judge(
+        &self,
+        spec: &Spec,
+        inputs: &Inputs,
+        opts: AttachOptions,
+    ) -> Result<Verdict, DiskError> {
         self.judge_copies(&Asked {
             spec,
             local: inputs.local.as_ref(),
@@ -149,101 +173,21 @@ impl Engine<'_> {
             lun_size: None,
             defer_local: opts.defer_local,
         })
-        .map(|_| ())
-        .map_err(fail)
+        .map_err(|(step, cause)| DiskError::new("attach", &spec.to_string(), step, cause))
     }
 
-    /// The ordered plan of `attach` (for `--dry-run`): one line per command
-    /// or sysfs write it would do. Changes nothing.
-    pub fn plan(&self, spec: &Spec) -> Result<Vec<String>, DiskError> {
-        let shown = spec.to_string();
-        let fail = |(step, cause)| DiskError::new("attach", &shown, step, cause);
-        let local = self.local_leg(spec).map_err(fail)?;
-        if spec.target.is_none() && local.is_none() && spec.label.is_some() {
-            return Err(fail((Step::LocalVolume, Cause::BothMissing)));
-        }
-        let mut p = Vec::new();
-        if let Some(l) = &local {
-            p.push(format!(
-                "check {} is an unused block device (exclusive open, sysfs holders)",
-                l.display()
-            ));
-        }
-        if let Some(t) = &spec.target {
-            let t = t.as_str();
-            match iscsi::session_of(&self.sys, t).filter(|s| s.state == "LOGGED_IN") {
-                Some(s) => p.push(format!("reuse session {} to {t}", s.sid)),
-                None => {
-                    let portal = iscsi::node_portals(&self.sys, t).into_iter().next();
-                    let portal = match portal {
-                        Some(pt) => pt,
-                        None => {
-                            for d in &self.config.discovery.portals {
-                                p.push(format!(
-                                    "iscsiadm -m discovery -t sendtargets -p {d} -o nonpersistent"
-                                ));
-                            }
-                            p.push(format!("iscsiadm -m node -T {t} -p PORTAL -o new"));
-                            "PORTAL".to_string()
-                        }
-                    };
-                    p.push(format!(
-                        "set node.session.scan = manual, node.startup = manual and the session timeouts in the node record of {t} at {portal} (under open-iscsi's lock)"
-                    ));
-                    if self
-                        .config
-                        .chap_for(spec.target.as_ref().expect("checked"))
-                        .ok()
-                        .flatten()
-                        .is_some()
-                    {
-                        p.push(format!("set node.session.auth.authmethod = CHAP and the usernames in the node record of {t} at {portal}"));
-                        p.push(format!("write CHAP secrets into the node record of {t} at {portal} (never on a command line)"));
-                    }
-                    p.push(format!("iscsiadm -m node -T {t} -p {portal} --login"));
-                }
+    /// Take the checks of `steps`: they change nothing, and come first.
+    fn take_checks(
+        &self,
+        steps: &[Action],
+        local: Option<&volume::Volume>,
+    ) -> Result<(), (Step, Cause)> {
+        for step in steps {
+            if let (Action::CheckLocal(_), Some(v)) = (step, local) {
+                volume::check_unused(&self.sys, v).map_err(|e| (Step::LocalVolume, e.into()))?;
             }
-            p.push(format!(
-                "echo '- - {}' > /sys/class/scsi_host/hostN/scan",
-                spec.lun
-            ));
-            p.push(format!(
-                "wait for the block device of LUN {} (uevents, {}s)",
-                spec.lun,
-                self.config.timeouts.device.as_secs()
-            ));
         }
-        if let Some(label) = &spec.label {
-            // Pinned: the LUN's size, or the one recorded for the local volume.
-            let mut legs = vec![
-                match &spec.target {
-                    Some(_) => "--size=LUN_KIB",
-                    None => "--size=RECORDED_KIB",
-                }
-                .to_string(),
-                "missing".to_string(),
-            ];
-            match &spec.target {
-                Some(_) => legs.push("--write-mostly ISCSI_DEV".into()),
-                None => legs.push(
-                    local
-                        .as_ref()
-                        .map(|l| l.display().to_string())
-                        .unwrap_or_default(),
-                ),
-            }
-            p.push(format!(
-                "mdadm --build /dev/md/{label} --level=1 --raid-devices=2 {}",
-                legs.join(" ")
-            ));
-            if let (Some(_), Some(l)) = (&spec.target, &local) {
-                p.push(format!("mdadm /dev/md/{label} --add {}", l.display()));
-            }
-            p.push(format!("hand out /dev/md/{label}"));
-        } else {
-            p.push("hand out the LUN's block device".to_string());
-        }
-        Ok(p)
+        Ok(())
     }
 
     /// Attach `spec`; returns the device to hand to the hypervisor.
@@ -342,233 +286,34 @@ impl Engine<'_> {
                 return Err(e);
             }
         }
-        self.conflicts(spec, key, local.as_ref())?;
+        self.conflicts(spec, key)?;
         // What the records refuse already, before anything is touched.
-        self.judge_copies(&Asked {
+        let verdict = self.judge_copies(&Asked {
             spec,
             local: local.as_ref(),
             lun: spec_lun(spec),
             lun_size: None,
             defer_local: opts.defer_local,
         })?;
+        // The one list the dry run prints: its checks first, then the rest
+        // in its order.
+        let steps = steps(spec, local_path.as_deref(), verdict.trust_local, opts);
+        self.take_checks(&steps, local.as_ref())?;
 
-        let mut att = Attachment {
-            spec: spec.to_string(),
-            phase: Phase::Attaching,
-            device: None,
-            iscsi: None,
-            mirror: spec.label.as_ref().map(|l| Mirror {
-                label: l.to_string(),
-                kname: None,
-                local: local_path.clone(),
-                local_pending: false,
-                bitmap: None,
-                devnum: None,
-                local_devnum: local.as_ref().map(|v| v.devnum.clone()),
-                local_id: local.as_ref().map(|v| v.id.clone()),
-                size: None,
-            }),
-        };
+        let mut att = attaching(spec, local_path, local.as_ref());
         self.store
             .save(key, &att)
             .map_err(|e| (Step::State, e.into()))?;
         undo.push(Undo::RemoveState(key.to_string()));
 
-        // iSCSI leg.
-        let iscsi_dev = match &spec.target {
-            Some(t) => {
-                let leg = self.iscsi_leg(key, t, spec.lun, undo)?;
-                let dev = PathBuf::from(format!("/dev/{}", leg.kname));
-                att.iscsi = Some(leg);
-                self.store
-                    .save(key, &att)
-                    .map_err(|e| (Step::State, e.into()))?;
-                Some(dev)
-            }
-            None => None,
-        };
-        // The records again, with the LUN's wwid and size: which copy is
-        // the source, and the array's size.
-        let lun = att.iscsi.as_ref().map(|i| LunId {
-            target: i.target.clone(),
-            lun: i.lun,
-            wwid: i.wwid.clone(),
-        });
-        let verdict = self.judge_copies(&Asked {
+        let walk = Walk {
             spec,
+            key,
+            opts,
             local: local.as_ref(),
-            lun: lun.clone(),
-            lun_size: att.iscsi.as_ref().map(|i| i.size),
-            defer_local: opts.defer_local,
-        })?;
-        let trust_local = verdict.trust_local;
-        if let (Some(v), Some(leg)) = (&local, &att.iscsi) {
-            // The local leg joins an array of the LUN's size (a source
-            // local leg was checked against the disk the VM used).
-            if !trust_local {
-                volume::check_size(v, leg.size).map_err(|e| (Step::Size, e.into()))?;
-            }
-        }
-        self.tell_source(spec, local.as_ref(), open.as_ref(), &verdict);
-
-        // The mirror.
-        let device = match &spec.label {
-            None => {
-                // Let udev make its links (by-path, by-id) before a caller
-                // such as libvirt looks for them.
-                self.settle();
-                iscsi_dev
-                    .clone()
-                    .expect("a spec without label has a target")
-            }
-            Some(label) => {
-                let label = label.as_str();
-                let mut legs = vec![Leg::Missing];
-                match (&iscsi_dev, &local) {
-                    // The local copy is the source: the iSCSI leg joins later.
-                    (Some(_), Some(v)) if trust_local => legs.push(Leg::Normal(v.path.clone())),
-                    (Some(d), _) => legs.push(Leg::WriteMostly(d.clone())),
-                    (None, Some(v)) => legs.push(Leg::Normal(v.path.clone())),
-                    (None, None) => unreachable!("checked above"),
-                }
-                self.durable
-                    .set_open(&OpenRecord {
-                        label: label.to_string(),
-                        spec: spec.to_string(),
-                        boot_id: self.sys.boot_id(),
-                        since: state::now(),
-                    })
-                    .map_err(|e| (Step::State, e.into()))?;
-                undo.push(Undo::RestoreOpen(label.to_string(), open.clone()));
-                let size = verdict
-                    .size
-                    .expect("known after the scan, or without an iSCSI leg");
-                if let Some(m) = att.mirror.as_mut() {
-                    m.size = Some(size);
-                }
-                if let Some(v) = &local {
-                    // Before the array exists: its size, its LUN, and (the
-                    // iSCSI leg MISSING) that every write from now on
-                    // reaches the local leg only.
-                    self.record_copy(spec, v, &verdict, lun.as_ref(), undo)?;
-                }
-                // Only for an array built from the LUN alone, which has
-                // the LUN's size without `--size` (see Mdadm::build). Built
-                // from the local leg it has none: its first resync is full
-                // anyway, and so is a heal while it lasts.
-                let bitmap = match (&iscsi_dev, &local) {
-                    (Some(_), Some(_)) if !opts.defer_local && !trust_local => {
-                        self.bitmap_for(spec, label, size)
-                    }
-                    _ => None,
-                };
-                let pin = |bitmap: Option<&Bitmap>| bitmap.is_none().then_some(size / 1024);
-                if let Some(stale) = self.sys.link_name(md::label_path(label)) {
-                    // A link left by an array stopped without udev would confuse mdadm.
-                    md::remove_stale_nodes(&self.sys, label, &stale)
-                        .map_err(|e| (Step::Build, e.into()))?;
-                }
-                // What the array must be made of: found and stopped by
-                // that, never by its name alone.
-                let expect = Expected::of(&self.sys, &att).expect("a mirror");
-                {
-                    // No lock of ours: mdadm --build picks the free minor and
-                    // creates the array under its own map lock
-                    // (/run/mdadm/map.lock); builds of different labels overlap.
-                    undo.push(Undo::StopArray {
-                        kname: None,
-                        expect: expect.clone(),
-                        bitmap: Some(self.durable.bitmap(label)),
-                    });
-                    let built =
-                        self.mdadm()
-                            .build(label, &legs, bitmap.as_ref(), pin(bitmap.as_ref()));
-                    match (built, &bitmap) {
-                        (Ok(()), Some(b)) => {
-                            if let Some(m) = att.mirror.as_mut() {
-                                m.bitmap = Some(b.file.clone());
-                            }
-                        }
-                        (Ok(()), None) => {}
-                        (Err(e), Some(b)) => {
-                            // Kernels built without bitmap file support refuse it here.
-                            tracing::warn!(spec = %spec, error = %e, "mdadm --build with a write-intent bitmap failed; building without (a heal will resync fully)");
-                            if let Some(half) = self.array_of_legs(label, &legs) {
-                                self.stop_array(&half.kname, &expect)
-                                    .map_err(|e| (Step::Build, e.into()))?;
-                            }
-                            remove_file(&b.file).map_err(|e| (Step::Build, e.into()))?;
-                            self.mdadm()
-                                .build(label, &legs, None, pin(None))
-                                .map_err(|e| (Step::Build, e.into()))?;
-                        }
-                        (Err(e), None) => return Err((Step::Build, e.into())),
-                    }
-                }
-                // mdadm names the array itself (see Mdadm::build); settle
-                // only if the name is not there after all.
-                if md::by_label(&self.sys, label).is_none() {
-                    self.settle();
-                }
-                let array = self.array_of_legs(label, &legs).ok_or_else(|| {
-                    (
-                        Step::Build,
-                        MdError::Vanished {
-                            label: label.to_string(),
-                        }
-                        .into(),
-                    )
-                })?;
-                let kname = array.kname.clone();
-                if let Some(Undo::StopArray {
-                    kname: k, expect, ..
-                }) = undo.last_mut()
-                {
-                    *k = Some(kname.clone());
-                    expect.devnum = array.devnum.clone();
-                }
-                md::ensure_label_link(&self.sys, label, &kname)
-                    .map_err(|e| (Step::Build, e.into()))?;
-                md::set_speed_limits(
-                    &self.sys,
-                    &kname,
-                    self.config.md.sync_speed_min,
-                    self.config.md.sync_speed_max,
-                )
-                .map_err(|e| (Step::Build, e.into()))?;
-                if let Some(m) = att.mirror.as_mut() {
-                    m.kname = Some(kname.clone());
-                    m.devnum = array.devnum.clone();
-                }
-                self.store
-                    .save(key, &att)
-                    .map_err(|e| (Step::State, e.into()))?;
-                if let (Some(_), Some(v)) = (&iscsi_dev, &local) {
-                    if opts.defer_local {
-                        tracing::info!(spec = %spec, local = %v.path.display(), "local leg joins later (incoming migration)");
-                        if let Some(m) = att.mirror.as_mut() {
-                            m.local_pending = true;
-                        }
-                    } else if trust_local {
-                        // The local copy is the source: the iSCSI leg joins write-mostly and is overwritten.
-                        self.mdadm()
-                            .add(label, iscsi_dev.as_ref().expect("matched"), true)
-                            .map_err(|e| (Step::AddLocal, e.into()))?;
-                    } else if opts.hold_local {
-                        tracing::info!(spec = %spec, local = %v.path.display(), "local leg held back until the caller's other disks are attached");
-                        if let Some(m) = att.mirror.as_mut() {
-                            m.local_pending = true;
-                        }
-                    } else {
-                        // The iSCSI copy is the source: the local leg joins and is overwritten.
-                        self.mdadm()
-                            .add(label, &v.path, false)
-                            .map_err(|e| (Step::AddLocal, e.into()))?;
-                    }
-                }
-                md::label_path(label)
-            }
+            open: open.as_ref(),
         };
+        let device = self.take_steps(&walk, &steps, &mut att, verdict, undo)?;
         att.phase = Phase::Attached;
         att.device = Some(device.clone());
         self.store
@@ -576,6 +321,216 @@ impl Engine<'_> {
             .map_err(|e| (Step::State, e.into()))?;
         tracing::info!(spec = %spec, device = %device.display(), "attached");
         Ok(device)
+    }
+
+    /// Take the changes of `steps` in order (the checks were taken before
+    /// the attachment was recorded); returns the device handed out.
+    fn take_steps(
+        &self,
+        w: &Walk<'_>,
+        steps: &[Action],
+        att: &mut Attachment,
+        mut verdict: Verdict,
+        undo: &mut Vec<Undo>,
+    ) -> Result<PathBuf, (Step, Cause)> {
+        let mut iscsi_dev = None;
+        let mut lun = None;
+        let mut device = None;
+        for step in steps {
+            match step {
+                // Taken before anything changed (take_checks).
+                Action::CheckLocal(_) => {}
+                Action::IscsiLeg { target, lun: n } => {
+                    let leg = self.iscsi_leg(w.key, target, *n, undo)?;
+                    iscsi_dev = Some(PathBuf::from(format!("/dev/{}", leg.kname)));
+                    att.iscsi = Some(leg);
+                    self.store
+                        .save(w.key, att)
+                        .map_err(|e| (Step::State, e.into()))?;
+                    // The records again, with the LUN's wwid and size: which
+                    // copy is the source, and the array's size.
+                    lun = att.iscsi.as_ref().map(|i| LunId {
+                        target: i.target.clone(),
+                        lun: i.lun,
+                        wwid: i.wwid.clone(),
+                    });
+                    verdict = self.judge_copies(&Asked {
+                        spec: w.spec,
+                        local: w.local,
+                        lun: lun.clone(),
+                        lun_size: att.iscsi.as_ref().map(|i| i.size),
+                        defer_local: w.opts.defer_local,
+                    })?;
+                    if let (Some(v), Some(leg)) = (w.local, &att.iscsi) {
+                        // The local leg joins an array of the LUN's size (a source
+                        // local leg was checked against the disk the VM used).
+                        if !verdict.trust_local {
+                            volume::check_size(v, leg.size).map_err(|e| (Step::Size, e.into()))?;
+                        }
+                    }
+                }
+                Action::Build {
+                    label,
+                    leg,
+                    bitmap: with_bitmap,
+                } => {
+                    self.tell_source(w.spec, w.local, w.open, &verdict);
+                    let label = label.as_str();
+                    let legs = vec![
+                        Leg::Missing,
+                        match leg {
+                            Source::Local(p) => Leg::Normal(p.clone()),
+                            Source::Iscsi => {
+                                Leg::WriteMostly(iscsi_dev.clone().expect("the iSCSI leg first"))
+                            }
+                        },
+                    ];
+                    self.durable
+                        .set_open(&OpenRecord {
+                            label: label.to_string(),
+                            spec: w.spec.to_string(),
+                            boot_id: self.sys.boot_id(),
+                            since: state::now(),
+                        })
+                        .map_err(|e| (Step::State, e.into()))?;
+                    undo.push(Undo::RestoreOpen(label.to_string(), w.open.cloned()));
+                    let size = verdict
+                        .size
+                        .expect("known after the scan, or without an iSCSI leg");
+                    if let Some(m) = att.mirror.as_mut() {
+                        m.size = Some(size);
+                    }
+                    if let Some(v) = w.local {
+                        // Before the array exists: its size, its LUN, and (the
+                        // iSCSI leg MISSING) that every write from now on
+                        // reaches the local leg only.
+                        self.record_copy(w.spec, v, &verdict, lun.as_ref(), undo)?;
+                    }
+                    // Only for an array built from the LUN alone, which has
+                    // the LUN's size without `--size` (see Mdadm::build). Built
+                    // from the local leg it has none: its first resync is full
+                    // anyway, and so is a heal while it lasts.
+                    let bitmap = if *with_bitmap {
+                        self.bitmap_for(w.spec, label, size)
+                    } else {
+                        None
+                    };
+                    let pin = |bitmap: Option<&Bitmap>| bitmap.is_none().then_some(size / 1024);
+                    if let Some(stale) = self.sys.link_name(md::label_path(label)) {
+                        // A link left by an array stopped without udev would confuse mdadm.
+                        md::remove_stale_nodes(&self.sys, label, &stale)
+                            .map_err(|e| (Step::Build, e.into()))?;
+                    }
+                    // What the array must be made of: found and stopped by
+                    // that, never by its name alone.
+                    let expect = Expected::of(&self.sys, att).expect("a mirror");
+                    {
+                        // No lock of ours: mdadm --build picks the free minor and
+                        // creates the array under its own map lock
+                        // (/run/mdadm/map.lock); builds of different labels overlap.
+                        undo.push(Undo::StopArray {
+                            kname: None,
+                            expect: expect.clone(),
+                            bitmap: Some(self.durable.bitmap(label)),
+                        });
+                        let built =
+                            self.mdadm()
+                                .build(label, &legs, bitmap.as_ref(), pin(bitmap.as_ref()));
+                        match (built, &bitmap) {
+                            (Ok(()), Some(b)) => {
+                                if let Some(m) = att.mirror.as_mut() {
+                                    m.bitmap = Some(b.file.clone());
+                                }
+                            }
+                            (Ok(()), None) => {}
+                            (Err(e), Some(b)) => {
+                                // Kernels built without bitmap file support refuse it here.
+                                tracing::warn!(spec = %w.spec, error = %e, "mdadm --build with a write-intent bitmap failed; building without (a heal will resync fully)");
+                                if let Some(half) = self.array_of_legs(label, &legs) {
+                                    self.stop_array(&half.kname, &expect)
+                                        .map_err(|e| (Step::Build, e.into()))?;
+                                }
+                                remove_file(&b.file).map_err(|e| (Step::Build, e.into()))?;
+                                self.mdadm()
+                                    .build(label, &legs, None, pin(None))
+                                    .map_err(|e| (Step::Build, e.into()))?;
+                            }
+                            (Err(e), None) => return Err((Step::Build, e.into())),
+                        }
+                    }
+                    // mdadm names the array itself (see Mdadm::build); settle
+                    // only if the name is not there after all.
+                    if md::by_label(&self.sys, label).is_none() {
+                        self.settle();
+                    }
+                    let array = self.array_of_legs(label, &legs).ok_or_else(|| {
+                        (
+                            Step::Build,
+                            MdError::Vanished {
+                                label: label.to_string(),
+                            }
+                            .into(),
+                        )
+                    })?;
+                    let kname = array.kname.clone();
+                    if let Some(Undo::StopArray {
+                        kname: k, expect, ..
+                    }) = undo.last_mut()
+                    {
+                        *k = Some(kname.clone());
+                        expect.devnum = array.devnum.clone();
+                    }
+                    md::ensure_label_link(&self.sys, label, &kname)
+                        .map_err(|e| (Step::Build, e.into()))?;
+                    md::set_speed_limits(
+                        &self.sys,
+                        &kname,
+                        self.config.md.sync_speed_min,
+                        self.config.md.sync_speed_max,
+                    )
+                    .map_err(|e| (Step::Build, e.into()))?;
+                    if let Some(m) = att.mirror.as_mut() {
+                        m.kname = Some(kname.clone());
+                        m.devnum = array.devnum.clone();
+                    }
+                    self.store
+                        .save(w.key, att)
+                        .map_err(|e| (Step::State, e.into()))?;
+                }
+                // The iSCSI copy is the source: the local leg joins and is
+                // overwritten; or the local copy is: the iSCSI leg joins
+                // write-mostly and is overwritten.
+                Action::Add { label, leg } => {
+                    let (dev, write_mostly) = match leg {
+                        Source::Local(p) => (p, false),
+                        Source::Iscsi => (iscsi_dev.as_ref().expect("the iSCSI leg first"), true),
+                    };
+                    self.mdadm()
+                        .add(label, dev, write_mostly)
+                        .map_err(|e| (Step::AddLocal, e.into()))?;
+                }
+                Action::LocalLater { local, deferred } => {
+                    if *deferred {
+                        tracing::info!(spec = %w.spec, local = %local.display(), "local leg joins later (incoming migration)");
+                    } else {
+                        tracing::info!(spec = %w.spec, local = %local.display(), "local leg held back until the caller's other disks are attached");
+                    }
+                    if let Some(m) = att.mirror.as_mut() {
+                        m.local_pending = true;
+                    }
+                }
+                Action::HandOut { label: Some(label) } => {
+                    device = Some(md::label_path(label));
+                }
+                Action::HandOut { label: None } => {
+                    // Let udev make its links (by-path, by-id) before a caller
+                    // such as libvirt looks for them.
+                    self.settle();
+                    device = iscsi_dev.clone();
+                }
+            }
+        }
+        Ok(device.expect("every list ends with the hand-out"))
     }
 
     /// Tell the caller which copy this attach builds from (the local leg
@@ -652,6 +607,31 @@ impl Engine<'_> {
     }
 }
 
+/// The record of an attach of `spec` before it changes anything.
+fn attaching(
+    spec: &Spec,
+    local_path: Option<PathBuf>,
+    local: Option<&volume::Volume>,
+) -> Attachment {
+    Attachment {
+        spec: spec.to_string(),
+        phase: Phase::Attaching,
+        device: None,
+        iscsi: None,
+        mirror: spec.label.as_ref().map(|l| Mirror {
+            label: l.to_string(),
+            kname: None,
+            local: local_path,
+            local_pending: false,
+            bitmap: None,
+            devnum: None,
+            local_devnum: local.as_ref().map(|v| v.devnum.clone()),
+            local_id: local.as_ref().map(|v| v.id.clone()),
+            size: None,
+        }),
+    }
+}
+
 /// The spec's LUN as known before login: its address.
 fn spec_lun(spec: &Spec) -> Option<LunId> {
     spec.target.as_ref().map(|t| LunId {
@@ -660,3 +640,7 @@ fn spec_lun(spec: &Spec) -> Option<LunId> {
         wwid: None,
     })
 }
+
+mod plan;
+#[cfg(test)]
+mod tests;
