@@ -54,6 +54,8 @@ pub enum Op {
     Detach(usize),
     /// Detach spec i while its VM still runs.
     DetachRunning(usize),
+    /// Spec i's VM shuts down; its disk stays attached.
+    VmStop(usize),
     /// Heal spec i.
     Heal(usize),
     /// One watch tick over every attached mirror.
@@ -101,6 +103,7 @@ impl fmt::Display for Op {
             Op::Detach(i) => write!(f, "stop VM, detach {}", SPECS[*i]),
             Op::DetachRunning(i) => write!(f, "detach {} under its running VM", SPECS[*i]),
             Op::Heal(i) => write!(f, "heal {}", SPECS[*i]),
+            Op::VmStop(i) => write!(f, "VM of {} shuts down", SPECS[*i]),
             Op::Watch => f.write_str("watch tick"),
             Op::Write(i) => write!(f, "VM of {} writes", SPECS[*i]),
             Op::Resync => f.write_str("md finishes its recoveries"),
@@ -264,17 +267,19 @@ fn op(r: &mut Rng, pool: &[usize], depth: u32) -> Op {
         109..=110 => Op::DomCrash(r.below(2)),
         111 => Op::Sweep,
         0..=27 => Op::Attach(s),
-        28..=39 => Op::Detach(s),
-        40..=42 => Op::DetachRunning(s),
-        43..=46 => Op::Heal(s),
+        28..=36 => Op::Detach(s),
+        37..=39 => Op::VmStop(s),
+        40..=41 => Op::DetachRunning(s),
+        42..=46 => Op::Heal(s),
         47..=51 => Op::Watch,
         52..=63 => Op::Write(s),
         64..=69 => Op::Resync,
         70..=73 => Op::TargetDown(r.below(2)),
         74..=77 => Op::TargetUp(r.below(2)),
-        78..=80 => Op::ExternalWrite(r.below(4)),
+        78..=79 => Op::ExternalWrite(r.below(4)),
+        80 => Op::ReplaceLun(r.below(4), false),
         81 => Op::AdminLogin(r.below(2)),
-        82 => Op::ReplaceLun(r.below(4), r.below(2) == 0),
+        82 => Op::ReplaceLun(r.below(4), r.below(4) == 0),
         83..=84 => Op::EditTable(if r.below(3) == 0 { r.below(3) } else { 1 }),
         85..=89 if depth == 0 => Op::KillRerun(Box::new(call(r)), point(r)),
         90..=93 if depth == 0 => Op::Kill(Box::new(call(r)), point(r)),
@@ -497,6 +502,13 @@ impl World {
                             detail: format!("{op} refused ({msg}) but changed the host:\n  before {snap:?}\n  after  {after:?}"),
                         });
                     }
+                }
+            }
+            Op::VmStop(i) => {
+                let spec = canon(&self.spec(*i));
+                if let Some(k) = self.vms.remove(&spec) {
+                    self.host.model().open_by_vm.remove(&k);
+                    self.trace.push(op.to_string());
                 }
             }
             Op::Write(i) => {
