@@ -1,4 +1,5 @@
 use super::*;
+use std::fs;
 
 fn sample() -> Attachment {
     Attachment {
@@ -170,13 +171,6 @@ fn a_planted_temporary_file_symlink_is_not_followed() {
     assert_eq!(fs::read_to_string(&victim).expect("read"), "precious");
     assert_eq!(s.load("l1").expect("load"), Some(sample()));
     assert!(!d.path().join("attachments/l1.tmp").exists());
-}
-
-#[test]
-fn exact_keys_never_collide() {
-    assert_ne!(exact_key("web 2"), exact_key("web_2"));
-    assert_ne!(exact_key("dev:8:1"), exact_key("dev_8_1"));
-    assert_eq!(exact_key("dm:LVM-abc.1"), "dm_3aLVM-abc.1");
 }
 
 #[test]
