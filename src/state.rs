@@ -2,42 +2,18 @@
 //! after the label table changed, and a rerun after a crash converges.
 //!
 //! Small JSON files under the run directory (`/run/iscsimple` by default,
-//! gone at reboot like the sessions and arrays they describe), written
-//! atomically: temporary file, fsync, rename, fsync of the directory.
-//! The tool acts on what they say, so they are read and written only in
-//! directories that are its own (0700, see [`crate::fsutil`]).
-use std::fs::{self, File};
-use std::io::Write;
+//! gone at reboot like the sessions and arrays they describe), one
+//! [`Table`] per record kind, written atomically: temporary file, fsync,
+//! rename, fsync of the directory. The tool acts on what they say, so they
+//! are read and written only in directories that are its own (0700, see
+//! [`crate::fsutil`]).
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::{self, FsError};
+mod table;
 
-/// Why state could not be read or written.
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    /// Reading, writing or removing a state file failed.
-    #[error("state file {}: {source}", path.display())]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        source: std::io::Error,
-    },
-    /// A state directory is not safely ours (a symlink, someone else's,
-    /// writable by others), or a file could not be made safely in it.
-    #[error(transparent)]
-    Path(#[from] FsError),
-    /// A state file is not valid JSON of the expected shape.
-    #[error("state file {} is corrupt: {source}", path.display())]
-    Corrupt {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        source: serde_json::Error,
-    },
-}
+pub use table::{write_atomic, Naming, StateError, Table};
 
 /// The iSCSI leg of an attachment.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -185,13 +161,22 @@ pub struct IncomingMark {
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
+    attachments: Table<Attachment>,
+    holders: Table<Holder>,
+    incoming: Table<IncomingMark>,
+    sessions: Table<OwnedSession>,
 }
 
 impl Store {
-    /// State kept under `dir` (`attachments/`, `sessions/`, `locks/`).
+    /// State kept under `dir` (`attachments/`, `holders/`, `incoming/`,
+    /// `sessions/`, `locks/`).
     pub fn new(dir: &Path) -> Store {
         Store {
             dir: dir.to_path_buf(),
+            attachments: Table::new(dir.join("attachments"), Naming::Plain),
+            holders: Table::new(dir.join("holders"), Naming::Plain),
+            incoming: Table::new(dir.join("incoming"), Naming::Exact),
+            sessions: Table::new(dir.join("sessions"), Naming::Plain),
         }
     }
 
@@ -200,74 +185,50 @@ impl Store {
         self.dir.join("locks")
     }
 
-    fn attachment_path(&self, key: &str) -> PathBuf {
-        self.dir
-            .join("attachments")
-            .join(format!("{}.json", crate::lock::file_key(key)))
-    }
-
-    fn session_path(&self, target: &str) -> PathBuf {
-        self.dir
-            .join("sessions")
-            .join(format!("{}.json", crate::lock::file_key(target)))
-    }
-
     /// Record an attachment under `key`.
     pub fn save(&self, key: &str, a: &Attachment) -> Result<(), StateError> {
-        write_atomic(&self.attachment_path(key), a)
+        self.attachments.put(key, a)
     }
 
     /// The attachment recorded under `key`.
     pub fn load(&self, key: &str) -> Result<Option<Attachment>, StateError> {
-        read_json(&self.attachment_path(key))
+        self.attachments.get(key)
     }
 
     /// Forget the attachment under `key`.
     pub fn remove(&self, key: &str) -> Result<(), StateError> {
-        remove(&self.attachment_path(key))
+        self.attachments.remove(key)
     }
 
     /// Every recorded attachment with its key.
     pub fn all(&self) -> Result<Vec<(String, Attachment)>, StateError> {
-        list_json(&self.dir.join("attachments"))
-    }
-
-    fn holder_path(&self, name: &str) -> PathBuf {
-        self.dir
-            .join("holders")
-            .join(format!("{}.json", crate::lock::file_key(name)))
+        self.attachments.list()
     }
 
     /// Record that backend `name` holds an attachment.
     pub fn save_holder(&self, name: &str, h: &Holder) -> Result<(), StateError> {
-        write_atomic(&self.holder_path(name), h)
+        self.holders.put(name, h)
     }
 
     /// The holder record of backend `name`.
     pub fn holder(&self, name: &str) -> Result<Option<Holder>, StateError> {
-        read_json(&self.holder_path(name))
+        self.holders.get(name)
     }
 
     /// Forget backend `name`.
     pub fn remove_holder(&self, name: &str) -> Result<(), StateError> {
-        remove(&self.holder_path(name))
+        self.holders.remove(name)
     }
 
     /// Every holder record, by backend name.
     pub fn holders(&self) -> Result<Vec<(String, Holder)>, StateError> {
-        list_json(&self.dir.join("holders"))
-    }
-
-    fn incoming_path(&self, name: &str) -> PathBuf {
-        self.dir
-            .join("incoming")
-            .join(format!("{}.json", exact_key(name)))
+        self.holders.list()
     }
 
     /// Remember that a domain is migrating in, under `name` (one per
     /// domain, e.g. [`crate::libvirt::mark_name`]).
     pub fn mark_incoming(&self, name: &str, mark: &IncomingMark) -> Result<(), StateError> {
-        write_atomic(&self.incoming_path(name), mark)
+        self.incoming.put(name, mark)
     }
 
     /// Whether the mark under `name` is that of domain `uuid` and at most
@@ -279,36 +240,29 @@ impl Store {
         uuid: Option<&str>,
         max_age: std::time::Duration,
     ) -> Result<bool, StateError> {
-        let p = self.incoming_path(name);
-        if !fsutil::check_private_subdir(p.parent().expect("has parent"))? {
-            return Ok(false);
-        }
-        // An unreadable mark counts as none: it is removed below anyway.
-        let mark = read_checked::<IncomingMark>(&p).ok().flatten();
-        remove(&p)?;
-        Ok(mark.is_some_and(|m| {
+        Ok(self.incoming.take(name)?.is_some_and(|m| {
             m.uuid.as_deref() == uuid && now().saturating_sub(m.since) <= max_age.as_secs()
         }))
     }
 
     /// Forget the mark under `name` (the attempt ended: stopped, released).
     pub fn clear_incoming(&self, name: &str) -> Result<(), StateError> {
-        remove(&self.incoming_path(name))
+        self.incoming.remove(name)
     }
 
     /// Record that this tool logged in to `target`.
     pub fn own_session(&self, s: &OwnedSession) -> Result<(), StateError> {
-        write_atomic(&self.session_path(&s.target), s)
+        self.sessions.put(&s.target, s)
     }
 
     /// Whether this tool logged in to `target`.
     pub fn owned_session(&self, target: &str) -> Result<Option<OwnedSession>, StateError> {
-        read_json(&self.session_path(target))
+        self.sessions.get(target)
     }
 
     /// Forget the session of `target`.
     pub fn disown_session(&self, target: &str) -> Result<(), StateError> {
-        remove(&self.session_path(target))
+        self.sessions.remove(target)
     }
 }
 
@@ -421,6 +375,9 @@ pub struct OpenRecord {
 #[derive(Debug, Clone)]
 pub struct Durable {
     dir: PathBuf,
+    copies: Table<LocalCopy>,
+    newer: Table<LocalNewer>,
+    open: Table<OpenRecord>,
 }
 
 impl Durable {
@@ -428,95 +385,86 @@ impl Durable {
     pub fn new(dir: &Path) -> Durable {
         Durable {
             dir: dir.to_path_buf(),
+            copies: Table::new(dir.join("copies"), Naming::Exact),
+            newer: Table::new(dir.join("newer"), Naming::Plain),
+            open: Table::new(dir.join("open"), Naming::Plain),
         }
     }
 
     /// The file of a record kind for `label`.
     pub fn path(&self, kind: &str, label: &str) -> PathBuf {
-        self.dir
-            .join(kind)
-            .join(format!("{}.json", crate::lock::file_key(label)))
+        Table::<()>::new(self.dir.join(kind), Naming::Plain).file(label)
     }
 
     /// The file of the record of local volume `id`.
     pub fn copy_path(&self, id: &str) -> PathBuf {
-        self.dir
-            .join("copies")
-            .join(format!("{}.json", exact_key(id)))
+        self.copies.file(id)
     }
 
     /// The record of local volume `id`.
     pub fn copy(&self, id: &str) -> Result<Option<LocalCopy>, StateError> {
-        read_json(&self.copy_path(id))
+        self.copies.get(id)
     }
 
     /// Record (fsynced) a local volume's record.
     pub fn set_copy(&self, c: &LocalCopy) -> Result<(), StateError> {
-        write_atomic(&self.copy_path(&c.local_id), c)
+        self.copies.put(&c.local_id, c)
     }
 
     /// Forget local volume `id`.
     pub fn clear_copy(&self, id: &str) -> Result<(), StateError> {
-        remove(&self.copy_path(id))
+        self.copies.remove(id)
     }
 
     /// Remove what a write of local volume `id`'s record killed before its
     /// rename left (the record itself stays).
     pub fn tidy_copy(&self, id: &str) -> Result<(), StateError> {
-        remove(&self.copy_path(id).with_extension("tmp"))
+        self.copies.tidy(id)
     }
 
     /// Every local volume's record, with its file.
     pub fn all_copies(&self) -> Result<Vec<(PathBuf, LocalCopy)>, StateError> {
-        let dir = self.dir.join("copies");
-        Ok(list_json::<LocalCopy>(&dir)?
-            .into_iter()
-            .map(|(k, c)| (dir.join(format!("{k}.json")), c))
-            .collect())
+        self.copies.list_files()
     }
 
     /// The earlier versions' local-is-newer record of `label`.
     pub fn newer(&self, label: &str) -> Result<Option<LocalNewer>, StateError> {
-        read_json(&self.path("newer", label))
+        self.newer.get(label)
     }
 
     /// Put back an earlier version's record (undo of its conversion).
     pub fn set_newer(&self, n: &LocalNewer) -> Result<(), StateError> {
-        write_atomic(&self.path("newer", &n.label), n)
+        self.newer.put(&n.label, n)
     }
 
     /// Forget an earlier version's record (converted, or in sync).
     pub fn clear_newer(&self, label: &str) -> Result<(), StateError> {
-        remove(&self.path("newer", label))
+        self.newer.remove(label)
     }
 
     /// Every earlier version's record, with its file.
     pub fn all_newer(&self) -> Result<Vec<(PathBuf, LocalNewer)>, StateError> {
-        let dir = self.dir.join("newer");
-        Ok(list_json::<LocalNewer>(&dir)?
-            .into_iter()
-            .map(|(k, n)| (dir.join(format!("{k}.json")), n))
-            .collect())
+        self.newer.list_files()
     }
 
     /// The open record of `label`.
     pub fn open(&self, label: &str) -> Result<Option<OpenRecord>, StateError> {
-        read_json(&self.path("open", label))
+        self.open.get(label)
     }
 
     /// Record that `label` is in use.
     pub fn set_open(&self, o: &OpenRecord) -> Result<(), StateError> {
-        write_atomic(&self.path("open", &o.label), o)
+        self.open.put(&o.label, o)
     }
 
     /// A clean detach ended.
     pub fn clear_open(&self, label: &str) -> Result<(), StateError> {
-        remove(&self.path("open", label))
+        self.open.remove(label)
     }
 
     /// Every open record.
     pub fn all_open(&self) -> Result<Vec<(String, OpenRecord)>, StateError> {
-        list_json(&self.dir.join("open"))
+        self.open.list()
     }
 
     /// Directory of the write-intent bitmap files.
@@ -539,351 +487,5 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// A file name for `s` that no other string gets: letters, digits, `.`
-/// and `-` stay, every other byte is `_` and two hex digits (an identity
-/// such as a t10 wwid holds spaces, and `_` itself must stay apart).
-fn exact_key(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b == b'.' || b == b'-' {
-                char::from(b).to_string()
-            } else {
-                format!("_{b:02x}")
-            }
-        })
-        .collect()
-}
-
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, StateError> {
-    // What the file says is acted on as root: only from a directory of ours.
-    if !fsutil::check_private_subdir(path.parent().expect("state paths have a parent"))? {
-        return Ok(None);
-    }
-    read_checked(path)
-}
-
-fn read_checked<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, StateError> {
-    match fs::read(path) {
-        Ok(b) => serde_json::from_slice(&b)
-            .map(Some)
-            .map_err(|source| StateError::Corrupt {
-                path: path.to_path_buf(),
-                source,
-            }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(StateError::Io {
-            path: path.to_path_buf(),
-            source,
-        }),
-    }
-}
-
-/// Every `NAME.json` in `dir` with its parsed content, sorted by name;
-/// empty when `dir` does not exist.
-fn list_json<T: for<'de> Deserialize<'de>>(dir: &Path) -> Result<Vec<(String, T)>, StateError> {
-    let io = |source| StateError::Io {
-        path: dir.to_path_buf(),
-        source,
-    };
-    if !fsutil::check_private_subdir(dir)? {
-        return Ok(Vec::new());
-    }
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(io(source)),
-    };
-    let mut out = Vec::new();
-    for e in entries {
-        let e = e.map_err(io)?;
-        let name = e.file_name().to_string_lossy().into_owned();
-        if let Some(key) = name.strip_suffix(".json") {
-            if let Some(v) = read_checked::<T>(&e.path())? {
-                out.push((key.to_string(), v));
-            }
-        }
-    }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
-}
-
-/// Remove a state file and the temporary file a write killed before its
-/// rename may have left next to it.
-fn remove(path: &Path) -> Result<(), StateError> {
-    if !fsutil::check_private_subdir(path.parent().expect("state paths have a parent"))? {
-        return Ok(());
-    }
-    for p in [path.with_extension("tmp"), path.to_path_buf()] {
-        if !p.exists() {
-            continue;
-        }
-        crate::crash::point("state remove", &p);
-        match fs::remove_file(&p) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => return Err(StateError::Io { path: p, source }),
-        }
-    }
-    Ok(())
-}
-
-/// Write `value` as JSON to `path` so that a crash leaves the old or the new file, never half of one.
-/// Its directory and the one above (the run or state directory) must be ours.
-pub fn write_atomic<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
-    let io = |source| StateError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let dir = path.parent().expect("state paths have a parent");
-    fsutil::private_subdir(dir)?;
-    let tmp = path.with_extension("tmp");
-    let body = serde_json::to_vec_pretty(value).expect("state serializes");
-    // A killed write may have left the temporary file: made anew, never
-    // reused (O_EXCL), so a link planted there cannot redirect the write.
-    fsutil::remove_stale(&tmp)?;
-    let mut f = fsutil::create_new(&tmp, 0o600)?;
-    f.write_all(&body).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    crate::crash::point("state write", path);
-    fs::rename(&tmp, path).map_err(io)?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-    Ok(())
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sample() -> Attachment {
-        Attachment {
-            spec: "lun1@iqn.2024-01.lab:t+l1".into(),
-            phase: Phase::Attached,
-            device: Some("/dev/md/l1".into()),
-            iscsi: Some(IscsiLeg {
-                target: "iqn.2024-01.lab:t".into(),
-                lun: 1,
-                portal: "127.0.0.1:3260".into(),
-                hctl: "2:0:0:1".into(),
-                kname: "sda".into(),
-                scanned: true,
-                size: 1 << 26,
-                wwid: None,
-                devnum: None,
-            }),
-            mirror: Some(Mirror {
-                label: "l1".into(),
-                kname: Some("md127".into()),
-                local: Some("/dev/vg/l1".into()),
-                local_pending: false,
-                bitmap: None,
-                devnum: None,
-                local_devnum: None,
-                local_id: None,
-                size: None,
-            }),
-        }
-    }
-
-    #[test]
-    fn round_trip_list_and_remove() {
-        let d = tempfile::tempdir().expect("tempdir");
-        let s = Store::new(d.path());
-        assert_eq!(s.load("l1").expect("load"), None);
-        s.save("l1", &sample()).expect("save");
-        assert_eq!(s.load("l1").expect("load"), Some(sample()));
-        assert_eq!(s.all().expect("all").len(), 1);
-        s.remove("l1").expect("remove");
-        s.remove("l1").expect("remove twice is fine");
-        assert!(s.all().expect("all").is_empty());
-    }
-
-    #[test]
-    fn corrupt_file_is_an_error_naming_it() {
-        let d = tempfile::tempdir().expect("tempdir");
-        let s = Store::new(d.path());
-        fs::create_dir_all(d.path().join("attachments")).expect("mkdir");
-        fs::write(d.path().join("attachments/x.json"), "{").expect("write");
-        let e = s.load("x").expect_err("corrupt");
-        assert!(e.to_string().contains("x.json is corrupt"), "{e}");
-    }
-
-    fn mode(p: &Path) -> u32 {
-        use std::os::unix::fs::PermissionsExt;
-        fs::symlink_metadata(p).expect("stat").permissions().mode() & 0o7777
-    }
-
-    #[test]
-    fn new_state_dirs_are_0700_and_files_0600() {
-        let d = tempfile::tempdir().expect("tempdir");
-        let base = d.path().join("run/iscsimple");
-        let s = Store::new(&base);
-        s.save("l1", &sample()).expect("save");
-        let mark = IncomingMark {
-            domain: "vm1".into(),
-            uuid: None,
-            since: now(),
-        };
-        s.mark_incoming("vm1", &mark).expect("mark");
-        let durable = Durable::new(&d.path().join("lib/iscsimple"));
-        durable
-            .set_open(&OpenRecord {
-                label: "l1".into(),
-                spec: "x".into(),
-                boot_id: "b".into(),
-                since: 1,
-            })
-            .expect("open record");
-        for dir in [
-            base.clone(),
-            base.join("attachments"),
-            base.join("incoming"),
-            d.path().join("lib/iscsimple/open"),
-        ] {
-            assert_eq!(mode(&dir), 0o700, "{}", dir.display());
-        }
-        for file in [
-            base.join("attachments/l1.json"),
-            base.join("incoming/vm1.json"),
-            d.path().join("lib/iscsimple/open/l1.json"),
-        ] {
-            assert_eq!(mode(&file), 0o600, "{}", file.display());
-        }
-    }
-
-    #[test]
-    fn a_state_dir_others_can_write_is_refused_with_the_fix() {
-        use std::os::unix::fs::PermissionsExt;
-        let d = tempfile::tempdir().expect("tempdir");
-        let base = d.path().join("iscsimple");
-        fs::create_dir(&base).expect("mkdir");
-        fs::set_permissions(&base, fs::Permissions::from_mode(0o777)).expect("chmod");
-        let e = Store::new(&base)
-            .save("l1", &sample())
-            .expect_err("refused");
-        let fix = format!("fix: chmod 0700 {}", base.display());
-        assert!(e.to_string().contains(&fix), "{e}");
-        assert!(!base.join("attachments").exists(), "nothing written");
-        assert_eq!(mode(&base), 0o777, "left as it was");
-    }
-
-    #[test]
-    fn a_symlinked_state_dir_is_refused_and_nothing_lands_at_its_target() {
-        let d = tempfile::tempdir().expect("tempdir");
-        let base = d.path().join("iscsimple");
-        fs::create_dir(&base).expect("mkdir");
-        let elsewhere = d.path().join("elsewhere");
-        fs::create_dir(&elsewhere).expect("mkdir");
-        std::os::unix::fs::symlink(&elsewhere, base.join("attachments")).expect("plant");
-        let e = Store::new(&base)
-            .save("l1", &sample())
-            .expect_err("refused");
-        assert!(e.to_string().contains("symbolic link"), "{e}");
-        assert_eq!(
-            fs::read_dir(&elsewhere).expect("ls").count(),
-            0,
-            "nothing there"
-        );
-        // The base itself as a symlink.
-        let e = Store::new(&base.join("attachments"))
-            .save("l1", &sample())
-            .expect_err("refused");
-        assert!(e.to_string().contains("symbolic link"), "{e}");
-        assert_eq!(
-            fs::read_dir(&elsewhere).expect("ls").count(),
-            0,
-            "nothing there"
-        );
-    }
-
-    #[test]
-    fn a_foreign_state_dir_is_refused() {
-        if !nix::unistd::geteuid().is_root() {
-            return; // only root can give a directory away
-        }
-        let d = tempfile::tempdir().expect("tempdir");
-        let base = d.path().join("iscsimple");
-        fs::create_dir(&base).expect("mkdir");
-        std::os::unix::fs::chown(&base, Some(65534), Some(65534)).expect("chown");
-        let e = Store::new(&base)
-            .save("l1", &sample())
-            .expect_err("refused");
-        assert!(e.to_string().contains("owned by uid 65534"), "{e}");
-        assert!(!base.join("attachments").exists(), "nothing written");
-    }
-
-    #[test]
-    fn a_planted_temporary_file_symlink_is_not_followed() {
-        let d = tempfile::tempdir().expect("tempdir");
-        let s = Store::new(d.path());
-        s.save("l1", &sample()).expect("save");
-        let victim = d.path().join("victim");
-        fs::write(&victim, "precious").expect("write");
-        std::os::unix::fs::symlink(&victim, d.path().join("attachments/l1.tmp")).expect("plant");
-        s.save("l1", &sample())
-            .expect("save over a stale temporary file");
-        assert_eq!(fs::read_to_string(&victim).expect("read"), "precious");
-        assert_eq!(s.load("l1").expect("load"), Some(sample()));
-        assert!(!d.path().join("attachments/l1.tmp").exists());
-    }
-
-    #[test]
-    fn exact_keys_never_collide() {
-        assert_ne!(exact_key("web 2"), exact_key("web_2"));
-        assert_ne!(exact_key("dev:8:1"), exact_key("dev_8_1"));
-        assert_eq!(exact_key("dm:LVM-abc.1"), "dm_3aLVM-abc.1");
-    }
-
-    #[test]
-    fn an_incoming_mark_is_one_domain_one_attempt() {
-        let d = tempfile::tempdir().expect("tempdir");
-        let s = Store::new(d.path());
-        let day = std::time::Duration::from_secs(86400);
-        let mark = |uuid: Option<&str>, since| IncomingMark {
-            domain: "web".into(),
-            uuid: uuid.map(str::to_string),
-            since,
-        };
-        assert!(!s.take_incoming("m", Some("u1"), day).expect("none"));
-        // Consumed by the first start.
-        s.mark_incoming("m", &mark(Some("u1"), now()))
-            .expect("mark");
-        assert!(s.take_incoming("m", Some("u1"), day).expect("take"));
-        assert!(!s.take_incoming("m", Some("u1"), day).expect("consumed"));
-        // Another domain of the same name: not its migration; consumed too.
-        s.mark_incoming("m", &mark(Some("u1"), now()))
-            .expect("mark");
-        assert!(!s.take_incoming("m", Some("u2"), day).expect("other uuid"));
-        assert!(!s.take_incoming("m", Some("u1"), day).expect("consumed"));
-        // Too old.
-        s.mark_incoming("m", &mark(Some("u1"), now() - 600))
-            .expect("mark");
-        assert!(!s
-            .take_incoming("m", Some("u1"), std::time::Duration::from_secs(120))
-            .expect("old"));
-        // Cleared (stopped, release).
-        s.mark_incoming("m", &mark(Some("u1"), now()))
-            .expect("mark");
-        s.clear_incoming("m").expect("clear");
-        assert!(!s.take_incoming("m", Some("u1"), day).expect("cleared"));
-    }
-
-    #[test]
-    fn a_lun_is_its_address_and_its_wwid() {
-        let id = |t: &str, l, w: Option<&str>| LunId {
-            target: t.into(),
-            lun: l,
-            wwid: w.map(str::to_string),
-        };
-        assert!(id("t", 1, Some("a")).same(&id("t", 1, Some("a"))));
-        assert!(
-            id("t", 1, None).same(&id("t", 1, Some("a"))),
-            "wwid unknown yet"
-        );
-        assert!(
-            !id("t", 1, Some("a")).same(&id("t", 1, Some("b"))),
-            "another disk"
-        );
-        assert!(!id("t", 1, Some("a")).same(&id("t", 2, Some("a"))));
-        assert!(!id("t", 1, Some("a")).same(&id("u", 1, Some("a"))));
-    }
-}
+mod tests;
