@@ -164,6 +164,13 @@ pub struct Session {
     pub portal: Option<String>,
 }
 
+impl Session {
+    /// Whether it is logged in (not recovering, not failed).
+    pub fn logged_in(&self) -> bool {
+        self.state == "LOGGED_IN"
+    }
+}
+
 /// A SCSI device on a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScsiDev {
@@ -230,7 +237,7 @@ pub fn session_of(sys: &Sys, target: &str) -> Option<Session> {
         .into_iter()
         .filter(|s| s.target == target)
         .collect();
-    v.sort_by_key(|s| (s.state != "LOGGED_IN", s.sid));
+    v.sort_by_key(|s| (!s.logged_in(), s.sid));
     v.into_iter().next()
 }
 

@@ -1,10 +1,14 @@
 //! Non-persistent md RAID1 arrays (`mdadm --build`): no metadata is written
 //! to either leg. State is read from `/sys/block/mdN/md/`, not from
 //! `mdadm --detail` text.
-use std::fs;
+use std::fs::{self, File};
+use std::io::{Read, Seek};
+use std::os::fd::AsFd;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 
 use crate::runner::{Cmd, Program, RunError, Runner};
 use crate::sysfs::Sys;
@@ -497,6 +501,51 @@ pub fn ensure_label_link(sys: &Sys, label: &str, kname: &str) -> Result<(), MdEr
     crate::crash::point("md label link", &link);
     sys.symlink(format!("../{kname}"), &link)
         .map_err(|source| MdError::Io { path: link, source })
+}
+
+/// `timeout` for poll(2): milliseconds up to `i32::MAX` (24.8 days); a
+/// `u16` of milliseconds cut every `timeouts.watch` above 65 s to 65 s.
+pub(crate) fn poll_timeout(timeout: Duration) -> PollTimeout {
+    PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX)
+}
+
+/// Waits for md events on `/proc/mdstat`.
+#[derive(Debug)]
+pub struct MdEvents {
+    mdstat: Option<File>,
+}
+
+impl MdEvents {
+    /// Open `/proc/mdstat` (without md loaded: timer only).
+    pub fn open(sys: &Sys) -> MdEvents {
+        MdEvents {
+            mdstat: File::open(sys.path("/proc/mdstat")).ok(),
+        }
+    }
+
+    /// Mark the current events as seen: call before looking at the arrays,
+    /// so an event during the look wakes the next [`MdEvents::wait`] at once.
+    pub fn arm(&mut self) {
+        if let Some(f) = self.mdstat.as_mut() {
+            let mut sink = Vec::new();
+            let _ = f.rewind();
+            let _ = f.read_to_end(&mut sink);
+        }
+    }
+
+    /// Sleep until an md event or `timeout`.
+    pub fn wait(&self, timeout: Duration) {
+        match &self.mdstat {
+            Some(f) => {
+                let mut fds = [PollFd::new(
+                    f.as_fd(),
+                    PollFlags::POLLPRI | PollFlags::POLLERR,
+                )];
+                let _ = nix::poll::poll(&mut fds, poll_timeout(timeout));
+            }
+            None => crate::clock::sleep(timeout),
+        }
+    }
 }
 
 #[cfg(test)]

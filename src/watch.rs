@@ -14,13 +14,10 @@
 //! A heal still running when its budget is spent is left to finish on
 //! its own; its mirror is skipped until it does.
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::{Read, Seek};
-use std::os::fd::AsFd;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use nix::poll::{PollFd, PollFlags, PollTimeout};
+pub use crate::md::MdEvents;
 
 use crate::disk::{Budget, Cause, DiskError, Engine, HealOptions, Healed, Health};
 use crate::holders::{self, HostLiveness};
@@ -222,58 +219,13 @@ impl Watch {
     }
 }
 
-/// `timeout` for poll(2): milliseconds up to `i32::MAX` (24.8 days); a
-/// `u16` of milliseconds cut every `timeouts.watch` above 65 s to 65 s.
-fn poll_timeout(timeout: Duration) -> PollTimeout {
-    PollTimeout::try_from(timeout).unwrap_or(PollTimeout::MAX)
-}
-
-/// Waits for md events on `/proc/mdstat`.
-#[derive(Debug)]
-pub struct MdEvents {
-    mdstat: Option<File>,
-}
-
-impl MdEvents {
-    /// Open `/proc/mdstat` (without md loaded: timer only).
-    pub fn open() -> MdEvents {
-        MdEvents {
-            mdstat: File::open("/proc/mdstat").ok(),
-        }
-    }
-
-    /// Mark the current events as seen: call before looking at the arrays,
-    /// so an event during the look wakes the next [`MdEvents::wait`] at once.
-    pub fn arm(&mut self) {
-        if let Some(f) = self.mdstat.as_mut() {
-            let mut sink = Vec::new();
-            let _ = f.rewind();
-            let _ = f.read_to_end(&mut sink);
-        }
-    }
-
-    /// Sleep until an md event or `timeout`.
-    pub fn wait(&self, timeout: Duration) {
-        match &self.mdstat {
-            Some(f) => {
-                let mut fds = [PollFd::new(
-                    f.as_fd(),
-                    PollFlags::POLLPRI | PollFlags::POLLERR,
-                )];
-                let _ = nix::poll::poll(&mut fds, poll_timeout(timeout));
-            }
-            None => crate::clock::sleep(timeout),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn a_watch_interval_of_minutes_is_not_cut_to_65_seconds() {
-        let ms = |d| i32::from(poll_timeout(d));
+        let ms = |d| i32::from(crate::md::poll_timeout(d));
         assert_eq!(ms(Duration::from_secs(600)), 600_000);
         assert_eq!(ms(Duration::from_secs(2)), 2_000);
         assert_eq!(ms(Duration::from_secs(86_400)), 86_400_000);

@@ -23,7 +23,7 @@ pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
     super::require_programs(runner)?;
     let engine = Engine::new(config, runner);
     let mut watch = Watch::default();
-    let mut events = MdEvents::open();
+    let mut events = MdEvents::open(&iscsimple::sysfs::Sys::default());
     tracing::info!(interval = ?config.timeouts.watch, "watching mirrors");
     loop {
         events.arm();

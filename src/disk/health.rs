@@ -188,7 +188,7 @@ impl Engine<'_> {
             .map_err(|e| fail(Step::Lock, e))?;
         let session = iscsi::session_of(&self.sys, &leg.target);
         let session = match session {
-            Some(s) if s.state == "LOGGED_IN" => s,
+            Some(s) if s.logged_in() => s,
             other => {
                 let state = other
                     .map(|s| s.state)

@@ -43,7 +43,7 @@ impl Engine<'_> {
         let target = t.as_str();
         let target_lock = self.target_lock(target).map_err(|e| (Step::Lock, e))?;
         let session = match iscsi::session_of(&self.sys, target) {
-            Some(s) if s.state == "LOGGED_IN" => s,
+            Some(s) if s.logged_in() => s,
             // A session that is recovering (the target was away) is not
             // ours to log in again, nor to claim: wait for it to recover.
             Some(s) => self.await_recovery(target, s)?,
@@ -148,7 +148,7 @@ impl Engine<'_> {
         tracing::info!(target, sid = s.sid, state = %s.state, "waiting for the target's session to recover");
         Watcher::new()
             .wait(limit.wait, || {
-                iscsi::session_of(&self.sys, target).filter(|x| x.state == "LOGGED_IN")
+                iscsi::session_of(&self.sys, target).filter(|x| x.logged_in())
             })
             .ok_or_else(|| {
                 let state = iscsi::session_of(&self.sys, target)
@@ -326,7 +326,7 @@ impl Engine<'_> {
         let limit = self.limit(self.config.timeouts.device);
         let session = Watcher::new()
             .wait(limit.wait, || {
-                iscsi::session_of(&self.sys, target).filter(|s| s.state == "LOGGED_IN")
+                iscsi::session_of(&self.sys, target).filter(|s| s.logged_in())
             })
             .ok_or_else(|| {
                 let e = IscsiError::NoSession {
@@ -364,7 +364,7 @@ impl Engine<'_> {
             self.limit(until.saturating_duration_since(crate::clock::now()) + LOGIN_END_SLACK);
         self.undoing.set(was);
         let ended = Watcher::new().wait(limit.wait, || {
-            let half = iscsi::session_of(&self.sys, target).is_some_and(|s| s.state != "LOGGED_IN");
+            let half = iscsi::session_of(&self.sys, target).is_some_and(|s| !s.logged_in());
             (crate::clock::now() >= until && !half).then_some(())
         });
         if ended.is_none() {

@@ -119,7 +119,7 @@ impl Engine<'_> {
         let t = target.as_str();
         let mut p = Vec::new();
         let session = match iscsi::session_of(&self.sys, t) {
-            Some(s) if s.state == "LOGGED_IN" => {
+            Some(s) if s.logged_in() => {
                 p.push(format!("reuse session {} to {t}", s.sid));
                 Some(s)
             }
