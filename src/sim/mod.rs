@@ -7,6 +7,8 @@
 //! what the kernel does is proven in the lab.
 pub mod model;
 pub mod sched;
+pub mod world;
 
 pub use model::{Host, Model, Violation};
-pub use sched::{explore, run, sequence, setup, shrink, stats, Failure, Op, World};
+pub use sched::{explore, run, sequence, setup, shrink, stats, Failure, Op};
+pub use world::World;

@@ -1,0 +1,275 @@
+//! The tool's calls on the simulated host: engine, holders and Xen's
+//! steps, with kills, holds and log capture at the crash points.
+use super::*;
+
+/// What a crash point does on a call's thread.
+pub(super) enum AtPoint {
+    Run,
+    Kill(u32),
+    Hold(u32, mpsc::Sender<()>, mpsc::Receiver<()>),
+}
+
+/// A call's log lines.
+#[derive(Debug, Clone, Default)]
+struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Logs {
+    pub(super) fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(b);
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
+    type Writer = Logs;
+
+    fn make_writer(&'a self) -> Logs {
+        self.clone()
+    }
+}
+
+/// The holder record name of domain `d`'s one disk.
+fn xen_name(d: usize) -> String {
+    format!("xen-vbd-{d}-51712")
+}
+
+/// `xen add`'s steps without xenstore: the sharing check, the holder
+/// (reclaim, record), the attach.
+fn dom_add(
+    engine: &Engine<'_>,
+    live: &mut SimLive,
+    d: usize,
+    spec: &Spec,
+) -> Result<PathBuf, HolderError> {
+    let vm = format!("/vm/sim-{d}");
+    holders::check_sharing(
+        &engine.store,
+        live,
+        &spec.to_string(),
+        &d.to_string(),
+        true,
+        &mut |h| h.vm.as_deref() == Some(vm.as_str()),
+    )?;
+    let holder = Holder {
+        spec: spec.to_string(),
+        domain: d.to_string(),
+        backend: format!("backend/vbd/{d}/51712"),
+        writable: true,
+        vm: Some(vm.clone()),
+        since: 0,
+        released: false,
+    };
+    holders::hold(engine, live, &xen_name(d), spec, holder)?;
+    holders::attach_or_forget(engine, &xen_name(d), spec, AttachOptions::default())
+}
+
+/// Which simulated domains run.
+#[derive(Debug)]
+struct SimLive(BTreeSet<String>);
+
+impl holders::Liveness for SimLive {
+    fn life(&mut self, _name: &str, h: &Holder) -> holders::Life {
+        if self.0.contains(&h.domain) {
+            holders::Life::Alive
+        } else {
+            holders::Life::Dead
+        }
+    }
+}
+
+impl World {
+    pub(super) fn run_call(&self, op: &Op, at: AtPoint) -> Outcome {
+        crate::clock::install(Some(self.clock.clone()));
+        let mut count = 0u32;
+        let (hold, kill_at) = match at {
+            AtPoint::Hold(n, tx, rx) => (Some((n, tx, rx)), None),
+            AtPoint::Kill(n) => (None, Some(n)),
+            AtPoint::Run => (None, None),
+        };
+        let held = std::sync::Mutex::new(hold);
+        crate::crash::hook::install(Some(Box::new(move |_step| {
+            count += 1;
+            if kill_at == Some(count) {
+                std::panic::panic_any(Killed);
+            }
+            let mut h = held.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((n, _, _)) = h.as_ref() {
+                if *n == count {
+                    let (_, tx, rx) = h.take().expect("checked");
+                    let _ = tx.send(());
+                    let _ = rx.recv();
+                }
+            }
+        })));
+        let spec = match op {
+            Op::Attach(i)
+            | Op::Detach(i)
+            | Op::DetachRunning(i)
+            | Op::Heal(i)
+            | Op::DomAdd(_, i) => Some(canon(&self.spec(*i))),
+            Op::DomRemove(d) => self.domains.get(d).map(|(s, _)| s.clone()),
+            _ => None,
+        };
+        let name = match op {
+            Op::Attach(_) | Op::DomAdd(..) => "attach",
+            Op::Detach(_) | Op::DetachRunning(_) | Op::DomRemove(_) => "detach",
+            Op::Heal(_) => "heal",
+            Op::Sweep => "sweep",
+            _ => "watch",
+        };
+        set_caller(Caller {
+            spec: spec.clone(),
+            op: name,
+        });
+        // A VM stops before its disk is detached (not for DetachRunning).
+        if let (Op::Detach(_) | Op::DomRemove(_), Some(s)) = (op, &spec) {
+            let mut m = self.host.model();
+            if let Some(k) = self.vms.get(s) {
+                m.open_by_vm.remove(k);
+            }
+        }
+        let logs = Logs::default();
+        let run = || {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.engine_call(op, name)))
+        };
+        let out = if self.check_logs {
+            // Everything the call logs, at the most verbose level.
+            let sub = tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::TRACE)
+                .with_writer(logs.clone())
+                .with_ansi(false)
+                .finish();
+            tracing::subscriber::with_default(sub, run)
+        } else {
+            run()
+        };
+        let text = logs.text();
+        if let Some(line) = text.lines().find(|l| l.contains(SECRET)) {
+            self.host.model().violations.push(Violation {
+                invariant: "no secret in logs",
+                detail: format!("{op} logged: {line}"),
+            });
+        }
+        crate::crash::hook::install(None);
+        crate::clock::install(None);
+        let kind = match &out {
+            Ok(o) => o.kind(),
+            Err(_) => "killed",
+        };
+        *STATS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((name, kind))
+            .or_default() += 1;
+        set_caller(Caller::default());
+        // The held call ends without reaching its point: let B not wait.
+        match out {
+            Ok(o) => o,
+            Err(p) if p.is::<Killed>() => Outcome::Killed,
+            Err(p) => std::panic::resume_unwind(p),
+        }
+    }
+
+    pub(super) fn engine_call(&self, op: &Op, name: &'static str) -> Outcome {
+        let sys = Sys::modelled(self.root(), Arc::new(self.host.clone()));
+        let engine = Engine::new(&self.config, &self.host).with_sys(sys);
+        let disk = |e: crate::disk::DiskError| {
+            let input = e.cause.is_input();
+            (e.to_string(), input)
+        };
+        let held = |e: HolderError| {
+            let input = e.is_input();
+            (e.to_string(), input)
+        };
+        let mut live = SimLive(
+            self.domains
+                .iter()
+                .filter(|(_, (_, alive))| *alive)
+                .map(|(d, _)| d.to_string())
+                .collect(),
+        );
+        let res: Result<Option<PathBuf>, (String, bool)> = match op {
+            Op::Attach(i) => match self.spec(*i).parse::<Spec>() {
+                Ok(s) => engine.attach(&s).map(Some).map_err(disk),
+                Err(e) => return Outcome::Refused(e.to_string()),
+            },
+            Op::Detach(i) | Op::DetachRunning(i) => engine
+                .detach(&canon(&self.spec(*i)))
+                .map(|_| None)
+                .map_err(disk),
+            Op::Heal(i) => engine
+                .heal(&canon(&self.spec(*i)), HealOptions::default())
+                .map(|_| None)
+                .map_err(disk),
+            Op::DomAdd(d, i) => {
+                // `xen add` under its budget, a third kept for the undo.
+                let total = self.config.timeouts.hotplug;
+                let engine = engine.fork().with_budget(Budget::new(total, total / 3));
+                match self.spec(*i).parse::<Spec>() {
+                    Ok(spec) => dom_add(&engine, &mut live, *d, &spec)
+                        .map(Some)
+                        .map_err(held),
+                    Err(e) => return Outcome::Refused(e.to_string()),
+                }
+            }
+            Op::DomRemove(d) => {
+                live.0.remove(&d.to_string());
+                holders::release(&engine, &mut live, &xen_name(*d))
+                    .map(|()| None)
+                    .map_err(held)
+            }
+            Op::Sweep => holders::sweep(&engine, &mut live)
+                .map(|_| None)
+                .map_err(|e| (e.to_string(), false)),
+            _ => {
+                let all = engine.store.all().unwrap_or_default();
+                for (_, a) in all {
+                    if a.mirror.is_none() {
+                        continue;
+                    }
+                    set_caller(Caller {
+                        spec: Some(canon(&a.spec)),
+                        op: name,
+                    });
+                    let _ = engine.fork().reconcile(&a.spec);
+                }
+                Ok(None)
+            }
+        };
+        let out = match res {
+            Ok(p) => Outcome::Ok(p),
+            Err((text, true)) => Outcome::Refused(text),
+            Err((text, false)) => Outcome::Failed(text),
+        };
+        if let Outcome::Refused(t) | Outcome::Failed(t) = &out {
+            if t.contains(SECRET) {
+                self.host.model().violations.push(Violation {
+                    invariant: "no secret in errors",
+                    detail: format!("{op}: {t}"),
+                });
+            }
+        }
+        for n in engine.notices.borrow().iter() {
+            if n.contains(SECRET) {
+                self.host.model().violations.push(Violation {
+                    invariant: "no secret in errors",
+                    detail: format!("{op}: notice {n}"),
+                });
+            }
+        }
+        out
+    }
+}
