@@ -64,7 +64,8 @@ impl Model {
                     .map(|t| format!("127.0.0.1:3260,1 {}\n", t.iqn))
                     .collect();
                 if out.is_empty() {
-                    return Err((4, "iscsiadm: cannot make connection to 127.0.0.1".into()));
+                    // A portal that does not answer: iscsiadm waits until killed.
+                    return Err((HANG, String::new()));
                 }
                 Ok(out_of(out))
             }
@@ -118,7 +119,8 @@ impl Model {
             })
         };
         if !target.up {
-            return Err((8, "iscsiadm: Could not login: connection timed out".into()));
+            // iscsid's attempts run until the wait the tool gave the login.
+            return Err((HANG, String::new()));
         }
         if let Some((user, secret)) = &target.chap {
             if value("node.session.auth.username").as_deref() != Some(user.as_str())
@@ -413,9 +415,20 @@ fn out_of(stdout: String) -> Output {
     }
 }
 
+/// A command that does not return: it runs its whole timeout (on the
+/// caller's clock) and is killed.
+const HANG: i32 = -1;
+
 impl Runner for Host {
     fn run(&self, cmd: &Cmd) -> Result<Output, RunError> {
         let r = self.model().run(cmd);
+        if matches!(&r, Err((HANG, _))) {
+            crate::clock::sleep(cmd.timeout);
+            return Err(RunError::Timeout {
+                command: cmd.display(),
+                after: cmd.timeout,
+            });
+        }
         r.map_err(|(code, stderr)| RunError::Failed {
             command: cmd.display(),
             code: Some(code),
