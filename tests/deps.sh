@@ -1,12 +1,13 @@
 #!/bin/bash
 # tests/deps.sh -- install what building and testing need on Debian 12 (root).
 # The lab's own packages (qemu, kernel, open-iscsi, tgt, mdadm, lvm2, ...) are
-# installed by tests/lab/build.sh. Packaging needs lintian (Debian) and
+# installed by tests/lab/build.sh. libudev-dev: the udev crate links libudev
+# (found with pkg-config). Packaging needs lintian (Debian) and
 # cargo-deb (crates.io, built once into ~/.cargo/bin).
 set -euo pipefail
 installed() { dpkg-query -W -f='${Status}\n' "$1" 2>/dev/null | grep -q '^install ok installed'; }
 missing=
-for p in build-essential pkg-config binutils python3 lintian; do installed "$p" || missing="$missing $p"; done
+for p in build-essential pkg-config libudev-dev binutils python3 lintian; do installed "$p" || missing="$missing $p"; done
 if [ -n "$missing" ]; then
     [ "$(id -u)" = 0 ] || { echo "deps: need root to install:$missing" >&2; exit 2; }
     export DEBIAN_FRONTEND=noninteractive

@@ -35,7 +35,9 @@ if [ -z "$missing" ]; then ok "contents"; else bad "contents" "missing:$missing"
 conffiles=$(dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles | sort | tr '\n' ' ')
 want="/etc/iscsimple/iscsimple.toml /etc/libvirt/hooks/qemu.d/iscsimple /etc/xen/scripts/block-iscsimple /etc/xen/scripts/block-iscsimple-tab.conf "
 if [ "$conffiles" = "$want" ]; then ok "conffiles"; else bad "conffiles" "$conffiles"; fi
-if dpkg-deb -f "$deb" Depends | grep -q 'open-iscsi' && dpkg-deb -f "$deb" Depends | grep -q 'mdadm'; then
+# libudev1: $auto's find for the udev crate's libudev.so.1
+if dpkg-deb -f "$deb" Depends | grep -q 'open-iscsi' && dpkg-deb -f "$deb" Depends | grep -q 'mdadm' \
+   && dpkg-deb -f "$deb" Depends | grep -q 'libudev1'; then
     ok "depends"; else bad "depends" "$(dpkg-deb -f "$deb" Depends)"; fi
 perms=$(dpkg-deb -c "$deb" | awk '$6 ~ /(sbin\/iscsimple|block-iscsimple|qemu.d\/iscsimple)$/ {print $1}' | sort -u | tr '\n' ' ')
 if [ "$perms" = "-rwxr-xr-x " ]; then ok "executables 0755"; else bad "executables 0755" "$perms"; fi
