@@ -94,7 +94,7 @@ pub struct World {
     /// Specs a domain ever held (a CLI attach of one hands out what the
     /// domains left; only domains reclaim).
     held_ever: BTreeSet<String>,
-    /// Check logs for secrets (costly: one sequence in sixteen).
+    /// Check what calls log for the secret.
     pub check_logs: bool,
     /// What each step did, for the report.
     pub trace: Vec<String>,

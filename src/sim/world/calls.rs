@@ -9,35 +9,75 @@ pub(super) enum AtPoint {
     Hold(u32, mpsc::Sender<()>, mpsc::Receiver<()>),
 }
 
-/// A call's log lines.
+/// Every field of every event and span a call logs, at the most verbose
+/// level, looked at for the secret (cheaper than formatting lines).
 #[derive(Debug, Clone, Default)]
-struct Logs(Arc<std::sync::Mutex<Vec<u8>>>);
+struct Leaks(Arc<std::sync::Mutex<Vec<String>>>);
 
-impl Logs {
-    pub(super) fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+/// Finds the secret in one event's or span's fields.
+struct Find<'a>(&'a mut Option<String>);
+
+impl tracing::field::Visit for Find<'_> {
+    fn record_debug(&mut self, f: &tracing::field::Field, v: &dyn std::fmt::Debug) {
+        let s = format!("{v:?}");
+        if s.contains(SECRET) {
+            *self.0 = Some(format!("{}={s}", f.name()));
+        }
+    }
+
+    fn record_str(&mut self, f: &tracing::field::Field, v: &str) {
+        if v.contains(SECRET) {
+            *self.0 = Some(format!("{}={v}", f.name()));
+        }
     }
 }
 
-impl std::io::Write for Logs {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+impl Leaks {
+    fn note(&self, what: &str, hit: Option<String>) {
+        if let Some(h) = hit {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(format!("{what}: {h}"));
+        }
+    }
+
+    fn first(&self) -> Option<String> {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(b);
-        Ok(b.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+            .first()
+            .cloned()
     }
 }
 
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Logs {
-    type Writer = Logs;
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Leaks {
+    fn on_event(&self, e: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        let mut hit = None;
+        e.record(&mut Find(&mut hit));
+        self.note(e.metadata().target(), hit);
+    }
 
-    fn make_writer(&'a self) -> Logs {
-        self.clone()
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        _: &tracing::span::Id,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut hit = None;
+        attrs.record(&mut Find(&mut hit));
+        self.note(attrs.metadata().name(), hit);
+    }
+
+    fn on_record(
+        &self,
+        _: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut hit = None;
+        values.record(&mut Find(&mut hit));
+        self.note("span", hit);
     }
 }
 
@@ -141,26 +181,21 @@ impl World {
                 m.open_by_vm.remove(k);
             }
         }
-        let logs = Logs::default();
+        let leaks = Leaks::default();
         let run = || {
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.engine_call(op, name)))
         };
         let out = if self.check_logs {
-            // Everything the call logs, at the most verbose level.
-            let sub = tracing_subscriber::fmt()
-                .with_max_level(tracing::Level::TRACE)
-                .with_writer(logs.clone())
-                .with_ansi(false)
-                .finish();
+            use tracing_subscriber::layer::SubscriberExt;
+            let sub = tracing_subscriber::registry().with(leaks.clone());
             tracing::subscriber::with_default(sub, run)
         } else {
             run()
         };
-        let text = logs.text();
-        if let Some(line) = text.lines().find(|l| l.contains(SECRET)) {
+        if let Some(line) = leaks.first() {
             self.host.model().violations.push(Violation {
                 invariant: "no secret in logs",
-                detail: format!("{op} logged: {line}"),
+                detail: format!("{op} logged {line}"),
             });
         }
         crate::crash::hook::install(None);
