@@ -70,8 +70,9 @@ pub enum Op {
     DomCrash(usize),
     /// `watch` sweeps holders whose domain is gone.
     Sweep,
-    /// The filer serves a new, empty disk at LUN i (smaller when the flag
-    /// is set): another wwid behind the same target and number.
+    /// The filer serves another disk at LUN i (smaller when the flag is
+    /// set), with another tenant's data: another wwid behind the same
+    /// target and number.
     ReplaceLun(usize, bool),
     /// The administrator logs into target i by hand.
     AdminLogin(usize),
@@ -108,7 +109,7 @@ impl fmt::Display for Op {
             Op::Sweep => f.write_str("watch sweeps dead holders"),
             Op::ReplaceLun(l, small) => write!(
                 f,
-                "the filer serves a new {}disk at LUN #{l}",
+                "the filer serves another tenant's {}disk at LUN #{l}",
                 if *small { "smaller " } else { "" }
             ),
             Op::EditTable(k) => write!(f, "label table edit #{k}"),

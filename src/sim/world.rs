@@ -409,8 +409,10 @@ impl World {
                 let n = m.next_write;
                 m.next_write += 1;
                 let lun = &mut m.luns[*l];
+                // Another tenant's disk, with its own data: what a wrong
+                // LUN mapping on the filer serves.
                 lun.wwid = format!("naa.9{n}");
-                lun.data.clear();
+                lun.data = Data::from([n]);
                 if *small {
                     lun.size /= 2;
                 }
