@@ -61,6 +61,14 @@ pub enum Op {
     TargetUp(usize),
     /// Another host writes LUN i (the VM ran there).
     ExternalWrite(usize),
+    /// An outage under spec i's mirror: md finishes its recoveries, the
+    /// target goes down, the VM writes (the iSCSI leg fails), the filer
+    /// swaps the LUN for another tenant's disk if the flag is set, the
+    /// target comes back.
+    Outage(usize, bool),
+    /// The domain running spec i dies without a remove, and the VM runs
+    /// on another host, writing the LUN.
+    Leak(usize),
     /// Xen domain d (0 or 1) starts with spec i: `xen add`'s holder steps
     /// (sharing check, reclaim, holder record) and attach, under its budget.
     DomAdd(usize, usize),
@@ -104,6 +112,17 @@ impl fmt::Display for Op {
             Op::ExternalWrite(l) => write!(f, "another host writes LUN #{l}"),
             Op::AdminLogin(t) => write!(f, "admin logs into {}", [T1, T2][*t]),
             Op::DomAdd(d, i) => write!(f, "domain {d} starts on {}", SPECS[*i]),
+            Op::Outage(i, swap) => write!(
+                f,
+                "outage under {}{}",
+                SPECS[*i],
+                if *swap {
+                    ", the filer swaps the LUN"
+                } else {
+                    ""
+                }
+            ),
+            Op::Leak(i) => write!(f, "the domain of {} dies; the VM runs elsewhere", SPECS[*i]),
             Op::DomRemove(d) => write!(f, "domain {d} shuts down (xen remove)"),
             Op::DomCrash(d) => write!(f, "domain {d} dies without a remove"),
             Op::Sweep => f.write_str("watch sweeps dead holders"),
@@ -214,7 +233,9 @@ fn op(r: &mut Rng, pool: &[usize], depth: u32) -> Op {
         _ => Op::Watch,
     };
     let point = |r: &mut Rng| 1 + u32::try_from(r.below(14)).unwrap_or(1);
-    match r.below(112) {
+    match r.below(116) {
+        112..=113 => Op::Outage(s, r.below(2) == 0),
+        114..=115 => Op::Leak(s),
         100..=105 => Op::DomAdd(r.below(2), s),
         106..=108 => Op::DomRemove(r.below(2)),
         109..=110 => Op::DomCrash(r.below(2)),

@@ -287,7 +287,20 @@ impl World {
                     let after = self.kernel_state();
                     // After a kill, a refused call may still have cleaned
                     // the dead call's leftovers: only removals then.
-                    let cleaned = self.killed && after.is_subset(&snap);
+                    // A refused Xen add may have detached a leaked attachment
+                    // of its spec first (reclaim): removals only, too.
+                    let reclaimed = matches!(op, Op::DomAdd(..)) && after.is_subset(&snap);
+                    // After a kill, a dead call's record still names its
+                    // target: a refused call keeps the session it made
+                    // until that record's own rerun (noted in the issue).
+                    let no_session = |x: &BTreeSet<String>| -> BTreeSet<String> {
+                        x.iter()
+                            .filter(|i| !i.starts_with("session "))
+                            .cloned()
+                            .collect()
+                    };
+                    let cleaned = (self.killed && no_session(&after).is_subset(&no_session(&snap)))
+                        || reclaimed;
                     if after != snap && !cleaned {
                         self.host.model().violations.push(Violation {
                             invariant: "a refusal changes nothing",
@@ -418,6 +431,33 @@ impl World {
                 }
                 drop(m);
                 self.trace.push(op.to_string());
+            }
+            Op::Outage(i, swap) => {
+                let target = crate::sim::model::spec_target(&canon(&self.spec(*i)));
+                let t = [T1, T2].iter().position(|x| Some(*x) == target.as_deref());
+                let lun = self.disk_of(&canon(&self.spec(*i)));
+                if let Some(t) = t {
+                    self.step(&Op::Resync);
+                    self.step(&Op::TargetDown(t));
+                    self.step(&Op::Write(*i));
+                    if let (true, Some(l)) = (*swap, lun) {
+                        self.step(&Op::ReplaceLun(l, false));
+                    }
+                    self.step(&Op::TargetUp(t));
+                }
+            }
+            Op::Leak(i) => {
+                let spec = canon(&self.spec(*i));
+                let held: Vec<usize> = self
+                    .domains
+                    .iter()
+                    .filter(|(_, (s, alive))| *alive && *s == spec)
+                    .map(|(d, _)| *d)
+                    .collect();
+                if let (Some(d), Some(l)) = (held.first(), self.disk_of(&spec)) {
+                    self.step(&Op::DomCrash(*d));
+                    self.step(&Op::ExternalWrite(l));
+                }
             }
             Op::EditTable(k) => {
                 self.renamed = *k == 1;
