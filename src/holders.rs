@@ -480,8 +480,8 @@ pub fn check_sharing(
     writable: bool,
     same_vm: &mut dyn FnMut(&Holder) -> bool,
 ) -> Result<(), HolderError> {
-    for (name, h) in users(store, live, spec)? {
-        if h.domain == domain || !(writable || h.writable) || same_vm(&h) {
+    for (name, h) in rivals(store, live, spec, domain, writable)? {
+        if same_vm(&h) {
             continue;
         }
         return Err(HolderError::Shared {
@@ -492,6 +492,30 @@ pub fn check_sharing(
         });
     }
     Ok(())
+}
+
+/// The live holders of `spec` that would share it with `domain`: of
+/// another domain, and one of the two writes. A caller that knows which
+/// of them are this VM's other half (a migration to this host) lets those
+/// share; [`check_sharing`] refuses the rest.
+pub fn rivals(
+    store: &Store,
+    live: &mut dyn Liveness,
+    spec: &str,
+    domain: &str,
+    writable: bool,
+) -> Result<Vec<(String, Holder)>, StateError> {
+    let mut v = users(store, live, spec)?;
+    v.retain(|(_, h)| h.domain != domain && (writable || h.writable));
+    Ok(v)
+}
+
+/// The holder records of `kind` whose domain is `domain`, live or not
+/// (what a domain's release lets go of).
+pub fn held_by(store: &Store, of: Kind, domain: &str) -> Result<Vec<(String, Holder)>, StateError> {
+    let mut v = store.holders()?;
+    v.retain(|(n, h)| kind(n) == of && h.domain == domain);
+    Ok(v)
 }
 
 /// `iscsimple detach WHAT`: refused while a live holder uses it or its
@@ -736,6 +760,29 @@ mod tests {
         let now = store.holder("xen-vbd-5-1").expect("read").expect("kept");
         forget(&store, &[("xen-vbd-5-1".to_string(), now)]).expect("forget");
         assert!(store.holders().expect("list").is_empty());
+    }
+
+    #[test]
+    fn a_domain_holds_its_own_libvirt_records_only() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let store = Store::new(d.path());
+        let name = crate::libvirt::holder_name;
+        for (n, dom) in [
+            (name("web", "vda"), "web"),
+            (name("web", "vdb"), "web"),
+            (name("web-2", "vda"), "web-2"),
+            ("xen-vbd-7-1".to_string(), "web"),
+        ] {
+            store
+                .save_holder(&n, &holder("s", dom, None))
+                .expect("save");
+        }
+        let held: Vec<String> = held_by(&store, Kind::Libvirt, "web")
+            .expect("list")
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(held, vec![name("web", "vda"), name("web", "vdb")]);
     }
 
     #[test]

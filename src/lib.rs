@@ -14,6 +14,8 @@
 //!   the directories and files they make, safe from other users.
 //! - [`disk`] — attach and detach with rollback; [`status`]: what is attached.
 //! - [`holders`] — which domains hold an attachment, and whether they still run.
+//! - [`xen`], [`libvirt`] — the hypervisors' hooks (Xen's hotplug script,
+//!   libvirt's qemu hook), each claiming and releasing through [`holders`].
 //! - [`doctor`] — host checks, each with the exact fix.
 #![deny(missing_docs)]
 

@@ -1,9 +1,7 @@
 //! `iscsimple attach SPEC [--dry-run]`: print the device to hand to the hypervisor.
-use iscsimple::disk::Engine;
-use iscsimple::runner::RealRunner;
 use iscsimple::spec::Spec;
 
-use super::{load_config, CmdResult, Failure};
+use super::{CmdResult, Failure, Setup};
 
 /// Arguments of `attach`.
 #[derive(Debug, clap::Args)]
@@ -24,9 +22,8 @@ pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
         .spec
         .parse()
         .map_err(|e| Failure::input(anyhow::Error::from(e).context("attach")))?;
-    let config = load_config(config)?;
-    let runner = RealRunner::new();
-    let engine = Engine::new(&config, &runner);
+    let setup = Setup::load(config)?;
+    let engine = setup.engine();
     let opts = iscsimple::disk::AttachOptions {
         defer_local: args.defer_local,
         ..Default::default()
@@ -38,8 +35,7 @@ pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
         }
         return Ok(());
     }
-    super::check_dirs(&config, &format!("attach {spec}"))?;
-    super::require_programs(&runner)?;
+    setup.ready(&format!("attach {spec}"))?;
     let dev = engine.attach_with(&spec, opts);
     super::print_notices(&engine, &spec.to_string());
     println!("{}", dev.map_err(Failure::from_disk)?.display());

@@ -1,9 +1,7 @@
 //! `iscsimple detach SPEC|LABEL|DEVICE [--dry-run] [--force]`.
-use iscsimple::disk::Engine;
 use iscsimple::holders::{self, HostLiveness};
-use iscsimple::runner::RealRunner;
 
-use super::{load_config, CmdResult, Failure};
+use super::{CmdResult, Failure, Setup};
 
 /// Arguments of `detach`.
 #[derive(Debug, clap::Args)]
@@ -19,9 +17,8 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
-    let config = load_config(config)?;
-    let runner = RealRunner::new();
-    let engine = Engine::new(&config, &runner);
+    let setup = Setup::load(config)?;
+    let engine = setup.engine();
     if args.dry_run {
         match engine.find(&args.what).map_err(Failure::failed)? {
             Some((_, a)) => {
@@ -47,8 +44,7 @@ pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
         }
         return Ok(());
     }
-    super::check_dirs(&config, &format!("detach {}", args.what))?;
-    super::require_programs(&runner)?;
+    setup.ready(&format!("detach {}", args.what))?;
     let r = holders::detach(&engine, &mut HostLiveness::new(), &args.what, args.force);
     super::print_notices(&engine, &args.what);
     if !r.map_err(Failure::from_disk)? {

@@ -1,10 +1,9 @@
 //! `iscsimple heal [WHAT|--all] [--full] [--accept-new-disk]`: re-add a
 //! mirror's failed iSCSI leg once its session is back, onto the disk it
 //! was; the resync then copies the local leg onto it.
-use iscsimple::disk::{Budget, Engine, HealOptions, Healed};
-use iscsimple::runner::RealRunner;
+use iscsimple::disk::{Budget, HealOptions, Healed};
 
-use super::{load_config, CmdResult, Failure};
+use super::{CmdResult, Failure, Setup};
 
 /// Arguments of `heal`.
 #[derive(Debug, clap::Args)]
@@ -27,11 +26,9 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
-    let config = load_config(config)?;
-    let runner = RealRunner::new();
-    super::check_dirs(&config, "heal")?;
-    super::require_programs(&runner)?;
-    let engine = Engine::new(&config, &runner);
+    let setup = Setup::load(config)?;
+    setup.ready("heal")?;
+    let engine = setup.engine();
     let targets: Vec<String> = match args.what {
         Some(w) => vec![w],
         None => engine
@@ -51,9 +48,10 @@ pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
     for what in targets {
         // One budget per mirror: a LUN that hangs holds up the others at
         // most that long.
-        let engine = engine
-            .fork()
-            .with_budget(Budget::new(config.timeouts.heal, std::time::Duration::ZERO));
+        let engine = engine.fork().with_budget(Budget::new(
+            setup.config.timeouts.heal,
+            std::time::Duration::ZERO,
+        ));
         match engine.heal(&what, opts) {
             Ok(Healed::Incremental) => eprintln!(
                 "iscsimple: {what}: iSCSI leg re-added with the write-intent bitmap: resyncing the regions written while it was out"

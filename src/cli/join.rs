@@ -5,11 +5,9 @@
 //! script does not stop it.
 use std::time::Duration;
 
-use iscsimple::disk::Engine;
-use iscsimple::runner::RealRunner;
 use iscsimple::xen::{hotplug, xenstore::Xenstore};
 
-use super::{load_config, CmdResult, Failure};
+use super::{CmdResult, Failure, Setup};
 
 /// Arguments of `join`.
 #[derive(Debug, clap::Args)]
@@ -31,10 +29,9 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
-    let config = load_config(config)?;
-    super::check_dirs(&config, &format!("join {}", args.what))?;
-    let runner = RealRunner::new();
-    let engine = Engine::new(&config, &runner);
+    let setup = Setup::load(config)?;
+    super::check_dirs(&setup.config, &format!("join {}", args.what))?;
+    let engine = setup.engine();
     if let Some(domid) = args.after_xen_domain {
         let mut xs = Xenstore::open().map_err(Failure::failed)?;
         if !hotplug::wait_taken_over(&mut xs, domid, Duration::from_secs(args.wait))

@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use iscsimple::config::Config;
+use iscsimple::disk::Engine;
+use iscsimple::runner::RealRunner;
 
 mod assets;
 mod attach;
@@ -104,17 +107,45 @@ impl Failure {
 pub(crate) type CmdResult = Result<(), Failure>;
 
 /// The configuration: `--config`/`ISCSIMPLE_CONFIG`, or the default file if present.
-pub(crate) fn load_config(
-    path: Option<&std::path::Path>,
-) -> Result<iscsimple::config::Config, Failure> {
-    iscsimple::config::Config::load(path).map_err(Failure::input)
+pub(crate) fn load_config(path: Option<&std::path::Path>) -> Result<Config, Failure> {
+    Config::load(path).map_err(Failure::input)
+}
+
+/// What every command that acts on disks sets up: the configuration and
+/// the runner, which the engine borrows.
+#[derive(Debug)]
+pub(crate) struct Setup {
+    pub config: Config,
+    pub runner: RealRunner,
+}
+
+impl Setup {
+    /// Read the configuration (exit 2 when unusable); nothing checked yet.
+    pub fn load(path: Option<&std::path::Path>) -> Result<Setup, Failure> {
+        Ok(Setup {
+            config: load_config(path)?,
+            runner: RealRunner::new(),
+        })
+    }
+
+    /// An engine on this host.
+    pub fn engine(&self) -> Engine<'_> {
+        Engine::new(&self.config, &self.runner)
+    }
+
+    /// Before changing anything for `what`: the directories are safe
+    /// ([`check_dirs`]) and iscsiadm and mdadm are found.
+    pub fn ready(&self, what: &str) -> CmdResult {
+        check_dirs(&self.config, what)?;
+        require_programs(&self.runner)
+    }
 }
 
 /// Before acting on what they hold: refuse (exit 2, nothing changed) a run
 /// or state directory, or open-iscsi's lock directory, that is not safely
 /// ours (a symlink, someone else's, writable by others), naming the fix.
 /// What is missing is made, safely, where it is first needed.
-pub(crate) fn check_dirs(config: &iscsimple::config::Config, what: &str) -> CmdResult {
+pub(crate) fn check_dirs(config: &Config, what: &str) -> CmdResult {
     use iscsimple::fsutil;
     let check = || -> Result<(), fsutil::FsError> {
         fsutil::check_dir(&config.run_dir)?;
@@ -126,14 +157,14 @@ pub(crate) fn check_dirs(config: &iscsimple::config::Config, what: &str) -> CmdR
 }
 
 /// Print what the engine wants the person to know, one line each.
-pub(crate) fn print_notices(engine: &iscsimple::disk::Engine<'_>, what: &str) {
+pub(crate) fn print_notices(engine: &Engine<'_>, what: &str) {
     for n in engine.take_notices() {
         eprintln!("iscsimple: {what}: {n}");
     }
 }
 
 /// Fail early, naming the program and the directories searched.
-pub(crate) fn require_programs(runner: &iscsimple::runner::RealRunner) -> CmdResult {
+fn require_programs(runner: &RealRunner) -> CmdResult {
     use iscsimple::runner::{Program, Runner};
     runner
         .verify(&[Program::Iscsiadm, Program::Mdadm])

@@ -1,10 +1,8 @@
 //! `iscsimple watch [--once]`: the long-running healer (see
 //! `etc/iscsimple-watch.service`).
-use iscsimple::disk::Engine;
-use iscsimple::runner::RealRunner;
 use iscsimple::watch::{MdEvents, Watch};
 
-use super::{load_config, CmdResult};
+use super::{CmdResult, Setup};
 
 /// Arguments of `watch`.
 #[derive(Debug, clap::Args)]
@@ -17,11 +15,10 @@ pub(crate) struct Args {
 pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
     // Each mirror's heal runs on a thread that may outlive a tick (a LUN
     // stuck in the kernel): the engine's parts live as long as the process.
-    let config: &'static _ = Box::leak(Box::new(load_config(config)?));
-    let runner: &'static _ = Box::leak(Box::new(RealRunner::new()));
-    super::check_dirs(config, "watch")?;
-    super::require_programs(runner)?;
-    let engine = Engine::new(config, runner);
+    let setup: &'static Setup = Box::leak(Box::new(Setup::load(config)?));
+    setup.ready("watch")?;
+    let engine = setup.engine();
+    let config = &setup.config;
     let mut watch = Watch::default();
     let mut events = MdEvents::open(&iscsimple::sysfs::Sys::default());
     tracing::info!(interval = ?config.timeouts.watch, "watching mirrors");

@@ -1,12 +1,11 @@
 //! `iscsimple xen add|remove`: the logic of Xen's `block-iscsimple` hotplug
 //! script. Runs under xl with XENBUS_PATH set; every wait draws from one
 //! budget (`timeouts.hotplug`) that ends before xl's 40 s kill.
-use iscsimple::disk::{Budget, Engine};
-use iscsimple::runner::RealRunner;
+use iscsimple::disk::Budget;
 use iscsimple::xen::hotplug::{self, Backend};
 use iscsimple::xen::xenstore::Xenstore;
 
-use super::{load_config, CmdResult, Failure};
+use super::{CmdResult, Failure, Setup};
 
 /// What xl asks for.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -31,17 +30,17 @@ pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
     // Counted from the start: reading the config is part of the call.
     let start = std::time::Instant::now();
     let be = Backend::parse(&args.xenbus_path).map_err(Failure::input)?;
-    let config = load_config(config)?;
-    let total = config.timeouts.hotplug;
+    let setup = Setup::load(config)?;
+    let total = setup.config.timeouts.hotplug;
     // An add keeps a third for undoing what it did; a remove only undoes.
     let reserve = match args.action {
         Action::Add => total / 3,
         Action::Remove => std::time::Duration::ZERO,
     };
-    let runner = RealRunner::new();
-    super::check_dirs(&config, &format!("xen {}", args.xenbus_path))?;
-    super::require_programs(&runner)?;
-    let engine = Engine::new(&config, &runner).with_budget(Budget::since(start, total, reserve));
+    setup.ready(&format!("xen {}", args.xenbus_path))?;
+    let engine = setup
+        .engine()
+        .with_budget(Budget::since(start, total, reserve));
     match args.action {
         Action::Add => {
             let mut xs = Xenstore::open().map_err(Failure::failed)?;

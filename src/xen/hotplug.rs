@@ -111,16 +111,11 @@ impl Backend {
     }
 }
 
-/// The VM uuid path of a domain (`/vm/<uuid>`), to tell a migrating
-/// domain's two halves (same uuid) from another VM.
-fn vm_of(xs: &mut Xenstore, domid: &str) -> Result<Option<String>, XsError> {
-    xs.read(Tx::NONE, &format!("/local/domain/{domid}/vm"))
-}
-
 /// Refuse a second writer, as Xen's block-common.sh does: a device given
 /// writable may go to no other running domain, except the same VM (a
-/// migration to this host). Holders of dead domains and released backends
-/// use nothing.
+/// migration to this host: the VM path `/vm/<uuid>` of the domain's two
+/// halves is the same). Holders of dead domains and released backends use
+/// nothing.
 fn check_sharing(
     engine: &Engine<'_>,
     xs: &mut Xenstore,
@@ -129,15 +124,15 @@ fn check_sharing(
     writable: bool,
 ) -> Result<(), HotplugError> {
     let me = be.domid.to_string();
-    let my_vm = vm_of(xs, &me)?;
+    let my_vm = holders::xen_vm(xs, &me)?;
     let live = &mut HostLiveness::with_xenstore(&mut *xs);
-    for (name, h) in holders::users(&engine.store, live, &spec.to_string())? {
-        if name == be.holder_name() || h.domain == me || !(writable || h.writable) {
+    for (name, h) in holders::rivals(&engine.store, live, &spec.to_string(), &me, writable)? {
+        if name == be.holder_name() {
             continue;
         }
         let other_vm = match &h.vm {
             Some(v) => Some(v.clone()),
-            None => vm_of(xs, &h.domain)?,
+            None => holders::xen_vm(xs, &h.domain)?,
         };
         if my_vm.is_some() && other_vm == my_vm {
             continue;
@@ -199,7 +194,7 @@ fn add_inner(
         domain: be.domid.to_string(),
         backend: be.path.clone(),
         writable,
-        vm: vm_of(xs, &be.domid.to_string())?,
+        vm: holders::xen_vm(xs, &be.domid.to_string())?,
         since: 0,
         released: false,
     };

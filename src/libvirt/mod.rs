@@ -21,7 +21,11 @@
 //! the domain and show the hook's stderr; libvirt still calls `stopped` and
 //! `release` after a failed `prepare`. A hook must never call back into
 //! libvirt (it holds locks while the hook runs).
+//!
+//! [`hook`] holds what each call does with the disks.
 use std::path::PathBuf;
+
+pub mod hook;
 
 /// The XML namespace of our metadata element.
 pub const NAMESPACE: &str = "urn:iscsimple:libvirt:1";
@@ -29,6 +33,9 @@ pub const NAMESPACE: &str = "urn:iscsimple:libvirt:1";
 /// Why the domain XML could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum HookError {
+    /// stdin could not be read.
+    #[error(transparent)]
+    Stdin(#[from] std::io::Error),
     /// stdin is not well-formed XML.
     #[error("domain XML: {0}")]
     Xml(#[from] roxmltree::Error),
