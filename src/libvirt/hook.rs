@@ -336,12 +336,15 @@ pub fn prepare(engine: &Engine<'_>, call: &Call, incoming: bool) -> Result<(), C
             if opts.defer_local {
                 engine.spawn_join_watcher(&["--after-libvirt-domain", domain], spec)?;
             }
-            let want = std::fs::canonicalize(&dev).map_err(|source| DiskFailure::Device {
-                path: dev.clone(),
-                source,
-            })?;
+            let want = engine
+                .sys
+                .canonical(&dev)
+                .ok_or_else(|| DiskFailure::Device {
+                    path: dev.clone(),
+                    source: std::io::ErrorKind::NotFound.into(),
+                })?;
             let src = d.source.as_ref().expect("checked above");
-            if std::fs::canonicalize(src).ok().as_ref() != Some(&want) {
+            if engine.sys.canonical(src).as_ref() != Some(&want) {
                 return Err(DiskFailure::WrongSource {
                     target: d.target.clone(),
                     source_dev: src.clone(),

@@ -149,7 +149,20 @@ pub struct Caller {
     pub spec: Option<String>,
     /// What the call is (`attach`, `detach`, `heal`, `watch`).
     pub op: &'static str,
+    /// Every spec a call for several disks acts for (a libvirt domain).
+    pub specs: Vec<String>,
 }
+
+impl Caller {
+    /// Whether the call acts for `spec`.
+    pub fn acts_for(&self, spec: &str) -> bool {
+        self.spec.as_deref() == Some(spec) || self.specs.iter().any(|s| s == spec)
+    }
+}
+
+/// Write ids from this one up mark a copy torn by a recovery that was
+/// stopped half-way: garbage, not data anyone wrote.
+pub const TORN: u64 = 1 << 40;
 
 thread_local! {
     static CALLER: RefCell<Caller> = RefCell::new(Caller::default());
@@ -275,7 +288,7 @@ impl Model {
         }
     }
 
-    fn data_mut(&mut self, k: &str) -> Option<&mut Data> {
+    pub(super) fn data_mut(&mut self, k: &str) -> Option<&mut Data> {
         match self.dev(k)? {
             Dev::Scsi(h) => {
                 let i = self.scsi[&h].lun;

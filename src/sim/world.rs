@@ -73,6 +73,7 @@ struct Saved {
     vms: BTreeMap<String, String>,
     domains: BTreeMap<usize, (String, bool)>,
     held_ever: BTreeSet<String>,
+    virts: BTreeMap<usize, Vec<String>>,
 }
 
 /// A simulated host and the VMs on it.
@@ -89,6 +90,8 @@ pub struct World {
     /// The label table names l1's volume l6: the operator renamed the
     /// label, and the VMs' disk lines with it.
     renamed: bool,
+    /// libvirt domains: domain → the specs of its disks (running).
+    virts: BTreeMap<usize, Vec<String>>,
     /// Xen domains: domain → (spec, running).
     domains: BTreeMap<usize, (String, bool)>,
     /// Specs a domain ever held (a CLI attach of one hands out what the
@@ -248,6 +251,7 @@ impl World {
             vms: BTreeMap::new(),
             killed: false,
             renamed: false,
+            virts: BTreeMap::new(),
             domains: BTreeMap::new(),
             held_ever: BTreeSet::new(),
             check_logs: false,
@@ -271,6 +275,14 @@ impl World {
     /// Run one step; return the breaches it made.
     pub fn step(&mut self, op: &Op) -> Vec<Violation> {
         let before = self.host.model().violations.len();
+        // libvirt starts a domain that is not running and stops one that is.
+        match op {
+            Op::VirtStart(d, ..) | Op::VirtMigrateIn(d, _) if self.virts.contains_key(d) => {
+                return Vec::new()
+            }
+            Op::VirtStop(d) if !self.virts.contains_key(d) => return Vec::new(),
+            _ => {}
+        }
         match op {
             Op::Attach(_)
             | Op::Detach(_)
@@ -279,6 +291,9 @@ impl World {
             | Op::Watch
             | Op::DomAdd(..)
             | Op::DomRemove(_)
+            | Op::VirtStart(..)
+            | Op::VirtStop(_)
+            | Op::VirtMigrateIn(..)
             | Op::Sweep => {
                 let snap = self.kernel_state();
                 let out = self.call(op, AtPoint::Run);
@@ -289,13 +304,29 @@ impl World {
                     // the dead call's leftovers: only removals then.
                     // A refused Xen add may have detached a leaked attachment
                     // of its spec first (reclaim): removals only, too.
-                    let reclaimed = matches!(op, Op::DomAdd(..)) && after.is_subset(&snap);
+                    // A refused Xen or libvirt start may have detached
+                    // leaked attachments of its specs first (reclaim): it
+                    // may remove things, and tear the local legs of the
+                    // arrays it stopped, but add nothing else; node records
+                    // a released disk's attach made stay (noted).
+                    let in_snap_array = |item: &str| {
+                        let name = item.split_whitespace().nth(1).unwrap_or("");
+                        snap.iter().any(|i| {
+                            i.starts_with("array ") && i.contains(&format!("local {name}:"))
+                        })
+                    };
+                    let reclaimed = matches!(
+                        op,
+                        Op::DomAdd(..) | Op::VirtStart(..) | Op::VirtMigrateIn(..)
+                    ) && after.difference(&snap).all(|i| {
+                        i.starts_with("node ") || (i.starts_with("data ") && in_snap_array(i))
+                    });
                     // After a kill, a dead call's record still names its
                     // target: a refused call keeps the session it made
                     // until that record's own rerun (noted in the issue).
                     let no_session = |x: &BTreeSet<String>| -> BTreeSet<String> {
                         x.iter()
-                            .filter(|i| !i.starts_with("session "))
+                            .filter(|i| !i.starts_with("session ") && !i.starts_with("data "))
                             .cloned()
                             .collect()
                     };
@@ -565,6 +596,30 @@ impl World {
     }
 
     /// The VMs' side of a call's outcome.
+    /// A libvirt domain started (or not): its VMs open their disks.
+    fn virt_started(&mut self, d: usize, specs: Vec<String>, out: &Outcome) {
+        if !matches!(out, Outcome::Ok(_)) || self.virts.contains_key(&d) {
+            return;
+        }
+        let mut m = self.host.model();
+        let mut opened = Vec::new();
+        for s in &specs {
+            let label = s.rsplit_once('+').map(|(_, l)| l).unwrap_or("none");
+            if let Some(dev) = m.dev_at(&format!("/dev/md/{label}")) {
+                let k = m.kname(&dev).0;
+                m.attached.insert(s.clone());
+                m.open_by_vm.insert(k.clone());
+                opened.push((s.clone(), k));
+            }
+        }
+        for (s, k) in &opened {
+            self.check_fresh(&mut m, s, k);
+        }
+        drop(m);
+        self.vms.extend(opened);
+        self.virts.insert(d, specs);
+    }
+
     /// What the tool no longer records is attached no more (a sweep
     /// detached it, a remove let it go).
     fn sync_attached(&self) -> BTreeSet<String> {
@@ -595,6 +650,29 @@ impl World {
             }
         }
         match op {
+            Op::VirtStart(d, i, j) => {
+                let specs: Vec<String> = if i == j {
+                    vec![canon(&self.spec(*i))]
+                } else {
+                    vec![canon(&self.spec(*i)), canon(&self.spec(*j))]
+                };
+                self.virt_started(*d, specs, out);
+                return;
+            }
+            Op::VirtMigrateIn(d, i) => {
+                self.virt_started(*d, vec![canon(&self.spec(*i))], out);
+                return;
+            }
+            Op::VirtStop(d) => {
+                if let Outcome::Ok(_) = out {
+                    for s in self.virts.remove(d).unwrap_or_default() {
+                        if let Some(k) = self.vms.remove(&s) {
+                            self.host.model().open_by_vm.remove(&k);
+                        }
+                    }
+                }
+                return;
+            }
             Op::DomAdd(d, i) => {
                 // xl runs remove for a backend whatever its add did; the
                 // domain runs only if the add succeeded.
@@ -659,6 +737,7 @@ impl World {
             vms: self.vms.clone(),
             domains: self.domains.clone(),
             held_ever: self.held_ever.clone(),
+            virts: self.virts.clone(),
         }
     }
 
@@ -669,6 +748,7 @@ impl World {
         self.vms = s.vms;
         self.domains = s.domains;
         self.held_ever = s.held_ever;
+        self.virts = s.virts;
     }
 
     /// Breaches so far.

@@ -3,7 +3,9 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use super::{caller, spec_target, Array, Data, Dev, Host, MState, Member, Model, Scsi, Session};
+use super::{
+    caller, spec_target, Array, Data, Dev, Host, MState, Member, Model, Scsi, Session, TORN,
+};
 use crate::runner::{Arg, Cmd, Output, Program, RunError, Runner};
 
 impl Model {
@@ -181,11 +183,8 @@ impl Model {
         } else {
             self.attached.clone()
         };
-        let me = me.spec;
         for spec in attached {
-            if Some(&spec) != me.as_ref()
-                && spec_target(&spec).as_deref() == Some(s.target.as_str())
-            {
+            if !me.acts_for(&spec) && spec_target(&spec).as_deref() == Some(s.target.as_str()) {
                 let d = format!(
                     "session {sid} to {} logged out while {spec} is attached",
                     s.target
@@ -213,6 +212,20 @@ impl Model {
                 self.check_owner("mdadm --stop", m);
                 if self.open_by_vm.contains(&format!("md{m}")) {
                     return Err((1, format!("mdadm: Cannot get exclusive access to {md}")));
+                }
+                // A recovery stopped half-way leaves its destination torn.
+                let torn: Vec<String> = self.arrays[&m]
+                    .members
+                    .iter()
+                    .filter(|x| x.state == MState::Recovering && !x.partial)
+                    .map(|x| x.kname.clone())
+                    .collect();
+                for k in torn {
+                    let id = TORN + self.next_write;
+                    self.next_write += 1;
+                    if let Some(d) = self.data_mut(&k) {
+                        d.insert(id);
+                    }
                 }
                 self.arrays.remove(&m);
                 Ok(Output::default())
@@ -268,7 +281,7 @@ impl Model {
     fn check_owner(&mut self, what: &str, m: u32) {
         let owner = self.arrays[&m].owner.clone();
         let me = caller();
-        if me.spec.as_deref() == Some(owner.as_str()) {
+        if me.acts_for(&owner) {
             return;
         }
         // The sweep detaches attachments no live domain holds: any owner.
@@ -344,7 +357,19 @@ impl Model {
             .rev()
             .find(|m| !self.arrays.contains_key(m))
             .ok_or_else(|| (1, "no free minor".to_string()))?;
-        let owner = caller().spec.unwrap_or_default();
+        // A call for several disks (a libvirt domain) builds for the one
+        // of its specs with this label.
+        let me = caller();
+        let owner = me
+            .spec
+            .clone()
+            .or_else(|| {
+                me.specs
+                    .iter()
+                    .find(|s| s.ends_with(&format!("+{label}")))
+                    .cloned()
+            })
+            .unwrap_or_default();
         self.arrays.insert(
             m,
             Array {
@@ -383,7 +408,7 @@ impl Model {
             let elsewhere = self.data_except(&k);
             let lost: Vec<u64> = dst
                 .difference(&from)
-                .filter(|w| !elsewhere.contains(w))
+                .filter(|w| **w < TORN && !elsewhere.contains(w))
                 .copied()
                 .collect();
             if !lost.is_empty() {

@@ -81,6 +81,46 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Leaks {
     }
 }
 
+/// libvirt domain `d`'s XML with `specs` as its disks (vda, vdb), each
+/// with the device attach hands out as its source.
+fn domain_xml(d: usize, specs: &[String]) -> String {
+    let mut meta = String::new();
+    let mut devices = String::new();
+    for (n, spec) in specs.iter().enumerate() {
+        let target = format!("vd{}", char::from(b'a' + u8::try_from(n).unwrap_or(0)));
+        let label = spec.rsplit_once('+').map(|(_, l)| l).unwrap_or("none");
+        meta.push_str(&format!("<i:disk target='{target}' spec='{spec}'/>"));
+        devices.push_str(&format!(
+            "<disk type='block' device='disk'><source dev='/dev/md/{label}'/><target dev='{target}'/></disk>"
+        ));
+    }
+    format!(
+        "<domain type='kvm'><name>vm{d}</name><uuid>00000000-0000-4000-8000-00000000000{d}</uuid>\
+         <metadata><i:disks xmlns:i='{}'>{meta}</i:disks></metadata><devices>{devices}</devices></domain>",
+        crate::libvirt::NAMESPACE
+    )
+}
+
+/// One call of the libvirt hook for domain `d`.
+fn hook(
+    engine: &Engine<'_>,
+    d: usize,
+    op: &str,
+    subop: &str,
+    specs: &[String],
+) -> Result<(), (String, bool)> {
+    let xml = domain_xml(d, specs);
+    let call = crate::libvirt::hook::Call::new(&format!("vm{d}"), op, subop, Ok(&xml))
+        .map_err(|e| (e.to_string(), true))?;
+    match call {
+        Some(c) => crate::libvirt::hook::run(engine, &c).map_err(|e| {
+            let input = e.is_input();
+            (e.to_string(), input)
+        }),
+        None => Ok(()),
+    }
+}
+
 /// The holder record name of domain `d`'s one disk.
 fn xen_name(d: usize) -> String {
     format!("xen-vbd-{d}-51712")
@@ -161,11 +201,17 @@ impl World {
             | Op::Heal(i)
             | Op::DomAdd(_, i) => Some(canon(&self.spec(*i))),
             Op::DomRemove(d) => self.domains.get(d).map(|(s, _)| s.clone()),
+            Op::VirtMigrateIn(_, i) => Some(canon(&self.spec(*i))),
             _ => None,
         };
+        let specs: Vec<String> = match op {
+            Op::VirtStart(_, i, j) => vec![canon(&self.spec(*i)), canon(&self.spec(*j))],
+            Op::VirtStop(d) => self.virts.get(d).cloned().unwrap_or_default(),
+            _ => Vec::new(),
+        };
         let name = match op {
-            Op::Attach(_) | Op::DomAdd(..) => "attach",
-            Op::Detach(_) | Op::DetachRunning(_) | Op::DomRemove(_) => "detach",
+            Op::Attach(_) | Op::DomAdd(..) | Op::VirtStart(..) | Op::VirtMigrateIn(..) => "attach",
+            Op::Detach(_) | Op::DetachRunning(_) | Op::DomRemove(_) | Op::VirtStop(_) => "detach",
             Op::Heal(_) => "heal",
             Op::Sweep => "sweep",
             _ => "watch",
@@ -173,7 +219,17 @@ impl World {
         set_caller(Caller {
             spec: spec.clone(),
             op: name,
+            specs: specs.clone(),
         });
+        // A libvirt domain's VM stops before its release.
+        if let Op::VirtStop(_) = op {
+            let mut m = self.host.model();
+            for s in &specs {
+                if let Some(k) = self.vms.get(s) {
+                    m.open_by_vm.remove(k);
+                }
+            }
+        }
         // A VM stops before its disk is detached (not for DetachRunning).
         if let (Op::Detach(_) | Op::DomRemove(_), Some(s)) = (op, &spec) {
             let mut m = self.host.model();
@@ -266,6 +322,33 @@ impl World {
                     .map(|()| None)
                     .map_err(held)
             }
+            Op::VirtStart(d, i, j) => {
+                let mut disks = vec![self.spec(*i)];
+                if j != i {
+                    disks.push(self.spec(*j));
+                }
+                hook(&engine, *d, "prepare", "begin", &disks).map(|()| None)
+            }
+            Op::VirtMigrateIn(d, i) => {
+                let disks = vec![self.spec(*i)];
+                hook(&engine, *d, "migrate", "begin", &disks)
+                    .and_then(|()| hook(&engine, *d, "prepare", "begin", &disks))
+                    .and_then(|()| {
+                        // Once the domain runs here its watcher joins the
+                        // local leg (what `join --after-libvirt-domain` does).
+                        engine
+                            .join_local(&canon(&self.spec(*i)))
+                            .map(|_| ())
+                            .map_err(disk)
+                    })
+                    .map(|()| None)
+            }
+            Op::VirtStop(d) => {
+                let disks = self.virts.get(d).cloned().unwrap_or_default();
+                hook(&engine, *d, "release", "end", &disks)
+                    .and_then(|()| hook(&engine, *d, "stopped", "end", &disks))
+                    .map(|()| None)
+            }
             Op::Sweep => holders::sweep(&engine, &mut live)
                 .map(|_| None)
                 .map_err(|e| (e.to_string(), false)),
@@ -278,6 +361,7 @@ impl World {
                     set_caller(Caller {
                         spec: Some(canon(&a.spec)),
                         op: name,
+                        specs: Vec::new(),
                     });
                     let _ = engine.fork().reconcile(&a.spec);
                 }

@@ -178,6 +178,14 @@ impl World {
                 .into_iter()
                 .map(|n| format!("node {n}")),
         );
+        // What the local volumes hold: a refused call must not have begun
+        // overwriting one.
+        let m = self.host.model();
+        v.extend(
+            m.locals
+                .values()
+                .map(|l| format!("data {} {:?}", l.name, l.data)),
+        );
         v
     }
 
@@ -233,10 +241,18 @@ impl World {
                 .iter()
                 .map(|l| format!("{}={:?}", l.wwid, l.data))
                 .collect();
+            // A copy torn by a stopped recovery is resynced in full
+            // again: the tear is not a difference.
+            let whole = |x: &Data| -> Vec<u64> {
+                x.iter()
+                    .copied()
+                    .filter(|w| *w < crate::sim::model::TORN)
+                    .collect()
+            };
             d.extend(
                 m.locals
                     .values()
-                    .map(|l| format!("{}={:?}", l.name, l.data)),
+                    .map(|l| format!("{}={:?}", l.name, whole(&l.data))),
             );
             d
         };
