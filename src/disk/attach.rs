@@ -8,6 +8,7 @@ use super::array::Expected;
 use super::copies::{Asked, Verdict};
 use super::undo::Undo;
 use super::{key_of, lun_of, remove_file, when, AttachOptions, Cause, DiskError, Engine, Step};
+use crate::iscsi;
 use crate::labels::{LabelTable, LocalDevice};
 use crate::lock::file_key;
 use crate::md::{self, Bitmap, Leg, MdError};
@@ -254,7 +255,11 @@ impl Engine<'_> {
         // Already attached (a rerun): hand out the same device.
         if let Some(a) = self.store.load(key).map_err(|e| (Step::State, e.into()))? {
             if a.phase == Phase::Attached && a.spec == spec.to_string() {
-                if let Some(dev) = a.device.clone().filter(|d| self.sys.exists(d)) {
+                if let Some(dev) = a
+                    .device
+                    .clone()
+                    .filter(|d| self.sys.exists(d) && self.still_ours(&a))
+                {
                     tracing::info!(spec = %spec, device = %dev.display(), "already attached");
                     return Ok(dev);
                 }
@@ -321,6 +326,30 @@ impl Engine<'_> {
             .map_err(|e| (Step::State, e.into()))?;
         tracing::info!(spec = %spec, device = %device.display(), "attached");
         Ok(device)
+    }
+
+    /// Whether the devices an attachment recorded are still its own: the
+    /// array its legs make, or the plain LUN's disk (device number and
+    /// wwid). A name is not an identity: found by the simulator, a detach
+    /// killed after deleting the LUN's disk let another LUN take its name
+    /// (`sda`), and the rerun of the attach handed that disk out.
+    fn still_ours(&self, a: &Attachment) -> bool {
+        if let Some(m) = &a.mirror {
+            let Some(arr) = md::by_label(&self.sys, &m.label) else {
+                return false;
+            };
+            return Expected::of(&self.sys, a)
+                .is_some_and(|e| e.mismatch(&self.sys, &arr).is_none());
+        }
+        let Some(leg) = &a.iscsi else {
+            return true;
+        };
+        let devnum = self.sys.devnum(&leg.kname);
+        let wwid = iscsi::wwid(&self.sys, &leg.kname);
+        leg.devnum
+            .as_ref()
+            .map_or(true, |d| devnum.as_ref() == Some(d))
+            && leg.wwid.as_ref().map_or(true, |w| wwid.as_ref() == Some(w))
     }
 
     /// Take the changes of `steps` in order (the checks were taken before

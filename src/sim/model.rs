@@ -68,6 +68,9 @@ pub struct Target {
     pub iqn: String,
     /// It answers.
     pub up: bool,
+    /// It answers slowly: discovery takes 25 s, a login 14 s, a LUN scan
+    /// 8 s (each within its own timeout, not within a budget's).
+    pub slow: bool,
     /// CHAP user and secret it demands.
     pub chap: Option<(String, String)>,
 }

@@ -59,6 +59,8 @@ pub enum Op {
     TargetDown(usize),
     /// Target 0 or 1 answers again.
     TargetUp(usize),
+    /// Target 0 or 1 turns slow (or fast again): see `Target::slow`.
+    TargetSlow(usize, bool),
     /// Another host writes LUN i (the VM ran there).
     ExternalWrite(usize),
     /// An outage under spec i's mirror: md finishes its recoveries, the
@@ -117,6 +119,14 @@ impl fmt::Display for Op {
             Op::Resync => f.write_str("md finishes its recoveries"),
             Op::TargetDown(t) => write!(f, "target {} down", [T1, T2][*t]),
             Op::TargetUp(t) => write!(f, "target {} up", [T1, T2][*t]),
+            Op::TargetSlow(t, on) => {
+                write!(
+                    f,
+                    "target {} {}",
+                    [T1, T2][*t],
+                    if *on { "slow" } else { "fast again" }
+                )
+            }
             Op::ExternalWrite(l) => write!(f, "another host writes LUN #{l}"),
             Op::AdminLogin(t) => write!(f, "admin logs into {}", [T1, T2][*t]),
             Op::DomAdd(d, i) => write!(f, "domain {d} starts on {}", SPECS[*i]),
@@ -247,7 +257,8 @@ fn op(r: &mut Rng, pool: &[usize], depth: u32) -> Op {
         _ => Op::Watch,
     };
     let point = |r: &mut Rng| 1 + u32::try_from(r.below(14)).unwrap_or(1);
-    match r.below(124) {
+    match r.below(127) {
+        124..=126 => Op::TargetSlow(r.below(2), r.below(2) == 0),
         // Two disks of one domain never share a label (a domain listing
         // one label twice is refused only at its second attach: noted).
         116..=118 => {

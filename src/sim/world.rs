@@ -195,6 +195,7 @@ impl World {
             Target {
                 iqn: T1.into(),
                 up: true,
+                slow: false,
                 chap: None,
             },
         );
@@ -203,6 +204,7 @@ impl World {
             Target {
                 iqn: T2.into(),
                 up: true,
+                slow: false,
                 chap: Some(("simuser".into(), SECRET.into())),
             },
         );
@@ -371,6 +373,12 @@ impl World {
             }
             Op::Resync => {
                 self.host.model().finish_resyncs();
+                self.trace.push(op.to_string());
+            }
+            Op::TargetSlow(t, on) => {
+                if let Some(x) = self.host.model().targets.get_mut([T1, T2][*t]) {
+                    x.slow = *on;
+                }
                 self.trace.push(op.to_string());
             }
             Op::TargetDown(t) | Op::TargetUp(t) => {
@@ -548,6 +556,8 @@ impl World {
             // A reaches its point (or ends) before B starts.
             let held = from_a.recv().is_ok();
             let ob = held.then(|| {
+                // What A has let go of by its point is attached no more.
+                w.sync_attached();
                 let hb = s.spawn(move || w.run_call(b, AtPoint::Run));
                 let ob = hb
                     .join()

@@ -418,6 +418,7 @@ mod simulated {
             Target {
                 iqn: T.into(),
                 up: true,
+                slow: false,
                 chap: None,
             },
         );
@@ -499,6 +500,7 @@ mod simulated {
         set_caller(Caller {
             spec: Some(spec.to_string()),
             op: "attach",
+            specs: Vec::new(),
         });
         let device = e.attach_with(&spec, opts).expect("attach");
         assert_eq!(host.model().violations, vec![], "{s}");

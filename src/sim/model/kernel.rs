@@ -477,6 +477,24 @@ impl Kernel for Host {
     }
 
     fn write(&self, p: &Path, value: &str) -> io::Result<()> {
+        // A scan of a slow target's host blocks the writer (nothing can
+        // cut it short).
+        let slow = {
+            let m = self.model();
+            let host = p
+                .to_str()
+                .and_then(|s| s.strip_prefix("/sys/class/scsi_host/host"))
+                .and_then(|s| s.strip_suffix("/scan"))
+                .and_then(|n| n.parse::<u32>().ok());
+            host.is_some_and(|h| {
+                m.sessions
+                    .values()
+                    .any(|x| x.host == h && m.targets.get(&x.target).is_some_and(|t| t.slow))
+            })
+        };
+        if slow {
+            crate::clock::sleep(std::time::Duration::from_secs(8));
+        }
         self.model().write_attr(p, value)
     }
 

@@ -43,6 +43,30 @@ impl Model {
         }
     }
 
+    /// How long `cmd` takes: slow targets answer discovery in 25 s and a
+    /// login in 14 s.
+    fn delay(&self, cmd: &Cmd) -> std::time::Duration {
+        let a = cmd.plain_args();
+        let slow = |t: &str| self.targets.get(t).is_some_and(|x| x.slow && x.up);
+        let secs = match cmd.program {
+            Program::Iscsiadm
+                if a.contains(&"discovery") && self.targets.keys().any(|t| slow(t)) =>
+            {
+                25
+            }
+            Program::Iscsiadm if a.contains(&"--login") => {
+                let t = a.iter().position(|x| *x == "-T").and_then(|i| a.get(i + 1));
+                if t.is_some_and(|t| slow(t)) {
+                    14
+                } else {
+                    0
+                }
+            }
+            _ => 0,
+        };
+        std::time::Duration::from_secs(secs)
+    }
+
     fn record_path(&self, target: &str) -> PathBuf {
         self.root
             .join("etc/iscsi/nodes")
@@ -446,6 +470,17 @@ const HANG: i32 = -1;
 
 impl Runner for Host {
     fn run(&self, cmd: &Cmd) -> Result<Output, RunError> {
+        // A slow target answers within the command's own timeout, after a
+        // while; past the timeout the command is killed.
+        let delay = self.model().delay(cmd);
+        if delay > cmd.timeout {
+            crate::clock::sleep(cmd.timeout);
+            return Err(RunError::Timeout {
+                command: cmd.display(),
+                after: cmd.timeout,
+            });
+        }
+        crate::clock::sleep(delay);
         let r = self.model().run(cmd);
         if matches!(&r, Err((HANG, _))) {
             crate::clock::sleep(cmd.timeout);
