@@ -241,11 +241,14 @@ pub fn sequence(seed: u64) -> Vec<Op> {
             pool.push(i);
         }
     }
+    // Half the sequences keep to the engine's own calls and the host's
+    // events (denser stories there); the others bring in domains too.
+    let focus = r.below(2) == 0;
     let len = 6 + r.below(10);
-    (0..len).map(|_| op(&mut r, &pool, 0)).collect()
+    (0..len).map(|_| op(&mut r, &pool, focus)).collect()
 }
 
-fn op(r: &mut Rng, pool: &[usize], depth: u32) -> Op {
+fn op(r: &mut Rng, pool: &[usize], focus: bool) -> Op {
     let s = pool[r.below(pool.len())];
     let call = |r: &mut Rng| match r.below(12) {
         0..=3 => Op::Attach(pool[r.below(pool.len())]),
@@ -257,7 +260,16 @@ fn op(r: &mut Rng, pool: &[usize], depth: u32) -> Op {
         _ => Op::Watch,
     };
     let point = |r: &mut Rng| 1 + u32::try_from(r.below(14)).unwrap_or(1);
-    match r.below(127) {
+    let x = if focus {
+        // 100..=103: outages, the one compound step of the engine alone.
+        match r.below(104) {
+            x @ 100..=103 => 112 + x % 2,
+            x => x,
+        }
+    } else {
+        r.below(127)
+    };
+    match x {
         124..=126 => Op::TargetSlow(r.below(2), r.below(2) == 0),
         // Two disks of one domain never share a label (a domain listing
         // one label twice is refused only at its second attach: noted).
@@ -293,9 +305,9 @@ fn op(r: &mut Rng, pool: &[usize], depth: u32) -> Op {
         81 => Op::AdminLogin(r.below(2)),
         82 => Op::ReplaceLun(r.below(4), r.below(4) == 0),
         83..=84 => Op::EditTable(if r.below(3) == 0 { r.below(3) } else { 1 }),
-        85..=89 if depth == 0 => Op::KillRerun(Box::new(call(r)), point(r)),
-        90..=93 if depth == 0 => Op::Kill(Box::new(call(r)), point(r)),
-        94..=99 if depth == 0 => Op::Interleave(Box::new(call(r)), point(r), Box::new(call(r))),
+        85..=89 => Op::KillRerun(Box::new(call(r)), point(r)),
+        90..=93 => Op::Kill(Box::new(call(r)), point(r)),
+        94..=99 => Op::Interleave(Box::new(call(r)), point(r), Box::new(call(r))),
         _ => Op::Write(s),
     }
 }
