@@ -266,6 +266,9 @@ fn op(r: &mut Rng, pool: &[usize], focus: bool) -> Op {
             x @ 100..=103 => 112 + x % 2,
             x => x,
         }
+    } else if r.below(2) == 0 {
+        // Domains' own steps, denser: their stories are longer.
+        100 + r.below(27)
     } else {
         r.below(127)
     };

@@ -283,6 +283,9 @@ impl World {
                 return Vec::new()
             }
             Op::VirtStop(d) if !self.virts.contains_key(d) => return Vec::new(),
+            // xl gives a new domain a new id: one whose backend was never
+            // removed keeps its id taken.
+            Op::DomAdd(d, _) if self.domains.contains_key(d) => return Vec::new(),
             _ => {}
         }
         match op {
@@ -298,8 +301,22 @@ impl World {
             | Op::VirtMigrateIn(..)
             | Op::Sweep => {
                 let snap = self.kernel_state();
+                // The local copy holds writes the LUN lacks: a VM that
+                // migrates in ran elsewhere on that LUN (a split brain).
+                let newer_here = match op {
+                    Op::VirtMigrateIn(_, i) => self.local_newer(&canon(&self.spec(*i))),
+                    _ => false,
+                };
                 let out = self.call(op, AtPoint::Run);
                 self.trace.push(format!("{op}: {}", describe(&out)));
+                if newer_here && matches!(out, Outcome::Ok(_)) {
+                    self.host.model().violations.push(Violation {
+                        invariant: "an incoming migration never meets newer local data",
+                        detail: format!(
+                            "{op} accepted while the local copy holds writes its LUN lacks"
+                        ),
+                    });
+                }
                 if let Outcome::Refused(msg) = &out {
                     let after = self.kernel_state();
                     // After a kill, a refused call may still have cleaned

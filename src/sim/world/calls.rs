@@ -285,11 +285,13 @@ impl World {
             let input = e.is_input();
             (e.to_string(), input)
         };
+        // Running Xen domains by id, running libvirt domains by name.
         let mut live = SimLive(
             self.domains
                 .iter()
                 .filter(|(_, (_, alive))| *alive)
                 .map(|(d, _)| d.to_string())
+                .chain(self.virts.keys().map(|d| format!("vm{d}")))
                 .collect(),
         );
         let res: Result<Option<PathBuf>, (String, bool)> = match op {

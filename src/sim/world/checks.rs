@@ -33,6 +33,28 @@ fn spec_is_missing_target(spec: &str) -> bool {
 }
 
 impl World {
+    /// Whether spec's local volume holds writes of its disk the LUN lacks.
+    pub(super) fn local_newer(&self, spec: &str) -> bool {
+        let m = self.host.model();
+        let Some(disk) = self.disk_of_locked(&m, spec) else {
+            return false;
+        };
+        let Some(label) = spec.parse::<Spec>().ok().and_then(|s| s.label) else {
+            return false;
+        };
+        let Some(local) = self
+            .table_device(label.as_str())
+            .and_then(|d| d.strip_prefix("/dev/vg/").map(str::to_string))
+            .and_then(|n| m.locals.get(&n))
+        else {
+            return false;
+        };
+        local
+            .data
+            .iter()
+            .any(|w| m.tags.get(w) == Some(&disk) && !m.luns[disk].data.contains(w))
+    }
+
     /// Invariants over the whole host, after every step.
     pub(super) fn check(&mut self) {
         let mut m = self.host.model();
