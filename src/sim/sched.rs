@@ -68,6 +68,9 @@ pub enum Op {
     /// swaps the LUN for another tenant's disk if the flag is set, the
     /// target comes back.
     Outage(usize, bool),
+    /// The administrator logs into target t by hand, then it goes down
+    /// (the session is recovering when the next call comes).
+    AdminThenDown(usize),
     /// The domain running spec i dies without a remove, and the VM runs
     /// on another host, writing the LUN.
     Leak(usize),
@@ -146,6 +149,9 @@ impl fmt::Display for Op {
                     ""
                 }
             ),
+            Op::AdminThenDown(t) => {
+                write!(f, "admin logs into {} by hand; it goes down", [T1, T2][*t])
+            }
             Op::Leak(i) => write!(f, "the domain of {} dies; the VM runs elsewhere", SPECS[*i]),
             Op::DomRemove(d) => write!(f, "domain {d} shuts down (xen remove)"),
             Op::DomCrash(d) => write!(f, "domain {d} dies without a remove"),
@@ -263,7 +269,8 @@ fn op(r: &mut Rng, pool: &[usize], focus: bool) -> Op {
     let x = if focus {
         // 100..=103: outages, the one compound step of the engine alone.
         match r.below(104) {
-            x @ 100..=103 => 112 + x % 2,
+            x @ 100..=101 => 112 + x % 2,
+            102..=103 => 127,
             x => x,
         }
     } else if r.below(2) == 0 {
@@ -273,6 +280,7 @@ fn op(r: &mut Rng, pool: &[usize], focus: bool) -> Op {
         r.below(127)
     };
     match x {
+        127 => Op::AdminThenDown(r.below(2)),
         124..=126 => Op::TargetSlow(r.below(2), r.below(2) == 0),
         // Two disks of one domain never share a label (a domain listing
         // one label twice is refused only at its second attach: noted).

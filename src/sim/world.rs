@@ -502,6 +502,10 @@ impl World {
                     self.step(&Op::TargetUp(t));
                 }
             }
+            Op::AdminThenDown(t) => {
+                self.step(&Op::AdminLogin(*t));
+                self.step(&Op::TargetDown(*t));
+            }
             Op::Leak(i) => {
                 let spec = canon(&self.spec(*i));
                 let held: Vec<usize> = self
