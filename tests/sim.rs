@@ -35,7 +35,7 @@ mod simulation {
                 }
             }
         }
-        let count = env("SIM_SEEDS").unwrap_or(10_000);
+        let count = env("SIM_SEEDS").unwrap_or(20_000);
         let from = env("SIM_FROM").unwrap_or(0);
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         let start = Instant::now();

@@ -10,7 +10,7 @@ use super::undo::Undo;
 use super::{key_of, lun_of, remove_file, when, AttachOptions, Cause, DiskError, Engine, Step};
 use crate::iscsi;
 use crate::labels::{LabelTable, LocalDevice};
-use crate::lock::file_key;
+use crate::lock::{file_key, Lock};
 use crate::md::{self, Bitmap, Leg, MdError};
 use crate::spec::Spec;
 use crate::state::{self, Attachment, LunId, Mirror, OpenRecord, Phase};
@@ -200,7 +200,11 @@ impl Engine<'_> {
     pub fn attach_with(&self, spec: &Spec, opts: AttachOptions) -> Result<PathBuf, DiskError> {
         let key = key_of(spec);
         let mut undo: Vec<Undo> = Vec::new();
-        let r = self.attach_steps(spec, &key, opts, &mut undo);
+        // The locks outlive the steps: the rollback runs under them too, or
+        // another attach of this record or LUN could run in between and
+        // have its record removed by ours (found by the simulator).
+        let mut held: Vec<Lock> = Vec::new();
+        let r = self.attach_steps(spec, &key, opts, &mut undo, &mut held);
         match r {
             Ok(dev) => Ok(dev),
             Err((step, cause)) => {
@@ -228,20 +232,20 @@ impl Engine<'_> {
         key: &str,
         opts: AttachOptions,
         undo: &mut Vec<Undo>,
+        held: &mut Vec<Lock>,
     ) -> Result<PathBuf, (Step, Cause)> {
         // Input first: nothing is touched until the table and volume check out.
         let Inputs { local_path, local } = self.inputs(spec)?;
 
-        let _key_lock = self.key_lock(key).map_err(|e| (Step::Lock, e))?;
+        held.push(self.key_lock(key).map_err(|e| (Step::Lock, e))?);
         // Every spec naming a target takes its LUN's lock, mirrored or not:
         // `lun1@T+L` and `lun1@T` must not both get the disk.
-        let _lun_lock = match &spec.target {
-            Some(t) => Some(
+        if let Some(t) = &spec.target {
+            held.push(
                 self.lun_lock(t.as_str(), spec.lun)
                     .map_err(|e| (Step::Lock, e))?,
-            ),
-            None => None,
-        };
+            );
+        }
 
         // Read before any cleanup below: it tells whether the last use of
         // the label ended cleanly.

@@ -26,6 +26,8 @@ use super::sched::*;
 mod calls;
 mod checks;
 
+use checks::spec_is_missing_target;
+
 use calls::AtPoint;
 
 /// A temporary directory for one simulated host's files, in memory when
@@ -304,7 +306,11 @@ impl World {
                 // The local copy holds writes the LUN lacks: a VM that
                 // migrates in ran elsewhere on that LUN (a split brain).
                 let newer_here = match op {
-                    Op::VirtMigrateIn(_, i) => self.local_newer(&canon(&self.spec(*i))),
+                    // (A MISSING target has no copy elsewhere to migrate from.)
+                    Op::VirtMigrateIn(_, i) => {
+                        let spec = canon(&self.spec(*i));
+                        !spec_is_missing_target(&spec) && self.local_newer(&spec)
+                    }
                     _ => false,
                 };
                 let out = self.call(op, AtPoint::Run);

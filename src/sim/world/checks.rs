@@ -28,7 +28,7 @@ fn private_tree(dir: &Path, v: &mut Vec<Violation>) {
     }
 }
 
-fn spec_is_missing_target(spec: &str) -> bool {
+pub(super) fn spec_is_missing_target(spec: &str) -> bool {
     crate::sim::model::spec_target(spec).is_none()
 }
 
