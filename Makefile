@@ -64,7 +64,7 @@ deps:
 test: deps
 	bash tests/run-all.sh
 
-# unit tests and the simulator's default budget (10,000 sequences)
+# unit tests and the simulator's default budget (20,000 sequences)
 unit:
 	$(CARGO) test --features sim
 

@@ -2,7 +2,7 @@
 //! watch, kills, interleavings and host events against a modelled host,
 //! with invariants checked after every step.
 //!
-//! `SIM_SEEDS=N` (default 10000) sequences from `SIM_FROM` (default 0);
+//! `SIM_SEEDS=N` (default 20000) sequences from `SIM_FROM` (default 0);
 //! `SIM_SEED=S` replays one seed and prints what each step did.
 // Inside a test module: the crate lints tests_outside_test_module.
 #[cfg(test)]
