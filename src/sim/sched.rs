@@ -71,6 +71,10 @@ pub enum Op {
     /// The administrator logs into target t by hand, then it goes down
     /// (the session is recovering when the next call comes).
     AdminThenDown(usize),
+    /// Spec i's target turns slow, Xen domain d starts on it, the target
+    /// is fast again: with no node record yet, every wait of the add is
+    /// long (what one budget for the add is about).
+    SlowAdd(usize, usize),
     /// The domain running spec i dies without a remove, and the VM runs
     /// on another host, writing the LUN.
     Leak(usize),
@@ -149,6 +153,13 @@ impl fmt::Display for Op {
                     ""
                 }
             ),
+            Op::SlowAdd(d, i) => {
+                write!(
+                    f,
+                    "domain {d} starts on {} while its target is slow",
+                    SPECS[*i]
+                )
+            }
             Op::AdminThenDown(t) => {
                 write!(f, "admin logs into {} by hand; it goes down", [T1, T2][*t])
             }
@@ -275,12 +286,16 @@ fn op(r: &mut Rng, pool: &[usize], focus: bool) -> Op {
         }
     } else if r.below(2) == 0 {
         // Domains' own steps, denser: their stories are longer.
-        100 + r.below(27)
+        match r.below(29) {
+            27..=28 => 128,
+            x => 100 + x,
+        }
     } else {
         r.below(127)
     };
     match x {
         127 => Op::AdminThenDown(r.below(2)),
+        128 => Op::SlowAdd(r.below(2), s),
         124..=126 => Op::TargetSlow(r.below(2), r.below(2) == 0),
         // Two disks of one domain never share a label (a domain listing
         // one label twice is refused only at its second attach: noted).

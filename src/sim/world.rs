@@ -508,6 +508,14 @@ impl World {
                     self.step(&Op::TargetUp(t));
                 }
             }
+            Op::SlowAdd(d, i) => {
+                let target = crate::sim::model::spec_target(&canon(&self.spec(*i)));
+                if let Some(t) = [T1, T2].iter().position(|x| Some(*x) == target.as_deref()) {
+                    self.step(&Op::TargetSlow(t, true));
+                    self.step(&Op::DomAdd(*d, *i));
+                    self.step(&Op::TargetSlow(t, false));
+                }
+            }
             Op::AdminThenDown(t) => {
                 self.step(&Op::AdminLogin(*t));
                 self.step(&Op::TargetDown(*t));
