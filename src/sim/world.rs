@@ -272,6 +272,12 @@ impl World {
         }
     }
 
+    /// Which of the two targets (0, 1) spec `i` names; None for MISSING.
+    fn target_index(&self, i: usize) -> Option<usize> {
+        let target = crate::sim::model::spec_target(&canon(&self.spec(i)))?;
+        [T1, T2].iter().position(|x| *x == target)
+    }
+
     fn root(&self) -> &Path {
         &self.dir.0
     }
@@ -495,10 +501,8 @@ impl World {
                 self.trace.push(op.to_string());
             }
             Op::Outage(i, swap) => {
-                let target = crate::sim::model::spec_target(&canon(&self.spec(*i)));
-                let t = [T1, T2].iter().position(|x| Some(*x) == target.as_deref());
                 let lun = self.disk_of(&canon(&self.spec(*i)));
-                if let Some(t) = t {
+                if let Some(t) = self.target_index(*i) {
                     self.step(&Op::Resync);
                     self.step(&Op::TargetDown(t));
                     self.step(&Op::Write(*i));
@@ -509,8 +513,7 @@ impl World {
                 }
             }
             Op::SlowAdd(d, i) => {
-                let target = crate::sim::model::spec_target(&canon(&self.spec(*i)));
-                if let Some(t) = [T1, T2].iter().position(|x| Some(*x) == target.as_deref()) {
+                if let Some(t) = self.target_index(*i) {
                     self.step(&Op::TargetSlow(t, true));
                     self.step(&Op::DomAdd(*d, *i));
                     self.step(&Op::TargetSlow(t, false));
