@@ -291,6 +291,11 @@ pub struct LocalCopy {
     pub size: Option<u64>,
     /// Set while it holds writes that LUN lacks.
     pub newer: Option<Newer>,
+    /// Set while that LUN may hold data this volume lacks: a copy from the
+    /// iSCSI disk began (or the volume left the array) and was not seen
+    /// to end in sync. Such a volume is never a source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behind: Option<Newer>,
 }
 
 /// A LUN's identity: its address and, once seen, its SCSI wwid.
@@ -327,7 +332,8 @@ impl std::fmt::Display for LunId {
     }
 }
 
-/// Why and since when a local copy holds writes its LUN lacks.
+/// Why and since when a local copy holds writes its LUN lacks (or, as
+/// [`LocalCopy::behind`], lacks writes its LUN holds).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Newer {
     /// Seconds since the epoch when it was recorded.

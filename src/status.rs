@@ -96,6 +96,9 @@ pub struct Report {
     pub unknown_disks: Vec<String>,
     /// Labels whose local leg holds writes the iSCSI disk lacks.
     pub local_newer: Vec<NewerStatus>,
+    /// Labels, not attached now, whose local volume lacks data its LUN
+    /// holds (a copy from the iSCSI disk that did not end).
+    pub local_behind: Vec<NewerStatus>,
     /// Labels whose last attachment was never cleanly detached and that are
     /// not attached now.
     pub unclean: Vec<String>,
@@ -304,6 +307,20 @@ pub fn report(sys: &Sys, store: &Store, durable: &Durable) -> Result<Report, Sta
         reason: n.reason,
         since: n.since,
     }));
+    let local_behind = durable
+        .all_copies()?
+        .into_iter()
+        .filter(|(_, c)| !labels.contains(&c.label))
+        .filter_map(|(_, c)| {
+            let b = c.behind?;
+            Some(NewerStatus {
+                label: c.label,
+                local: c.local.display().to_string(),
+                reason: b.reason,
+                since: b.since,
+            })
+        })
+        .collect();
     let unclean = durable
         .all_open()?
         .into_iter()
@@ -317,6 +334,7 @@ pub fn report(sys: &Sys, store: &Store, durable: &Durable) -> Result<Report, Sta
         unknown_arrays,
         unknown_disks,
         local_newer,
+        local_behind,
         unclean,
     })
 }
@@ -345,6 +363,12 @@ impl Report {
         for n in &self.local_newer {
             s.push_str(&format!(
                 "local leg newer: {} on {} ({}): its next attach resyncs local -> iSCSI\n",
+                n.label, n.local, n.reason
+            ));
+        }
+        for n in &self.local_behind {
+            s.push_str(&format!(
+                "local leg behind: {} on {} ({}): a MISSING target is refused until an attach with its iSCSI leg ends in sync\n",
                 n.label, n.local, n.reason
             ));
         }

@@ -86,6 +86,12 @@ mod tests {
                 reason: "iSCSI leg faulty".into(),
                 since: 1_700_000_000,
             }],
+            local_behind: vec![NewerStatus {
+                label: "other".into(),
+                local: "/dev/vg0/other".into(),
+                reason: "copy from the iSCSI disk not seen to end".into(),
+                since: 1_700_000_000,
+            }],
             unclean: vec!["old".into()],
         }
     }
@@ -101,6 +107,7 @@ mod tests {
             unknown_arrays: Vec::new(),
             unknown_disks: Vec::new(),
             local_newer: Vec::new(),
+            local_behind: Vec::new(),
             unclean: Vec::new(),
             ..full()
         };

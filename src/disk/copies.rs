@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use super::undo::Undo;
-use super::{when, Cause, Engine, NewerConflict, ShrinkConflict, Step};
+use super::{when, BehindConflict, Cause, Engine, NewerConflict, ShrinkConflict, Step};
 use crate::spec::Spec;
 use crate::state::{self, Attachment, LocalCopy, LocalNewer, LunId, Newer, StateError};
 use crate::volume::{self, Volume};
@@ -15,6 +15,9 @@ use crate::volume::{self, Volume};
 /// The reason recorded when the iSCSI leg is MISSING: earlier versions
 /// built such an array from the local volume alone, at its full size.
 const MISSING_REASON: &str = "iSCSI leg MISSING";
+
+/// The reason recorded while the iSCSI disk is copied onto the volume.
+const RESYNC_REASON: &str = "copy from the iSCSI disk not seen to end";
 
 /// A local copy's record as read: its file, with any earlier version's
 /// label-keyed records of the same volume merged in.
@@ -106,6 +109,22 @@ fn newer_conflict(k: &Known, what: String, fix: String) -> Cause {
     }))
 }
 
+/// Refuse making a volume that lacks its LUN's data the disk's copy.
+fn behind_conflict(k: &Known, what: &str) -> (Step, Cause) {
+    let b = k.copy.behind.as_ref().expect("a behind record");
+    (
+        Step::LocalVolume,
+        Cause::LocalIsBehind(Box::new(BehindConflict {
+            label: k.copy.label.clone(),
+            local: k.copy.local.clone(),
+            lun: k.copy.lun.as_ref().map(|l| l.to_string()),
+            record: k.files(),
+            reason: format!("{}, {}", b.reason, when(b.since)),
+            what: what.to_string(),
+        })),
+    )
+}
+
 /// Decide an attach from the records `known`: which copy is the source,
 /// how large the array is, or why it is refused. Refused: this local
 /// volume holds newer data of another LUN; another local volume holds
@@ -141,6 +160,22 @@ pub(super) fn judge(known: &[Known], asked: &Asked<'_>) -> Result<Verdict, (Step
                 ));
             }
             trust_local = true;
+        }
+    }
+    // A volume whose copy from the iSCSI disk never ended holds part of
+    // the disk: neither the VM's only copy nor a source.
+    if let Some(k) = own.as_ref().filter(|k| k.copy.behind.is_some()) {
+        if asked.spec.target.is_none() {
+            return Err(behind_conflict(
+                k,
+                "the MISSING target would make it the VM's only copy",
+            ));
+        }
+        if trust_local {
+            return Err(behind_conflict(
+                k,
+                "it also holds writes the iSCSI disk lacks: neither copy is whole",
+            ));
         }
     }
     // The LUN this attach's data belongs to: the spec's or, with a MISSING
@@ -305,6 +340,7 @@ impl Engine<'_> {
                         // their other arrays had the LUN's size.
                         size: v.filter(|_| n.reason == MISSING_REASON).map(|v| v.size),
                         newer: Some(newer),
+                        behind: None,
                     },
                     stored: None,
                     file: self.durable.copy_path(&id),
@@ -344,6 +380,17 @@ impl Engine<'_> {
             }),
             None => None,
         };
+        // The iSCSI disk overwrites this volume: until seen in sync, it
+        // holds only part of it.
+        let behind = match prior.and_then(|k| k.copy.behind.clone()) {
+            Some(b) => Some(b),
+            None if spec.target.is_some() && !verdict.trust_local => Some(Newer {
+                since: state::now(),
+                reason: RESYNC_REASON.to_string(),
+                spec: spec.to_string(),
+            }),
+            None => None,
+        };
         let copy = LocalCopy {
             local_id: local.id.clone(),
             local: local.path.clone(),
@@ -358,6 +405,7 @@ impl Engine<'_> {
                 .or_else(|| prior.and_then(|k| k.copy.lun.clone())),
             size: verdict.size,
             newer,
+            behind,
         };
         self.durable.set_copy(&copy).map_err(state)?;
         undo.push(Undo::RestoreCopy(
@@ -372,14 +420,8 @@ impl Engine<'_> {
     }
 
     /// Keep the record of an attachment's local copy in line with what its
-    /// legs say: newer (reason) as soon as it holds writes the iSCSI leg
-    /// lacks, not newer once both are in sync (`reason` None). True when
-    /// the record changed.
-    pub(super) fn record_newer(
-        &self,
-        a: &Attachment,
-        reason: Option<&str>,
-    ) -> Result<bool, StateError> {
+    /// legs say (`seen`). True when the record changed.
+    pub(super) fn record_legs(&self, a: &Attachment, seen: Seen<'_>) -> Result<bool, StateError> {
         let Some((m, local)) = a.mirror.as_ref().and_then(|m| Some((m, m.local.clone()?))) else {
             return Ok(false);
         };
@@ -390,8 +432,25 @@ impl Engine<'_> {
             lun: i.lun,
             wwid: i.wwid.clone(),
         });
-        let was_newer = own.as_ref().is_some_and(|k| k.copy.newer.is_some());
-        if was_newer == reason.is_some() {
+        let had = own.as_ref().map(|k| &k.copy);
+        let mark = |was: Option<&Newer>, reason: Option<&str>| {
+            reason.map(|r| match was {
+                Some(n) => n.clone(),
+                None => Newer {
+                    since: state::now(),
+                    reason: r.to_string(),
+                    spec: a.spec.clone(),
+                },
+            })
+        };
+        let was_newer = had.and_then(|c| c.newer.as_ref());
+        let was_behind = had.and_then(|c| c.behind.as_ref());
+        let (newer, behind) = match seen {
+            Seen::InSync => (None, None),
+            Seen::Newer(r) => (mark(was_newer, Some(r)), None),
+            Seen::Behind(r) => (was_newer.cloned(), mark(was_behind, Some(r))),
+        };
+        if newer.is_some() == was_newer.is_some() && behind.is_some() == was_behind.is_some() {
             return Ok(false);
         }
         let mut copy = match &own {
@@ -409,25 +468,35 @@ impl Engine<'_> {
                     .or_else(|| a.iscsi.as_ref().map(|i| i.size))
                     .or_else(|| volume::resolve(&self.sys, &local).ok().map(|v| v.size)),
                 newer: None,
+                behind: None,
             },
         };
         copy.lun = lun.or(copy.lun);
         copy.label = m.label.clone();
         copy.local = local;
         copy.spec = a.spec.clone();
-        copy.newer = reason.map(|r| Newer {
-            since: state::now(),
-            reason: r.to_string(),
-            spec: a.spec.clone(),
-        });
+        let cleared = newer.is_none();
+        copy.newer = newer;
+        copy.behind = behind;
         self.durable.set_copy(&copy)?;
-        if reason.is_none() {
+        if cleared {
             for (_, n) in own.map(|k| k.legacy).unwrap_or_default() {
                 self.durable.clear_newer(&n.label)?;
             }
         }
         Ok(true)
     }
+}
+
+/// What a mirror's legs say about its local copy, for its record.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Seen<'a> {
+    /// Both legs in sync: the volume is a whole, current copy.
+    InSync,
+    /// The local leg holds writes the iSCSI leg lacks (why).
+    Newer(&'a str),
+    /// The local leg lacks data the iSCSI leg holds (what md says).
+    Behind(&'a str),
 }
 
 #[cfg(test)]
@@ -467,6 +536,7 @@ mod tests {
                 reason: "iSCSI leg faulty".into(),
                 spec: format!("lun1@{T}+{label}"),
             }),
+            behind: None,
         };
         Known {
             copy: c.clone(),
@@ -610,6 +680,42 @@ mod tests {
             &asked(&s, Some(&a), Some("w9"), Some(32), false),
         ));
         assert!(e.contains("attach it with LUN 1 of"), "{e}");
+    }
+
+    #[test]
+    fn a_copy_that_lacks_the_luns_data_is_never_the_only_one() {
+        let a = vol("dm:LVM-a", "/dev/vg/a", 32);
+        let mut k = known("dm:LVM-a", "a", Some(lun(1, Some("w1"))), 32, false);
+        k.copy.behind = Some(Newer {
+            since: 0,
+            reason: RESYNC_REASON.into(),
+            spec: format!("lun1@{T}+a"),
+        });
+        // MISSING would hand the VM part of its disk.
+        let s = spec("MISSING+a");
+        let e = refusal(judge(
+            std::slice::from_ref(&k),
+            &asked(&s, Some(&a), None, None, false),
+        ));
+        assert!(
+            e.contains("lacks data the iSCSI disk holds") && e.contains("only copy"),
+            "{e}"
+        );
+        // With its iSCSI leg: the copy goes on, from the LUN.
+        let s = spec(&format!("lun1@{T}+a"));
+        let v = judge(
+            std::slice::from_ref(&k),
+            &asked(&s, Some(&a), Some("w1"), Some(32), false),
+        )
+        .expect("ok");
+        assert!(!v.trust_local);
+        // Newer too (both copies lack something): never a source.
+        k.copy.newer = known("dm:LVM-a", "a", None, 32, true).copy.newer;
+        let e = refusal(judge(
+            &[k],
+            &asked(&s, Some(&a), Some("w1"), Some(32), false),
+        ));
+        assert!(e.contains("neither copy is whole"), "{e}");
     }
 
     #[test]

@@ -131,6 +131,10 @@ pub enum Cause {
     /// attach would not use that volume as its source.
     #[error(transparent)]
     LocalIsNewer(Box<NewerConflict>),
+    /// The local volume lacks data its LUN holds (a copy from the iSCSI
+    /// disk did not end), but this attach would make it the disk's copy.
+    #[error(transparent)]
+    LocalIsBehind(Box<BehindConflict>),
     /// The LUN (or the local volume) is smaller than the disk the VM
     /// already used.
     #[error(transparent)]
@@ -243,6 +247,25 @@ pub struct NewerConflict {
     pub fix: String,
 }
 
+/// An attach that would give a VM, or copy onto its LUN, a local copy
+/// that lacks data.
+#[derive(Debug, thiserror::Error)]
+#[error("the local leg {} of {label} lacks data the iSCSI disk holds ({}recorded in {record}: {reason}); {what}; attach it with its iSCSI leg to finish the copy, or delete that file to use it as it is", local.display(), lun_text(lun))]
+pub struct BehindConflict {
+    /// The label it was last attached under.
+    pub label: String,
+    /// The local volume.
+    pub local: PathBuf,
+    /// The LUN it mirrors, when known.
+    pub lun: Option<String>,
+    /// The record file.
+    pub record: String,
+    /// Why it was recorded, and since when.
+    pub reason: String,
+    /// What this attach would do with it.
+    pub what: String,
+}
+
 fn lun_text(lun: &Option<String>) -> String {
     lun.as_ref().map(|l| format!("{l}; ")).unwrap_or_default()
 }
@@ -294,6 +317,7 @@ impl Cause {
                 | Cause::LunInUse { .. }
                 | Cause::OtherSpec { .. }
                 | Cause::LocalIsNewer(_)
+                | Cause::LocalIsBehind(_)
                 | Cause::OtherDisk { .. }
                 | Cause::DiskTooSmall { .. }
                 | Cause::LocalNotInSync { .. }

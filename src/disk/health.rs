@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use super::array::Expected;
+use super::copies::Seen;
 use super::{Cause, DiskError, Engine, HealOptions, Healed, Health, Step};
 use crate::iscsi::{self, IscsiError};
 use crate::md::{Array, MemberCondition};
@@ -93,20 +94,22 @@ impl Engine<'_> {
     ) -> Result<bool, StateError> {
         match health {
             Health::LocalNewer { reason, .. } => {
-                let changed = self.record_newer(a, Some(reason))?;
+                let changed = self.record_legs(a, Seen::Newer(reason))?;
                 if changed {
                     tracing::warn!(spec = %a.spec, reason, "the local leg now holds writes the iSCSI disk lacks: recorded");
                 }
                 Ok(changed)
             }
             Health::InSync => {
-                let changed = self.record_newer(a, None)?;
+                let changed = self.record_legs(a, Seen::InSync)?;
                 if changed {
-                    tracing::info!(spec = %a.spec, "iSCSI leg back in sync: local-is-newer record cleared");
+                    tracing::info!(spec = %a.spec, "legs in sync: the local copy's record cleared");
                 }
                 Ok(changed)
             }
-            Health::Other(_) => Ok(false),
+            // Without an iSCSI leg there is nothing the local one lacks.
+            Health::Other(_) if a.iscsi.is_none() => Ok(false),
+            Health::Other(state) => self.record_legs(a, Seen::Behind(state)),
         }
     }
 

@@ -45,7 +45,7 @@ mod undo;
 
 pub use budget::{Budget, Limit};
 pub use detach::{DetachOptions, Guard};
-pub use errors::{Cause, DiskError, NewerConflict, ShrinkConflict, Step};
+pub use errors::{BehindConflict, Cause, DiskError, NewerConflict, ShrinkConflict, Step};
 
 /// How to attach.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

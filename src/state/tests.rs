@@ -430,6 +430,7 @@ fn copy() -> LocalCopy {
             reason: "iSCSI leg faulty".into(),
             spec: SPEC.into(),
         }),
+        behind: None,
     }
 }
 

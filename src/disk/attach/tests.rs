@@ -492,6 +492,7 @@ mod simulated {
                         reason: "iSCSI leg faulty".into(),
                         spec: s.to_string(),
                     }),
+                    behind: None,
                 })
                 .expect("record");
         }

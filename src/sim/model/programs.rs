@@ -413,6 +413,13 @@ impl Model {
         let k = self.kname_at(dev)?;
         let size = self.dev(&k).map(|d| self.size_of(&d)).unwrap_or(0);
         if size < self.arrays[&m].size {
+            // md refuses it, but only after the tool's earlier steps ran:
+            // a disk too small is bad input, refused before any change.
+            let d = format!(
+                "md{m} of {} bytes asked to take {dev} of {size}",
+                self.arrays[&m].size
+            );
+            self.violate("a disk too small is refused before anything changes", d);
             return Err((1, format!("mdadm: {dev} not large enough to join array")));
         }
         if self.holder_of(&k).is_some() || self.open_by_vm.contains(&k) {

@@ -223,6 +223,48 @@ fn lab_mirror_missing_legs() {
     data::verify(&lun.backing, 0, 16, 0xabc3);
     data::equal(&lv, &lun.backing, 16).expect("legs equal");
     tool.detach("local-only");
+
+    // A copy from the iSCSI disk cut short leaves a volume that lacks the
+    // LUN's data: never the VM's only copy (a MISSING target), so never
+    // a source over the LUN later. Another host wrote the LUN; the resync
+    // is held slow so that the detach comes before it ends.
+    data::fill(&lun.backing, 0, 16, 0xabc5);
+    let config = |md: &str| format!("[discovery]\nportals = [\"{}\"]\n{md}", t.portal());
+    let slow = Tool::new(&config(
+        "[md]\nsync_speed_min = 100\nsync_speed_max = 200\n",
+    ));
+    slow.attach(&spec);
+    slow.detach("local-only");
+    let tool = Tool::new(&config(""));
+    assert!(
+        data::equal(&lv, &lun.backing, 16).is_err(),
+        "the copy was cut short"
+    );
+    let (_, copy) = copy_record(&lv);
+    assert!(
+        copy["behind"]["reason"].is_string(),
+        "the cut copy is recorded: {copy:#}"
+    );
+    let before = Snapshot::take();
+    let err = tool.attach_fails("MISSING+local-only", 2);
+    assert!(
+        err.contains("lacks data the iSCSI disk holds")
+            && err.contains("attach it with its iSCSI leg to finish the copy"),
+        "{err}"
+    );
+    assert_eq!(Snapshot::take(), before, "a refusal changes nothing");
+    // With its iSCSI leg the copy ends, and the record with it.
+    tool.attach(&spec);
+    Md::by_label("local-only").wait_synced(Duration::from_secs(120));
+    data::verify(&lv, 0, 16, 0xabc5);
+    data::equal(&lv, &lun.backing, 16).expect("legs equal");
+    tool.detach("local-only");
+    let (record, copy) = copy_record(&lv);
+    assert!(copy.get("behind").is_none(), "seen in sync: {copy:#}");
+    let dev = tool.attach("MISSING+local-only");
+    data::verify(&dev, 0, 16, 0xabc5);
+    tool.detach("local-only");
+    std::fs::remove_file(&record).expect("delete the record");
     vg.remove();
     Snapshot::take().assert_clean();
 }
