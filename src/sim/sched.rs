@@ -95,9 +95,9 @@ pub enum Op {
     DomCrash(usize),
     /// `watch` sweeps holders whose domain is gone.
     Sweep,
-    /// The filer serves another disk at LUN i (smaller when the flag is
-    /// set), with another tenant's data: another wwid behind the same
-    /// target and number.
+    /// The filer serves another disk at LUN i, with another tenant's
+    /// data: another wwid behind the same target and number; or, with the
+    /// flag, shrinks the same disk to half.
     ReplaceLun(usize, bool),
     /// The administrator logs into target i by hand.
     AdminLogin(usize),
@@ -167,11 +167,10 @@ impl fmt::Display for Op {
             Op::DomRemove(d) => write!(f, "domain {d} shuts down (xen remove)"),
             Op::DomCrash(d) => write!(f, "domain {d} dies without a remove"),
             Op::Sweep => f.write_str("watch sweeps dead holders"),
-            Op::ReplaceLun(l, small) => write!(
-                f,
-                "the filer serves another tenant's {}disk at LUN #{l}",
-                if *small { "smaller " } else { "" }
-            ),
+            Op::ReplaceLun(l, true) => write!(f, "the filer shrinks LUN #{l} to half its size"),
+            Op::ReplaceLun(l, false) => {
+                write!(f, "the filer serves another tenant's disk at LUN #{l}")
+            }
             Op::EditTable(k) => write!(f, "label table edit #{k}"),
             Op::KillRerun(op, n) => write!(f, "[{op}] killed at point {n}, run again"),
             Op::Kill(op, n) => write!(f, "[{op}] killed at point {n}"),

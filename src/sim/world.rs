@@ -490,12 +490,14 @@ impl World {
                 let n = m.next_write;
                 m.next_write += 1;
                 let lun = &mut m.luns[*l];
-                // Another tenant's disk, with its own data: what a wrong
-                // LUN mapping on the filer serves.
-                lun.wwid = format!("naa.9{n}");
-                lun.data = Data::from([n]);
                 if *small {
+                    // The same disk, shrunk on the filer.
                     lun.size /= 2;
+                } else {
+                    // Another tenant's disk, with its own data: what a
+                    // wrong LUN mapping on the filer serves.
+                    lun.wwid = format!("naa.9{n}");
+                    lun.data = Data::from([n]);
                 }
                 drop(m);
                 self.trace.push(op.to_string());
