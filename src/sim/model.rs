@@ -219,7 +219,7 @@ pub struct Model {
     pub tags: BTreeMap<u64, usize>,
     /// Commands that fail once, by displayed prefix (fault injection).
     pub fail_next: Vec<String>,
-    /// Per local volume: the smallest LUN size it mirrored.
+    /// Per local volume: the smallest disk (array) it was a LUN's mirror of.
     pub paired: BTreeMap<String, u64>,
     /// Per local volume: the LUN (index) it last mirrored.
     pub paired_lun: BTreeMap<String, usize>,
@@ -333,8 +333,10 @@ impl Model {
     pub fn pair(&mut self) {
         let mut pairs = Vec::new();
         for a in self.arrays.values() {
+            // The disk the VM saw: a LUN shrunk later on the filer does
+            // not shrink it.
             let lun = a.members.iter().find_map(|x| match self.dev(&x.kname) {
-                Some(Dev::Scsi(h)) => Some((self.scsi[&h].lun, self.scsi[&h].size)),
+                Some(Dev::Scsi(h)) => Some((self.scsi[&h].lun, a.size)),
                 _ => None,
             });
             let local = a.members.iter().find_map(|x| match self.dev(&x.kname) {

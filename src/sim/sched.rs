@@ -65,9 +65,9 @@ pub enum Op {
     ExternalWrite(usize),
     /// An outage under spec i's mirror: md finishes its recoveries, the
     /// target goes down, the VM writes (the iSCSI leg fails), the filer
-    /// swaps the LUN for another tenant's disk if the flag is set, the
-    /// target comes back.
-    Outage(usize, bool),
+    /// swaps the LUN for another tenant's disk (`Some(false)`) or shrinks
+    /// it (`Some(true)`), the target comes back.
+    Outage(usize, Option<bool>),
     /// The administrator logs into target t by hand, then it goes down
     /// (the session is recovering when the next call comes).
     AdminThenDown(usize),
@@ -143,14 +143,14 @@ impl fmt::Display for Op {
             }
             Op::VirtStop(d) => write!(f, "libvirt vm{d} stops"),
             Op::VirtMigrateIn(d, i) => write!(f, "libvirt vm{d} migrates in on {}", SPECS[*i]),
-            Op::Outage(i, swap) => write!(
+            Op::Outage(i, change) => write!(
                 f,
                 "outage under {}{}",
                 SPECS[*i],
-                if *swap {
-                    ", the filer swaps the LUN"
-                } else {
-                    ""
+                match change {
+                    Some(false) => ", the filer swaps the LUN",
+                    Some(true) => ", the filer shrinks the LUN",
+                    None => "",
                 }
             ),
             Op::SlowAdd(d, i) => {
@@ -309,7 +309,13 @@ fn op(r: &mut Rng, pool: &[usize], focus: bool) -> Op {
         }
         119..=121 => Op::VirtStop(r.below(2)),
         122..=123 => Op::VirtMigrateIn(r.below(2), s),
-        112..=113 => Op::Outage(s, r.below(2) == 0),
+        112..=113 => Op::Outage(
+            s,
+            match r.below(3) {
+                0 => None,
+                n => Some(n == 2),
+            },
+        ),
         114..=115 => Op::Leak(s),
         100..=105 => Op::DomAdd(r.below(2), s),
         106..=108 => Op::DomRemove(r.below(2)),

@@ -502,14 +502,14 @@ impl World {
                 drop(m);
                 self.trace.push(op.to_string());
             }
-            Op::Outage(i, swap) => {
+            Op::Outage(i, change) => {
                 let lun = self.disk_of(&canon(&self.spec(*i)));
                 if let Some(t) = self.target_index(*i) {
                     self.step(&Op::Resync);
                     self.step(&Op::TargetDown(t));
                     self.step(&Op::Write(*i));
-                    if let (true, Some(l)) = (*swap, lun) {
-                        self.step(&Op::ReplaceLun(l, false));
+                    if let (Some(small), Some(l)) = (*change, lun) {
+                        self.step(&Op::ReplaceLun(l, small));
                     }
                     self.step(&Op::TargetUp(t));
                 }
