@@ -491,6 +491,19 @@ pub fn remove_stale_nodes(sys: &Sys, label: &str, kname: &str) -> Result<(), MdE
     Ok(())
 }
 
+/// Remove `/dev/md/LABEL` if it names an array the kernel no longer has
+/// (left by an array stopped without udev, whose call died before it
+/// removed the link), with that array's stale node.
+pub fn remove_dangling_label(sys: &Sys, label: &str) -> Result<(), MdError> {
+    let Some(target) = sys.read_link(label_path(label)) else {
+        return Ok(());
+    };
+    match target.file_name().and_then(|n| n.to_str()) {
+        Some(kname) if kname.starts_with("md") => remove_stale_nodes(sys, label, kname),
+        _ => Ok(()),
+    }
+}
+
 /// Make sure `/dev/md/LABEL` points at `kname` (udev may not name arrays
 /// that carry no metadata).
 pub fn ensure_label_link(sys: &Sys, label: &str, kname: &str) -> Result<(), MdError> {
@@ -682,5 +695,22 @@ mod tests {
         let e = maps_blocks(&state.join("bitmaps")).expect_err("refused");
         assert!(e.to_string().contains("symbolic link"), "{e}");
         assert_eq!(fs::read_dir(&elsewhere).expect("ls").count(), 0);
+    }
+
+    #[test]
+    fn a_label_link_is_removed_only_once_its_array_is_gone() {
+        let d = tempfile::tempdir().expect("tempdir");
+        fs::create_dir_all(d.path().join("dev/md")).expect("mkdir");
+        let link = d.path().join("dev/md/vm1");
+        std::os::unix::fs::symlink("../md127", &link).expect("link");
+        let sys = Sys::new(d.path());
+        fs::create_dir_all(d.path().join("sys/block/md127/md")).expect("mkdir");
+        fs::write(d.path().join("sys/block/md127/md/array_state"), "clean\n").expect("w");
+        remove_dangling_label(&sys, "vm1").expect("kept");
+        assert!(link.symlink_metadata().is_ok(), "md127 still runs");
+        fs::remove_dir_all(d.path().join("sys/block/md127")).expect("stop");
+        remove_dangling_label(&sys, "vm1").expect("removed");
+        assert!(link.symlink_metadata().is_err(), "dangling link removed");
+        remove_dangling_label(&sys, "vm1").expect("nothing to do");
     }
 }

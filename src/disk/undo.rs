@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use super::array::{Expected, Stopping};
 use super::{lun_of, remove_file, Cause, Engine, Step};
 use crate::iscsi;
+use crate::md;
 use crate::state::{Attachment, IscsiLeg, LocalCopy, LocalNewer, OpenRecord};
 
 /// One step back.
@@ -173,7 +174,11 @@ impl Engine<'_> {
                 } => {
                     let kname = kname.clone().or_else(|| self.find_expected(expect));
                     match kname.map(|k| self.stop_begin(&k, expect)) {
-                        None | Some(Ok(None)) => Ok(()),
+                        // Its array is gone; a call that died after
+                        // stopping it may have left its link (no udev).
+                        None => md::remove_dangling_label(&self.sys, &expect.label)
+                            .map_err(|e| (Step::Stop, e.into())),
+                        Some(Ok(None)) => Ok(()),
                         Some(Ok(Some(s))) => {
                             stopping.push(s);
                             bitmap
