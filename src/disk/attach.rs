@@ -264,6 +264,7 @@ impl Engine<'_> {
                     .clone()
                     .filter(|d| self.sys.exists(d) && self.still_ours(&a))
                 {
+                    self.tidy_copy_of(&a).map_err(|e| (Step::State, e.into()))?;
                     tracing::info!(spec = %spec, device = %dev.display(), "already attached");
                     return Ok(dev);
                 }

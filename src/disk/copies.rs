@@ -419,6 +419,15 @@ impl Engine<'_> {
         Ok(())
     }
 
+    /// Remove the temporary file a call killed while writing the record of
+    /// `a`'s local volume left (the record itself stays).
+    pub(super) fn tidy_copy_of(&self, a: &Attachment) -> Result<(), StateError> {
+        match a.mirror.as_ref().and_then(|m| m.local_id.as_ref()) {
+            Some(id) => self.durable.tidy_copy(id),
+            None => Ok(()),
+        }
+    }
+
     /// Keep the record of an attachment's local copy in line with what its
     /// legs say (`seen`). True when the record changed.
     pub(super) fn record_legs(&self, a: &Attachment, seen: Seen<'_>) -> Result<bool, StateError> {

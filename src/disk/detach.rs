@@ -154,12 +154,8 @@ impl Engine<'_> {
                 }
                 None => {}
             }
-            // A call killed while writing the local volume's record left
-            // its temporary file; the record itself stays.
-            if let Some(id) = &m.local_id {
-                if let Err(e) = self.durable.tidy_copy(id) {
-                    return vec![(Step::State, e.into())];
-                }
+            if let Err(e) = self.tidy_copy_of(a) {
+                return vec![(Step::State, e.into())];
             }
         }
         self.run_undo(self.teardown(key, a))

@@ -103,7 +103,7 @@ impl Engine<'_> {
             Health::InSync => {
                 let changed = self.record_legs(a, Seen::InSync)?;
                 if changed {
-                    tracing::info!(spec = %a.spec, "legs in sync: the local copy's record cleared");
+                    tracing::info!(spec = %a.spec, "legs back in sync: the local copy's record cleared");
                 }
                 Ok(changed)
             }
