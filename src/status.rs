@@ -288,18 +288,18 @@ pub fn report(sys: &Sys, store: &Store, durable: &Durable) -> Result<Report, Sta
         .collect();
     // Per local volume, then earlier versions' label-keyed records (honoured
     // until the volume's next attach folds them in).
-    let mut local_newer: Vec<NewerStatus> = durable
-        .all_copies()?
-        .into_iter()
-        .filter_map(|(_, c)| {
-            let n = c.newer?;
-            Some(NewerStatus {
-                label: c.label,
-                local: c.local.display().to_string(),
-                reason: n.reason,
-                since: n.since,
-            })
-        })
+    let copies = durable.all_copies()?;
+    let mark = |c: &crate::state::LocalCopy, m: &crate::state::Newer| NewerStatus {
+        label: c.label.clone(),
+        local: c.local.display().to_string(),
+        reason: m.reason.clone(),
+        since: m.since,
+    };
+    // Per local volume, then earlier versions' label-keyed records (honoured
+    // until the volume's next attach folds them in).
+    let mut local_newer: Vec<NewerStatus> = copies
+        .iter()
+        .filter_map(|(_, c)| Some(mark(c, c.newer.as_ref()?)))
         .collect();
     local_newer.extend(durable.all_newer()?.into_iter().map(|(_, n)| NewerStatus {
         label: n.label,
@@ -307,19 +307,10 @@ pub fn report(sys: &Sys, store: &Store, durable: &Durable) -> Result<Report, Sta
         reason: n.reason,
         since: n.since,
     }));
-    let local_behind = durable
-        .all_copies()?
-        .into_iter()
+    let local_behind = copies
+        .iter()
         .filter(|(_, c)| !labels.contains(&c.label))
-        .filter_map(|(_, c)| {
-            let b = c.behind?;
-            Some(NewerStatus {
-                label: c.label,
-                local: c.local.display().to_string(),
-                reason: b.reason,
-                since: b.since,
-            })
-        })
+        .filter_map(|(_, c)| Some(mark(c, c.behind.as_ref()?)))
         .collect();
     let unclean = durable
         .all_open()?
