@@ -344,6 +344,17 @@ pub struct Newer {
     pub spec: String,
 }
 
+impl Newer {
+    /// Recorded now, for `spec`.
+    pub fn now(reason: &str, spec: &str) -> Newer {
+        Newer {
+            since: now(),
+            reason: reason.to_string(),
+            spec: spec.to_string(),
+        }
+    }
+}
+
 /// The local-is-newer record of earlier versions (`newer/LABEL.json`),
 /// keyed by label: still read and honoured, never written anew.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

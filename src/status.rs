@@ -286,8 +286,6 @@ pub fn report(sys: &Sys, store: &Store, durable: &Durable) -> Result<Report, Sta
         .filter(|d| !used_disks.contains(&d.hctl))
         .map(|d| format!("{} {}", d.hctl, d.block.as_deref().unwrap_or("-")))
         .collect();
-    // Per local volume, then earlier versions' label-keyed records (honoured
-    // until the volume's next attach folds them in).
     let copies = durable.all_copies()?;
     let mark = |c: &crate::state::LocalCopy, m: &crate::state::Newer| NewerStatus {
         label: c.label.clone(),

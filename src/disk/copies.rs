@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use super::undo::Undo;
 use super::{when, BehindConflict, Cause, Engine, NewerConflict, ShrinkConflict, Step};
 use crate::spec::Spec;
-use crate::state::{self, Attachment, LocalCopy, LocalNewer, LunId, Newer, StateError};
+use crate::state::{Attachment, LocalCopy, LocalNewer, LunId, Newer, StateError};
 use crate::volume::{self, Volume};
 
 /// The reason recorded when the iSCSI leg is MISSING: earlier versions
@@ -373,22 +373,16 @@ impl Engine<'_> {
         let prior = verdict.own.as_ref();
         let newer = match prior.and_then(|k| k.copy.newer.clone()) {
             Some(n) => Some(n),
-            None if spec.target.is_none() => Some(Newer {
-                since: state::now(),
-                reason: MISSING_REASON.to_string(),
-                spec: spec.to_string(),
-            }),
+            None if spec.target.is_none() => Some(Newer::now(MISSING_REASON, &spec.to_string())),
             None => None,
         };
         // The iSCSI disk overwrites this volume: until seen in sync, it
         // holds only part of it.
         let behind = match prior.and_then(|k| k.copy.behind.clone()) {
             Some(b) => Some(b),
-            None if spec.target.is_some() && !verdict.trust_local => Some(Newer {
-                since: state::now(),
-                reason: RESYNC_REASON.to_string(),
-                spec: spec.to_string(),
-            }),
+            None if spec.target.is_some() && !verdict.trust_local => {
+                Some(Newer::now(RESYNC_REASON, &spec.to_string()))
+            }
             None => None,
         };
         let copy = LocalCopy {
@@ -442,22 +436,16 @@ impl Engine<'_> {
             wwid: i.wwid.clone(),
         });
         let had = own.as_ref().map(|k| &k.copy);
-        let mark = |was: Option<&Newer>, reason: Option<&str>| {
-            reason.map(|r| match was {
-                Some(n) => n.clone(),
-                None => Newer {
-                    since: state::now(),
-                    reason: r.to_string(),
-                    spec: a.spec.clone(),
-                },
-            })
+        // A mark already set keeps its date and reason.
+        let mark = |was: Option<&Newer>, reason: &str| {
+            was.cloned().unwrap_or_else(|| Newer::now(reason, &a.spec))
         };
         let was_newer = had.and_then(|c| c.newer.as_ref());
         let was_behind = had.and_then(|c| c.behind.as_ref());
         let (newer, behind) = match seen {
             Seen::InSync => (None, None),
-            Seen::Newer(r) => (mark(was_newer, Some(r)), None),
-            Seen::Behind(r) => (was_newer.cloned(), mark(was_behind, Some(r))),
+            Seen::Newer(r) => (Some(mark(was_newer, r)), None),
+            Seen::Behind(r) => (was_newer.cloned(), Some(mark(was_behind, r))),
         };
         if newer.is_some() == was_newer.is_some() && behind.is_some() == was_behind.is_some() {
             return Ok(false);

@@ -8,6 +8,14 @@ use super::{
 };
 use crate::runner::{Arg, Cmd, Output, Program, RunError, Runner};
 
+/// The value after option `k` in `a`.
+fn opt<'a>(a: &[&'a str], k: &str) -> Option<&'a str> {
+    a.iter()
+        .position(|x| *x == k)
+        .and_then(|i| a.get(i + 1))
+        .copied()
+}
+
 impl Model {
     // ---- programs ----
 
@@ -54,14 +62,7 @@ impl Model {
             {
                 25
             }
-            Program::Iscsiadm if a.contains(&"--login") => {
-                let t = a.iter().position(|x| *x == "-T").and_then(|i| a.get(i + 1));
-                if t.is_some_and(|t| slow(t)) {
-                    14
-                } else {
-                    0
-                }
-            }
+            Program::Iscsiadm if a.contains(&"--login") && opt(&a, "-T").is_some_and(slow) => 14,
             _ => 0,
         };
         std::time::Duration::from_secs(secs)
@@ -75,12 +76,7 @@ impl Model {
     }
 
     fn iscsiadm(&mut self, a: &[&str]) -> Result<Output, (i32, String)> {
-        let opt = |k: &str| {
-            a.iter()
-                .position(|x| *x == k)
-                .and_then(|i| a.get(i + 1))
-                .copied()
-        };
+        let opt = |k: &str| opt(a, k);
         match (opt("-m"), a) {
             (Some("discovery"), _) => {
                 let out: String = self
