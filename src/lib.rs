@@ -20,6 +20,7 @@
 #![deny(missing_docs)]
 
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod crash;
 pub mod disk;

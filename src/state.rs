@@ -296,6 +296,12 @@ pub struct LocalCopy {
     /// to end in sync. Such a volume is never a source.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub behind: Option<Newer>,
+    /// The disk's generation ([`crate::cluster`]) this volume held, equal
+    /// to the iSCSI disk, when last detached in sync; cleared by every
+    /// attach that uses it. A zero-copy attach needs it to match the
+    /// disk's record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clean_at: Option<u64>,
 }
 
 /// A LUN's identity: its address and, once seen, its SCSI wwid.

@@ -277,6 +277,26 @@ impl Default for MdTuning {
     }
 }
 
+/// Where the disks' records are kept (`[cluster] store`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ClusterStore {
+    /// On this host, under `state_dir` (`disks/WWID.json`).
+    #[default]
+    Local,
+}
+
+/// `[cluster]`: the disks' records (generation, writer, each host's copy).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cluster {
+    /// Where the records are kept.
+    pub store: ClusterStore,
+    /// This host's name in the records; None: `/etc/machine-id`.
+    pub host_id: Option<String>,
+    /// This host is the only one that ever attaches its disks: with the
+    /// local store, a clean copy may then be trusted (zero-copy attach).
+    pub only_user: bool,
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -294,6 +314,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     /// `[md]`.
     pub md: MdTuning,
+    /// `[cluster]`.
+    pub cluster: Cluster,
     /// `[[chap]]` entries, in file order.
     pub chap: Vec<ChapEntry>,
 }
@@ -308,6 +330,7 @@ impl Default for Config {
             discovery: Discovery::default(),
             timeouts: Timeouts::default(),
             md: MdTuning::default(),
+            cluster: Cluster::default(),
             chap: Vec::new(),
         }
     }

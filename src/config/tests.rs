@@ -131,6 +131,28 @@ fn shipped_example_parses_commented_and_uncommented() {
 }
 
 #[test]
+fn cluster_section() {
+    let c = Config::parse(
+        "[cluster]\nstore = \"local\"\nhost_id = \"host-a\"\nonly_user = true\n",
+        p(),
+    )
+    .expect("valid");
+    assert_eq!(
+        c.cluster,
+        Cluster {
+            store: ClusterStore::Local,
+            host_id: Some("host-a".into()),
+            only_user: true,
+        }
+    );
+    assert!(!Config::default().cluster.only_user);
+    let e = parse_err("[cluster]\nstore = \"etcd3\"\n");
+    assert!(e.contains("2:9: cluster.store = \"etcd3\""), "{e}");
+    let e = parse_err("[cluster]\nhost_id = \"a b\"\n");
+    assert!(e.contains("2:11: cluster.host_id"), "{e}");
+}
+
+#[test]
 fn unknown_key_is_rejected_with_line() {
     assert_eq!(
             parse_err("[timeouts]\nlogin = 5\nlogn = 3\n"),

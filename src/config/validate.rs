@@ -57,7 +57,17 @@ pub(super) struct RawConfig {
     #[serde(default)]
     md: RawMd,
     #[serde(default)]
+    cluster: RawCluster,
+    #[serde(default)]
     chap: Vec<RawChap>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCluster {
+    store: Option<Spanned<String>>,
+    host_id: Option<Spanned<String>>,
+    only_user: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -152,6 +162,7 @@ impl Validator<'_> {
             heal: self.timeout("heal", raw.timeouts.heal, t.heal),
         };
         let md = self.md(raw.md);
+        let cluster = self.cluster(raw.cluster);
         let chap = self.chap(raw.chap);
         Config {
             path: Some(path.to_owned()),
@@ -161,8 +172,42 @@ impl Validator<'_> {
             discovery: Discovery { portals },
             timeouts,
             md,
+            cluster,
             chap,
         }
+    }
+
+    fn cluster(&mut self, raw: RawCluster) -> Cluster {
+        let mut c = Cluster::default();
+        if let Some(s) = raw.store {
+            match s.get_ref().as_str() {
+                "local" => c.store = ClusterStore::Local,
+                other => self.error(
+                    s.span(),
+                    format!("cluster.store = {other:?} (expected \"local\")"),
+                ),
+            }
+        }
+        if let Some(h) = raw.host_id {
+            let ok = !h.get_ref().is_empty()
+                && h.get_ref().len() <= 64
+                && h.get_ref()
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if ok {
+                c.host_id = Some(h.into_inner());
+            } else {
+                self.error(
+                    h.span(),
+                    format!(
+                        "cluster.host_id = {:?} (expected 1 to 64 of A-Z a-z 0-9 - _ .)",
+                        h.get_ref()
+                    ),
+                );
+            }
+        }
+        c.only_user = raw.only_user.unwrap_or(false);
+        c
     }
 
     /// Relative paths are refused: hotplug scripts run from arbitrary

@@ -2,12 +2,13 @@
 //! then the mirror; every step that changes the host pushes its undo.
 //! Attach and the plan walk one list of [`Action`]s ([`steps`]), made once
 //! from the checked inputs: attach takes each, the dry run prints each.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::array::Expected;
 use super::copies::{Asked, Verdict};
 use super::undo::Undo;
 use super::{key_of, lun_of, remove_file, when, AttachOptions, Cause, DiskError, Engine, Step};
+use crate::cluster::Rule;
 use crate::iscsi;
 use crate::labels::{LabelTable, LocalDevice};
 use crate::lock::{file_key, Lock};
@@ -402,6 +403,14 @@ impl Engine<'_> {
                             volume::check_size(v, leg.size).map_err(|e| (Step::Size, e.into()))?;
                         }
                     }
+                    // The disk's next generation; whether the local copy
+                    // joins in sync.
+                    if let Some(l) = &lun {
+                        let joins_now = local_joining(steps).is_some();
+                        let begun =
+                            self.begin_disk(w.spec, l, w.local, joins_now, &verdict, undo)?;
+                        verdict.in_sync = matches!(begun.rule, Some(Rule::ZeroCopy { .. }));
+                    }
                 }
                 Action::Build {
                     label,
@@ -411,7 +420,11 @@ impl Engine<'_> {
                     self.tell_source(w.spec, w.local, w.open, &verdict);
                     let label = label.as_str();
                     let legs = vec![
-                        Leg::Missing,
+                        // Zero-copy: the local leg is known equal.
+                        match local_joining(steps).filter(|_| verdict.in_sync) {
+                            Some(p) => Leg::Normal(p.to_path_buf()),
+                            None => Leg::Missing,
+                        },
                         match leg {
                             Source::Local(p) => Leg::Normal(p.clone()),
                             Source::Iscsi => {
@@ -467,9 +480,13 @@ impl Engine<'_> {
                             expect: expect.clone(),
                             bitmap: Some(self.durable.bitmap(label)),
                         });
-                        let built =
-                            self.mdadm()
-                                .build(label, &legs, bitmap.as_ref(), pin(bitmap.as_ref()));
+                        let built = self.mdadm().build(
+                            label,
+                            &legs,
+                            bitmap.as_ref(),
+                            pin(bitmap.as_ref()),
+                            verdict.in_sync,
+                        );
                         match (built, &bitmap) {
                             (Ok(()), Some(b)) => {
                                 if let Some(m) = att.mirror.as_mut() {
@@ -486,7 +503,7 @@ impl Engine<'_> {
                                 }
                                 remove_file(&b.file).map_err(|e| (Step::Build, e.into()))?;
                                 self.mdadm()
-                                    .build(label, &legs, None, pin(None))
+                                    .build(label, &legs, None, pin(None), verdict.in_sync)
                                     .map_err(|e| (Step::Build, e.into()))?;
                             }
                             (Err(e), None) => return Err((Step::Build, e.into())),
@@ -534,6 +551,11 @@ impl Engine<'_> {
                 // The iSCSI copy is the source: the local leg joins and is
                 // overwritten; or the local copy is: the iSCSI leg joins
                 // write-mostly and is overwritten.
+                // Built in sync with the array (zero-copy).
+                Action::Add {
+                    leg: Source::Local(_),
+                    ..
+                } if verdict.in_sync => {}
                 Action::Add { label, leg } => {
                     let (dev, write_mostly) = match leg {
                         Source::Local(p) => (p, false),
@@ -664,6 +686,17 @@ fn attaching(
             size: None,
         }),
     }
+}
+
+/// The local leg that joins the array right after it is built, if any.
+fn local_joining(steps: &[Action]) -> Option<&Path> {
+    steps.iter().find_map(|s| match s {
+        Action::Add {
+            leg: Source::Local(p),
+            ..
+        } => Some(p.as_path()),
+        _ => None,
+    })
 }
 
 /// The spec's LUN as known before login: its address.

@@ -85,6 +85,9 @@ pub(super) struct Verdict {
     pub size: Option<u64>,
     /// The local volume's record as it was.
     pub own: Option<Known>,
+    /// Both legs are known equal: the array is built in sync (set by the
+    /// disk's record, [`super::generations`]).
+    pub in_sync: bool,
 }
 
 /// What this attach would do to another copy's newer data.
@@ -277,6 +280,7 @@ pub(super) fn judge(known: &[Known], asked: &Asked<'_>) -> Result<Verdict, (Step
         trust_local,
         size: size.map(|s| s / 1024 * 1024),
         own,
+        in_sync: false,
     })
 }
 
@@ -341,6 +345,7 @@ impl Engine<'_> {
                         size: v.filter(|_| n.reason == MISSING_REASON).map(|v| v.size),
                         newer: Some(newer),
                         behind: None,
+                        clean_at: None,
                     },
                     stored: None,
                     file: self.durable.copy_path(&id),
@@ -380,7 +385,7 @@ impl Engine<'_> {
         // holds only part of it.
         let behind = match prior.and_then(|k| k.copy.behind.clone()) {
             Some(b) => Some(b),
-            None if spec.target.is_some() && !verdict.trust_local => {
+            None if spec.target.is_some() && !verdict.trust_local && !verdict.in_sync => {
                 Some(Newer::now(RESYNC_REASON, &spec.to_string()))
             }
             None => None,
@@ -400,6 +405,7 @@ impl Engine<'_> {
             size: verdict.size,
             newer,
             behind,
+            clean_at: None,
         };
         self.durable.set_copy(&copy).map_err(state)?;
         undo.push(Undo::RestoreCopy(
@@ -466,6 +472,7 @@ impl Engine<'_> {
                     .or_else(|| volume::resolve(&self.sys, &local).ok().map(|v| v.size)),
                 newer: None,
                 behind: None,
+                clean_at: None,
             },
         };
         copy.lun = lun.or(copy.lun);
@@ -534,6 +541,7 @@ mod tests {
                 spec: format!("lun1@{T}+{label}"),
             }),
             behind: None,
+            clean_at: None,
         };
         Known {
             copy: c.clone(),

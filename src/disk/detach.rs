@@ -134,11 +134,15 @@ impl Engine<'_> {
     /// died half-way), best effort: every failure is returned. The record
     /// is removed only when all succeeded.
     pub(super) fn detach_recorded(&self, key: &str, a: &Attachment) -> Vec<(Step, Cause)> {
+        // Both legs in sync before the array stops: this host's copy is
+        // the disk at its generation.
+        let mut in_sync = false;
         if let Some(m) = &a.mirror {
             // Before the array goes: does the local leg hold writes the
             // iSCSI disk lacks? Then the record must outlive the array.
             match self.health(a) {
                 Some(h) => {
+                    in_sync = h == Health::InSync && a.iscsi.is_some() && m.local.is_some();
                     if let Err(e) = self.record_health(a, &h) {
                         return vec![(Step::State, e.into())];
                     }
@@ -158,6 +162,10 @@ impl Engine<'_> {
                 return vec![(Step::State, e.into())];
             }
         }
-        self.run_undo(self.teardown(key, a))
+        let errors = self.run_undo(self.teardown(key, a));
+        if errors.is_empty() {
+            self.end_disk(a, in_sync);
+        }
+        errors
     }
 }

@@ -103,6 +103,9 @@ pub enum Cause {
     /// State files.
     #[error(transparent)]
     State(#[from] StateError),
+    /// The disks' records ([`crate::cluster`]).
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     /// An external program.
     #[error(transparent)]
     Run(#[from] RunError),

@@ -39,6 +39,7 @@ mod budget;
 mod copies;
 mod detach;
 mod errors;
+mod generations;
 mod health;
 mod session;
 mod undo;

@@ -4,6 +4,7 @@
 //! attachment's record ([`Engine::teardown`]) and run them forwards. Either
 //! way each step checks what it acts on is still ours, the same logout
 //! rule applies, and a failure is reported without hiding the rest.
+use crate::cluster::Records;
 use std::path::PathBuf;
 
 use super::array::{Expected, Stopping};
@@ -55,6 +56,13 @@ pub(super) enum Undo {
     RestoreNewer(String, Option<LocalNewer>),
     /// Put back a local volume's record as it was.
     RestoreCopy(String, Option<LocalCopy>),
+    /// Put back the disk's record (of `wwid`, which this call wrote at
+    /// revision `read`) as it was: no VM was handed the disk.
+    RestoreDisk {
+        wwid: String,
+        read: u64,
+        prior: Option<crate::cluster::DiskRecord>,
+    },
 }
 
 impl Undo {
@@ -211,6 +219,10 @@ impl Engine<'_> {
                     None => self.durable.clear_copy(id),
                 }
                 .map_err(|e| (Step::State, e.into())),
+                Undo::RestoreDisk { wwid, read, prior } => self
+                    .records()
+                    .swap(wwid, *read, prior.as_ref())
+                    .map_err(|e| (Step::State, e.into())),
             };
             if let Err((step, cause)) = r {
                 tracing::error!(undo = ?u, %step, error = %cause, "undo failed");

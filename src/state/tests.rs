@@ -431,6 +431,7 @@ fn copy() -> LocalCopy {
             spec: SPEC.into(),
         }),
         behind: None,
+        clean_at: None,
     }
 }
 

@@ -85,6 +85,11 @@ impl Engine<'_> {
             }
             Action::Add { label, leg } => vec![match leg {
                 Source::Iscsi => format!("mdadm /dev/md/{label} --add --write-mostly ISCSI_DEV"),
+                // Decided from the disk's record once the LUN's wwid is known.
+                Source::Local(l) if self.config.cluster.only_user => format!(
+                    "mdadm /dev/md/{label} --add {}, unless the disk's record says this copy holds the disk's generation and was detached in sync: then the array above is built from both legs with --assume-clean (zero-copy) and nothing is added",
+                    l.display()
+                ),
                 Source::Local(l) => format!("mdadm /dev/md/{label} --add {}", l.display()),
             }],
             Action::LocalLater { local, deferred } => vec![if *deferred {

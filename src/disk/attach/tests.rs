@@ -493,6 +493,7 @@ mod simulated {
                         spec: s.to_string(),
                     }),
                     behind: None,
+                    clean_at: None,
                 })
                 .expect("record");
         }

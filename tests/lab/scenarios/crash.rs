@@ -4,7 +4,8 @@
 //! the opposite one runs again; the host must end as after an uninterrupted
 //! run, with nothing leaked (sessions, SCSI disks, arrays, /dev/md links,
 //! state files; the local volume's record, `copies/ID.json`, stays by design:
-//! it keeps the size of the disk the VM saw), and with no data lost: before
+//! it keeps the size of the disk the VM saw, and so does the disk's,
+//! `disks/WWID.json`, its generation), and with no data lost: before
 //! each kill the LUN and the local volume hold distinct patterns (or the
 //! array holds a third one written through it); after the rerun the LUN
 //! still holds its own, the local leg holds the same (resynced from the
@@ -163,8 +164,10 @@ impl Rig {
         assert_eq!(Snapshot::take().devices(), self.clean);
         self.kept = state_files();
         assert!(
-            self.kept.len() == 1 && self.kept[0].starts_with("/var/lib/iscsimple/copies/"),
-            "only the local volume's record stays: {:?}",
+            self.kept.len() == 2
+                && self.kept[0].starts_with("/var/lib/iscsimple/copies/")
+                && self.kept[1].starts_with("/var/lib/iscsimple/disks/"),
+            "only the local volume's and the disk's records stay: {:?}",
             self.kept
         );
         for (what, p) in [

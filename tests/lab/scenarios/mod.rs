@@ -5,6 +5,7 @@ mod chap;
 mod crash;
 mod demo;
 mod doctor;
+mod generations;
 mod held;
 mod identity;
 mod lab_fixture;

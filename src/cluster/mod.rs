@@ -1,0 +1,334 @@
+//! The disks' records: which copy of a disk is current, across attaches.
+//!
+//! md writes no metadata on the legs, so what DRBD keeps on disk as
+//! generation identifiers lives here, one record per LUN, keyed by its
+//! wwid: the disk's generation (one more per attach that can write it),
+//! who writes it now, and each host's local copy (the generation it
+//! holds, and whether it was detached in sync). Attach asks [`decide`]
+//! whether this host's copy can join without a copy (zero-copy); every
+//! change is one swap of the whole record against the revision read
+//! ([`Records::swap`]), never a read-then-write.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::lock::{Lock, LockError};
+use crate::state::{self, Naming, StateError, Table};
+
+/// Why a record could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The record file could not be read or written.
+    #[error("disk record: {0}")]
+    State(#[from] StateError),
+    /// The record's lock.
+    #[error("disk record: {0}")]
+    Lock(#[from] LockError),
+    /// The record changed since it was read (another call wrote it).
+    #[error("disk record of {wwid} changed under us (revision {found}, read {read})")]
+    Changed {
+        /// The disk.
+        wwid: String,
+        /// The revision read.
+        read: u64,
+        /// The revision found when writing.
+        found: u64,
+    },
+}
+
+/// One disk's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskRecord {
+    /// The target it was last attached from.
+    pub target: String,
+    /// Its LUN there.
+    pub lun: u32,
+    /// Its SCSI wwid: the key.
+    pub wwid: String,
+    /// One more for every attach that could write the disk.
+    pub generation: u64,
+    /// The host attaching it now, if any.
+    pub writer: Option<Writer>,
+    /// Each host's local copy, by host id.
+    #[serde(default)]
+    pub copies: BTreeMap<String, HostCopy>,
+}
+
+/// The host that has a disk attached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Writer {
+    /// Host id.
+    pub host: String,
+    /// Seconds since the epoch.
+    pub since: u64,
+}
+
+/// A host's local copy of a disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostCopy {
+    /// The disk's generation the copy holds.
+    pub generation: u64,
+    /// Detached with both legs in sync: the copy equals the iSCSI disk
+    /// at that generation.
+    pub clean: bool,
+    /// The local volume's identity (dm UUID).
+    pub local_id: String,
+    /// When this entry was written, seconds since the epoch.
+    pub since: u64,
+}
+
+/// How an attach builds a mirror, and why: the rule [`decide`] applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rule {
+    /// Both legs built in sync (`--assume-clean`): this host's copy is at
+    /// the disk's generation and was detached in sync.
+    ZeroCopy {
+        /// The generation both legs hold.
+        generation: u64,
+    },
+    /// The local leg is overwritten from the iSCSI disk (the seed's rule).
+    FullCopy(Why),
+}
+
+/// Why a full copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Why {
+    /// The local store cannot know another host's writes, and the config
+    /// does not declare this host the disks' only user.
+    NotOnlyUser,
+    /// No record of the disk.
+    NoRecord,
+    /// No copy of this host is recorded.
+    NoCopy,
+    /// The copy recorded is another volume's.
+    OtherVolume,
+    /// The copy is older than the disk.
+    Stale {
+        /// The copy's generation.
+        copy: u64,
+        /// The disk's.
+        disk: u64,
+    },
+    /// The copy was not detached in sync (a crash, a failed leg, a copy
+    /// cut short).
+    NotClean,
+    /// A host is recorded as writing the disk.
+    Writer(String),
+}
+
+impl std::fmt::Display for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rule::ZeroCopy { generation } => write!(
+                f,
+                "zero-copy: the local copy holds generation {generation} of the disk and was detached in sync; both legs built in sync, no resync"
+            ),
+            Rule::FullCopy(why) => {
+                write!(f, "full copy from the iSCSI disk: ")?;
+                match why {
+                    Why::NotOnlyUser => write!(f, "with the local store a copy is trusted only where [cluster] only_user = true"),
+                    Why::NoRecord => write!(f, "no record of this disk"),
+                    Why::NoCopy => write!(f, "no copy of this host recorded"),
+                    Why::OtherVolume => write!(f, "the copy recorded is another volume's"),
+                    Why::Stale { copy, disk } => write!(f, "the local copy holds generation {copy}, the disk is at {disk}"),
+                    Why::NotClean => write!(f, "the local copy was not detached in sync"),
+                    Why::Writer(h) => write!(f, "host {h} is recorded as writing the disk"),
+                }
+            }
+        }
+    }
+}
+
+/// Whether `me`'s copy on volume `local_id` can join without a copy.
+/// `trusted`: the store sees every host's attaches (with the local store,
+/// only when the config says this host is the disks' only user).
+pub fn decide(record: Option<&DiskRecord>, me: &str, local_id: &str, trusted: bool) -> Rule {
+    let full = Rule::FullCopy;
+    if !trusted {
+        return full(Why::NotOnlyUser);
+    }
+    let Some(r) = record else {
+        return full(Why::NoRecord);
+    };
+    if let Some(w) = &r.writer {
+        return full(Why::Writer(w.host.clone()));
+    }
+    let Some(c) = r.copies.get(me) else {
+        return full(Why::NoCopy);
+    };
+    if c.local_id != local_id {
+        return full(Why::OtherVolume);
+    }
+    if c.generation != r.generation {
+        return full(Why::Stale {
+            copy: c.generation,
+            disk: r.generation,
+        });
+    }
+    if !c.clean {
+        return full(Why::NotClean);
+    }
+    Rule::ZeroCopy {
+        generation: r.generation,
+    }
+}
+
+/// The record once `me` attaches the disk: a new generation, `me` its
+/// writer, and `me`'s copy (on `local_id`, if a local leg joins) at that
+/// generation but not clean until a detach sees it in sync.
+pub fn begin(
+    record: Option<&DiskRecord>,
+    lun: (&str, u32, &str),
+    me: &str,
+    local_id: Option<&str>,
+) -> DiskRecord {
+    let (target, n, wwid) = lun;
+    let mut r = record.cloned().unwrap_or_else(|| DiskRecord {
+        target: target.to_string(),
+        lun: n,
+        wwid: wwid.to_string(),
+        generation: 0,
+        writer: None,
+        copies: BTreeMap::new(),
+    });
+    r.target = target.to_string();
+    r.lun = n;
+    r.generation += 1;
+    r.writer = Some(Writer {
+        host: me.to_string(),
+        since: state::now(),
+    });
+    // Without a local leg, this host's copy (if any) stays at its
+    // generation: stale now.
+    if let Some(id) = local_id {
+        r.copies.insert(
+            me.to_string(),
+            HostCopy {
+                generation: r.generation,
+                clean: false,
+                local_id: id.to_string(),
+                since: state::now(),
+            },
+        );
+    }
+    r
+}
+
+/// The record once `me` detached the disk: no writer, and `me`'s copy
+/// clean at the disk's generation when `in_sync` (both legs in sync
+/// when the array stopped).
+pub fn end(record: &DiskRecord, me: &str, in_sync: bool) -> DiskRecord {
+    let mut r = record.clone();
+    if r.writer.as_ref().is_some_and(|w| w.host == me) {
+        r.writer = None;
+    }
+    let generation = r.generation;
+    if let Some(c) = r.copies.get_mut(me) {
+        c.clean = in_sync && c.generation == generation;
+        c.since = state::now();
+    }
+    r
+}
+
+/// Where the records are kept: read with a revision, written by swap.
+pub trait Records: std::fmt::Debug {
+    /// The record of disk `wwid` and its revision (None: no record).
+    fn get(&self, wwid: &str) -> Result<Option<(DiskRecord, u64)>, ClusterError>;
+    /// Write `new` (None: remove) if the record is still at revision
+    /// `read` (0: absent).
+    fn swap(&self, wwid: &str, read: u64, new: Option<&DiskRecord>) -> Result<(), ClusterError>;
+}
+
+/// A record as the local store keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Stored {
+    revision: u64,
+    record: DiskRecord,
+}
+
+/// The local store: `state_dir/disks/WWID.json`, each swap under the
+/// disk's lock.
+#[derive(Debug, Clone)]
+pub struct LocalRecords {
+    table: Table<Stored>,
+    locks: PathBuf,
+    wait: Duration,
+}
+
+impl LocalRecords {
+    /// Records under `state_dir`, their locks in `lock_dir`.
+    pub fn new(state_dir: &Path, lock_dir: &Path, wait: Duration) -> LocalRecords {
+        LocalRecords {
+            table: Table::new(state_dir.join("disks"), Naming::Exact),
+            locks: lock_dir.to_path_buf(),
+            wait,
+        }
+    }
+
+    /// Every record (for `status`).
+    pub fn all(&self) -> Result<Vec<DiskRecord>, ClusterError> {
+        Ok(self
+            .table
+            .list()?
+            .into_iter()
+            .map(|(_, s)| s.record)
+            .collect())
+    }
+}
+
+impl Records for LocalRecords {
+    fn get(&self, wwid: &str) -> Result<Option<(DiskRecord, u64)>, ClusterError> {
+        Ok(self.table.get(wwid)?.map(|s| (s.record, s.revision)))
+    }
+
+    fn swap(&self, wwid: &str, read: u64, new: Option<&DiskRecord>) -> Result<(), ClusterError> {
+        let _lock = Lock::take(
+            &self.locks,
+            &crate::lock::file_key(&format!("disk-{wwid}")),
+            &format!("disk record {wwid}"),
+            self.wait,
+        )?;
+        let found = self.table.get(wwid)?.map_or(0, |s| s.revision);
+        if found != read {
+            return Err(ClusterError::Changed {
+                wwid: wwid.to_string(),
+                read,
+                found,
+            });
+        }
+        match new {
+            Some(r) => self.table.put(
+                wwid,
+                &Stored {
+                    revision: read + 1,
+                    record: r.clone(),
+                },
+            )?,
+            None => self.table.remove(wwid)?,
+        }
+        Ok(())
+    }
+}
+
+/// This host's id: the config's, else `/etc/machine-id`, else the
+/// kernel's hostname.
+pub fn host_id(configured: Option<&str>) -> String {
+    if let Some(h) = configured {
+        return h.to_string();
+    }
+    std::fs::read_to_string("/etc/machine-id")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+#[cfg(test)]
+mod tests;
