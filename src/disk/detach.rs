@@ -162,10 +162,6 @@ impl Engine<'_> {
                 return vec![(Step::State, e.into())];
             }
         }
-        let errors = self.run_undo(self.teardown(key, a));
-        if errors.is_empty() {
-            self.end_disk(a, in_sync);
-        }
-        errors
+        self.run_undo(self.teardown(key, a, in_sync))
     }
 }

@@ -63,13 +63,20 @@ pub(super) enum Undo {
         read: u64,
         prior: Option<crate::cluster::DiskRecord>,
     },
+    /// A clean end of the disk's generation here (see
+    /// [`Engine::end_disk`]): before the attachment is forgotten, so that
+    /// a detach killed while writing it is finished by the next call.
+    EndDisk(Box<Attachment>, bool),
 }
 
 impl Undo {
     /// Steps that describe the end state: done only when every step
     /// before them succeeded.
     fn is_final(&self) -> bool {
-        matches!(self, Undo::RemoveState(_) | Undo::ClearOpen(_))
+        matches!(
+            self,
+            Undo::RemoveState(_) | Undo::ClearOpen(_) | Undo::EndDisk(..)
+        )
     }
 
     /// Steps that would pull a leg from under a running array.
@@ -81,8 +88,10 @@ impl Undo {
 impl Engine<'_> {
     /// What undoes a recorded attachment, in order: stop the array (if
     /// ours), release the LUN (its disk if ours, the session by the logout
-    /// rule), then forget the label's open record and the attachment.
-    pub(super) fn teardown(&self, key: &str, a: &Attachment) -> Vec<Undo> {
+    /// rule), end the disk's generation here (`in_sync`: both legs were in
+    /// sync before the array stopped), then forget the label's open record
+    /// and the attachment.
+    pub(super) fn teardown(&self, key: &str, a: &Attachment, in_sync: bool) -> Vec<Undo> {
         let mut steps = Vec::new();
         if let Some(m) = &a.mirror {
             if let Some(expect) = Expected::of(&self.sys, a) {
@@ -106,6 +115,7 @@ impl Engine<'_> {
                 known: a.iscsi.clone(),
             });
         }
+        steps.push(Undo::EndDisk(Box::new(a.clone()), in_sync));
         if let Some(m) = &a.mirror {
             steps.push(Undo::ClearOpen(m.label.clone()));
         }
@@ -219,6 +229,10 @@ impl Engine<'_> {
                     None => self.durable.clear_copy(id),
                 }
                 .map_err(|e| (Step::State, e.into())),
+                Undo::EndDisk(a, in_sync) => {
+                    self.end_disk(a, *in_sync);
+                    Ok(())
+                }
                 Undo::RestoreDisk { wwid, read, prior } => self
                     .records()
                     .swap(wwid, *read, prior.as_ref())

@@ -504,7 +504,13 @@ fn lab_rollback_keeps_the_session_another_attach_shares() {
 
     tool.detach(B);
     assert!(initiator::sessions(IQN).is_empty(), "B's detach logs out");
-    assert_eq!(state_files(), Vec::<String>::new());
+    // B's disk keeps its record (its generation); A's rollback put its
+    // own disk's record back as it was: none.
+    let kept = state_files();
+    assert!(
+        kept.len() == 1 && kept[0].starts_with("/var/lib/iscsimple/disks/naa."),
+        "only B's disk record stays: {kept:?}"
+    );
     assert_eq!(Snapshot::take().devices(), clean);
     vg.remove();
     Snapshot::take().assert_clean();
