@@ -78,7 +78,7 @@ pub struct SessionStatus {
 }
 
 /// Version of the `status --json` schema.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Everything.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -102,6 +102,75 @@ pub struct Report {
     /// Labels whose last attachment was never cleanly detached and that are
     /// not attached now.
     pub unclean: Vec<String>,
+    /// The disks' store and whether it answers (absent: not asked).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<StoreStatus>,
+    /// The disks' records in it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<DiskStatus>,
+}
+
+/// The disks' store.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct StoreStatus {
+    /// `local (DIR)` or `etcd (ENDPOINTS)`.
+    pub store: String,
+    /// This host's id in the records.
+    pub host: String,
+    /// Why it did not answer; None when it did.
+    pub error: Option<String>,
+}
+
+/// One disk's record.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DiskStatus {
+    /// The LUN's SCSI wwid.
+    pub wwid: String,
+    /// The target it was last attached from.
+    pub target: String,
+    /// Its LUN.
+    pub lun: u32,
+    /// The disk's generation.
+    pub generation: u64,
+    /// The host attaching it now.
+    pub writer: Option<String>,
+    /// The host whose local copy holds writes the iSCSI disk lacks.
+    pub local_newer: Option<String>,
+    /// Each host's local copy.
+    pub copies: Vec<CopyStatus>,
+}
+
+/// A host's local copy of a disk.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct CopyStatus {
+    /// The host.
+    pub host: String,
+    /// The disk's generation it holds.
+    pub generation: u64,
+    /// Detached in sync.
+    pub clean: bool,
+}
+
+impl From<&crate::cluster::DiskRecord> for DiskStatus {
+    fn from(r: &crate::cluster::DiskRecord) -> DiskStatus {
+        DiskStatus {
+            wwid: r.wwid.clone(),
+            target: r.target.clone(),
+            lun: r.lun,
+            generation: r.generation,
+            writer: r.writer.as_ref().map(|w| w.host.clone()),
+            local_newer: r.local_newer.as_ref().map(|w| w.host.clone()),
+            copies: r
+                .copies
+                .iter()
+                .map(|(h, c)| CopyStatus {
+                    host: h.clone(),
+                    generation: c.generation,
+                    clean: c.clean,
+                })
+                .collect(),
+        }
+    }
 }
 
 /// A local-is-newer record.
@@ -325,6 +394,8 @@ pub fn report(sys: &Sys, store: &Store, durable: &Durable) -> Result<Report, Sta
         local_newer,
         local_behind,
         unclean,
+        store: None,
+        disks: Vec::new(),
     })
 }
 
@@ -364,6 +435,49 @@ impl Report {
         for l in &self.unclean {
             s.push_str(&format!(
                 "not detached cleanly: {l} (host crash or killed call)\n"
+            ));
+        }
+        if let Some(st) = &self.store {
+            match &st.error {
+                None => s.push_str(&format!(
+                    "disks' store: {} answers (host {})\n",
+                    st.store, st.host
+                )),
+                Some(e) => s.push_str(&format!(
+                    "disks' store: {} DOES NOT ANSWER: {e}\n",
+                    st.store
+                )),
+            }
+        }
+        for d in &self.disks {
+            let copies: Vec<String> = d
+                .copies
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{}@{}{}",
+                        c.host,
+                        c.generation,
+                        if c.clean { " clean" } else { "" }
+                    )
+                })
+                .collect();
+            s.push_str(&format!(
+                "disk {} (lun{}@{}): generation {}, writer {}{}, copies: {}\n",
+                d.wwid,
+                d.lun,
+                d.target,
+                d.generation,
+                d.writer.as_deref().unwrap_or("none"),
+                d.local_newer
+                    .as_ref()
+                    .map(|h| format!(", local copy newer on {h}"))
+                    .unwrap_or_default(),
+                if copies.is_empty() {
+                    "none".to_string()
+                } else {
+                    copies.join(", ")
+                }
             ));
         }
         s

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 pub use crate::md::MdEvents;
 
+use crate::cluster;
 use crate::disk::{Budget, Cause, DiskError, Engine, HealOptions, Healed, Health};
 use crate::holders::{self, HostLiveness};
 use crate::iscsi::IscsiError;
@@ -46,6 +47,7 @@ pub struct Watch {
     heal_error: HashMap<String, String>,
     stuck: HashMap<String, Stuck>,
     sweep_error: HashMap<String, String>,
+    store_error: Option<String>,
 }
 
 fn describe(h: &Health) -> String {
@@ -92,6 +94,7 @@ impl Watch {
     /// budget (`timeouts.heal`) and a grace.
     pub fn tick(&mut self, engine: &Engine<'static>) {
         self.sweep(engine);
+        self.store(engine);
         let all = match engine.store.all() {
             Ok(a) => a,
             Err(e) => {
@@ -166,6 +169,63 @@ impl Watch {
         self.state.retain(|k, _| seen.contains(k));
         self.heal_error.retain(|k, _| seen.contains(k));
         self.stuck.retain(|k, _| seen.contains(k));
+    }
+
+    /// Keep this host's lease in the disks' store alive (it names this
+    /// host the writer of its disks) and write the detaches' ends the
+    /// store missed. Each change of the store's health is logged once.
+    fn store(&mut self, engine: &Engine<'_>) {
+        let records = engine.records();
+        let me = engine.host();
+        let r = records.keepalive().and_then(|alive| {
+            if !alive {
+                self.renew(engine, &*records, &me)?;
+            }
+            cluster::flush_pending(&*records, &engine.config.state_dir, &me)
+        });
+        match r {
+            Ok(_) => {
+                if self.store_error.take().is_some() {
+                    tracing::info!(store = records.describe(), "the disks' store answers again");
+                }
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if self.store_error.as_ref() != Some(&text) {
+                    tracing::error!(store = records.describe(), error = %e, "the disks' store");
+                    self.store_error = Some(text);
+                }
+            }
+        }
+    }
+
+    /// This host's lease expired (watch stopped, or the store was out of
+    /// reach): take a new one and name it in the records of the disks
+    /// this host still writes. A disk another host took over meanwhile is
+    /// reported, not taken back.
+    fn renew(
+        &self,
+        engine: &Engine<'_>,
+        records: &dyn cluster::Records,
+        me: &str,
+    ) -> Result<(), cluster::ClusterError> {
+        let Some(lease) = records.lease()? else {
+            return Ok(());
+        };
+        tracing::warn!(
+            lease,
+            "this host's lease in the disks' store had expired: renewed"
+        );
+        let all = engine.store.all().unwrap_or_default();
+        for (_, a) in all {
+            let Some(wwid) = a.iscsi.as_ref().and_then(|i| i.wwid.as_deref()) else {
+                continue;
+            };
+            if !cluster::renew_writer(records, wwid, me, lease)? {
+                tracing::error!(spec = %a.spec, wwid, "another host took this disk over while this host's lease was expired: both may have written it (split brain)");
+            }
+        }
+        Ok(())
     }
 
     /// Whether mirror `key` may be looked at: no heal of it is still

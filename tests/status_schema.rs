@@ -93,6 +93,24 @@ mod tests {
                 since: 1_700_000_000,
             }],
             unclean: vec!["old".into()],
+            store: Some(StoreStatus {
+                store: "etcd (http://10.0.0.1:2379)".into(),
+                host: "host-a".into(),
+                error: None,
+            }),
+            disks: vec![DiskStatus {
+                wwid: "naa.1".into(),
+                target: "iqn.2024-01.lab:t".into(),
+                lun: 1,
+                generation: 3,
+                writer: Some("host-a".into()),
+                local_newer: None,
+                copies: vec![CopyStatus {
+                    host: "host-a".into(),
+                    generation: 3,
+                    clean: false,
+                }],
+            }],
         }
     }
 
@@ -109,6 +127,8 @@ mod tests {
             local_newer: Vec::new(),
             local_behind: Vec::new(),
             unclean: Vec::new(),
+            store: None,
+            disks: Vec::new(),
             ..full()
         };
         let v = serde_json::to_value(empty).expect("serialize");
@@ -121,7 +141,7 @@ mod tests {
         let mut v = serde_json::to_value(full()).expect("serialize");
         v["attachments"][0]["legs"][0]["extra"] = Value::Bool(true);
         v["attachments"][1]["phase"] = Value::String("gone".into());
-        v["schema_version"] = Value::from(2);
+        v["schema_version"] = Value::from(3);
         let errs = validate(&s, &v);
         assert_eq!(errs.len(), 3, "{errs:#?}");
         assert!(

@@ -2,6 +2,7 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
+use iscsimple::cluster;
 use iscsimple::state::{Durable, Store};
 use iscsimple::status::{self, Report};
 use iscsimple::sysfs::Sys;
@@ -35,7 +36,27 @@ fn report(config: &iscsimple::config::Config) -> Result<Report, Failure> {
     )
     .map_err(Failure::failed)?;
     name_xen_domains(&mut r);
+    store(config, &mut r);
     Ok(r)
+}
+
+/// The disks' store: whether it answers, and its records.
+fn store(config: &iscsimple::config::Config, r: &mut Report) {
+    let records = cluster::open(
+        config,
+        &Store::new(&config.run_dir).lock_dir(),
+        Duration::from_secs(2),
+    );
+    let (error, disks) = match records.all() {
+        Ok(d) => (None, d.iter().map(status::DiskStatus::from).collect()),
+        Err(e) => (Some(e.to_string()), Vec::new()),
+    };
+    r.store = Some(status::StoreStatus {
+        store: records.describe(),
+        host: cluster::host_id(config.cluster.host_id.as_deref()),
+        error,
+    });
+    r.disks = disks;
 }
 
 /// Xen holders record domain ids; xenstore knows their names while they run.

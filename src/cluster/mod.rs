@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::{ClusterStore, Config};
 use crate::lock::{Lock, LockError};
 use crate::state::{self, Naming, StateError, Table};
 
@@ -26,6 +27,22 @@ pub enum ClusterError {
     /// The record's lock.
     #[error("disk record: {0}")]
     Lock(#[from] LockError),
+    /// No member of the store answered (or none has quorum).
+    #[error("the disks' store does not answer ({endpoints}): {cause}")]
+    Unreachable {
+        /// The endpoints tried.
+        endpoints: String,
+        /// The last member's failure.
+        cause: String,
+    },
+    /// The store answered with an error, or with what is not a record.
+    #[error("the disks' store ({endpoint}): {cause}")]
+    Store {
+        /// Where.
+        endpoint: String,
+        /// What it said.
+        cause: String,
+    },
     /// The record changed since it was read (another call wrote it).
     #[error("disk record of {wwid} changed under us (revision {found}, read {read})")]
     Changed {
@@ -54,6 +71,10 @@ pub struct DiskRecord {
     /// Each host's local copy, by host id.
     #[serde(default)]
     pub copies: BTreeMap<String, HostCopy>,
+    /// A host whose iSCSI leg failed under writes: its local copy holds
+    /// writes the iSCSI disk lacks until it heals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_newer: Option<Writer>,
 }
 
 /// The host that has a disk attached.
@@ -63,6 +84,105 @@ pub struct Writer {
     pub host: String,
     /// Seconds since the epoch.
     pub since: u64,
+    /// Its etcd lease: once expired, the host is taken as gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<u64>,
+}
+
+/// Why this host may not attach a disk now: another host holds it, or
+/// holds data the disk lacks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Conflict {
+    /// Another host attached it and is alive.
+    #[error("host {host} writes disk {wwid} since {} (its lease is alive); detach it there first", when(*.since))]
+    Writer {
+        /// The disk.
+        wwid: String,
+        /// The writer.
+        host: String,
+        /// Since when.
+        since: u64,
+    },
+    /// Another host's local copy holds writes the iSCSI disk lacks.
+    #[error("host {host}'s local copy of disk {wwid} holds writes the iSCSI disk lacks since {} (its iSCSI leg failed under writes): heal there first", when(*.since))]
+    LocalNewer {
+        /// The disk.
+        wwid: String,
+        /// The host with the newer copy.
+        host: String,
+        /// Since when.
+        since: u64,
+    },
+}
+
+/// A date for people: UTC, to the second.
+fn when(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+/// Whether `me` may attach the disk: no other live writer, no other
+/// host's newer copy. `alive` says whether a writer's lease still runs.
+pub fn check(
+    record: Option<&DiskRecord>,
+    me: &str,
+    alive: impl Fn(&Writer) -> bool,
+) -> Result<(), Conflict> {
+    let Some(r) = record else {
+        return Ok(());
+    };
+    if let Some(n) = r.local_newer.as_ref().filter(|n| n.host != me) {
+        return Err(Conflict::LocalNewer {
+            wwid: r.wwid.clone(),
+            host: n.host.clone(),
+            since: n.since,
+        });
+    }
+    match &r.writer {
+        Some(w) if w.host != me && alive(w) => Err(Conflict::Writer {
+            wwid: r.wwid.clone(),
+            host: w.host.clone(),
+            since: w.since,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The record with `me`'s copy marked newer than the iSCSI disk (since
+/// now) or not; None when that is already what it says.
+pub fn mark_newer(record: &DiskRecord, me: &str, newer: bool) -> Option<DiskRecord> {
+    let mine = record.local_newer.as_ref().is_some_and(|n| n.host == me);
+    if mine == newer {
+        return None;
+    }
+    let mut r = record.clone();
+    if newer {
+        r.local_newer = Some(Writer {
+            host: me.to_string(),
+            since: state::now(),
+            lease: None,
+        });
+    } else {
+        r.local_newer = None;
+    }
+    Some(r)
+}
+
+/// A client URL for `endpoints`: `http://HOST:PORT` (a trailing `/`
+/// dropped).
+pub fn endpoint(s: &str) -> Result<String, &'static str> {
+    let Some(rest) = s.strip_prefix("http://") else {
+        return Err("is not an http://HOST:PORT URL (TLS is not supported yet)");
+    };
+    let rest = rest.trim_end_matches('/');
+    let ok = !rest.is_empty()
+        && !rest.contains('/')
+        && rest
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+    if !ok {
+        return Err("is not an http://HOST:PORT URL");
+    }
+    Ok(format!("http://{rest}"))
 }
 
 /// A host's local copy of a disk.
@@ -116,6 +236,8 @@ pub enum Why {
     NotClean,
     /// A host is recorded as writing the disk.
     Writer(String),
+    /// The store did not answer (`on_unreachable = "local"`).
+    Unreachable,
 }
 
 impl std::fmt::Display for Rule {
@@ -135,6 +257,7 @@ impl std::fmt::Display for Rule {
                     Why::Stale { copy, disk } => write!(f, "the local copy holds generation {copy}, the disk is at {disk}"),
                     Why::NotClean => write!(f, "the local copy was not detached in sync"),
                     Why::Writer(h) => write!(f, "host {h} is recorded as writing the disk"),
+                    Why::Unreachable => write!(f, "the disks' store does not answer"),
                 }
             }
         }
@@ -154,6 +277,9 @@ pub fn decide(record: Option<&DiskRecord>, me: &str, local_id: &str, trusted: bo
     };
     if let Some(w) = &r.writer {
         return full(Why::Writer(w.host.clone()));
+    }
+    if r.local_newer.is_some() {
+        return full(Why::NotClean);
     }
     let Some(c) = r.copies.get(me) else {
         return full(Why::NoCopy);
@@ -181,9 +307,10 @@ pub fn decide(record: Option<&DiskRecord>, me: &str, local_id: &str, trusted: bo
 pub fn begin(
     record: Option<&DiskRecord>,
     lun: (&str, u32, &str),
-    me: &str,
+    me: (&str, Option<u64>),
     local_id: Option<&str>,
 ) -> DiskRecord {
+    let (me, lease) = me;
     let (target, n, wwid) = lun;
     let mut r = record.cloned().unwrap_or_else(|| DiskRecord {
         target: target.to_string(),
@@ -192,6 +319,7 @@ pub fn begin(
         generation: 0,
         writer: None,
         copies: BTreeMap::new(),
+        local_newer: None,
     });
     r.target = target.to_string();
     r.lun = n;
@@ -199,6 +327,7 @@ pub fn begin(
     r.writer = Some(Writer {
         host: me.to_string(),
         since: state::now(),
+        lease,
     });
     // Without a local leg, this host's copy (if any) stays at its
     // generation: stale now.
@@ -237,8 +366,123 @@ pub trait Records: std::fmt::Debug {
     /// The record of disk `wwid` and its revision (None: no record).
     fn get(&self, wwid: &str) -> Result<Option<(DiskRecord, u64)>, ClusterError>;
     /// Write `new` (None: remove) if the record is still at revision
-    /// `read` (0: absent).
-    fn swap(&self, wwid: &str, read: u64, new: Option<&DiskRecord>) -> Result<(), ClusterError>;
+    /// `read` (0: absent); the revision written.
+    fn swap(&self, wwid: &str, read: u64, new: Option<&DiskRecord>) -> Result<u64, ClusterError>;
+    /// Whether writer `w` is still alive (its lease runs).
+    fn alive(&self, w: &Writer) -> Result<bool, ClusterError>;
+    /// This host's lease, to name in the records it writes (None: the
+    /// store has no leases).
+    fn lease(&self) -> Result<Option<u64>, ClusterError>;
+    /// Every host's attaches go through this store: a clean copy recorded
+    /// there can be trusted.
+    fn shared(&self) -> bool;
+    /// Every record.
+    fn all(&self) -> Result<Vec<DiskRecord>, ClusterError>;
+    /// Renew this host's lease; false when it had expired.
+    fn keepalive(&self) -> Result<bool, ClusterError> {
+        Ok(true)
+    }
+    /// Where the store is, for people.
+    fn describe(&self) -> String;
+}
+
+/// The store the config names: `lock_dir` and `wait` serve the local
+/// store's locks, `run_dir` keeps this host's etcd lease.
+pub fn open(config: &Config, lock_dir: &Path, wait: Duration) -> Box<dyn Records> {
+    match config.cluster.store {
+        ClusterStore::Local => Box::new(LocalRecords::new(&config.state_dir, lock_dir, wait)),
+        ClusterStore::Etcd => Box::new(EtcdRecords::new(
+            &config.cluster.endpoints,
+            config.cluster.lease_ttl,
+            config.run_dir.join("lease"),
+        )),
+    }
+}
+
+/// A detach's end of a generation that the store did not take (it did
+/// not answer): written when it is back ([`flush_pending`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingEnd {
+    /// The disk.
+    pub wwid: String,
+    /// Both legs were in sync when the array stopped.
+    pub in_sync: bool,
+    /// Seconds since the epoch.
+    pub since: u64,
+}
+
+/// The ends waiting for the store, under `state_dir/disks-pending`.
+pub fn pending(state_dir: &Path) -> Table<PendingEnd> {
+    Table::new(state_dir.join("disks-pending"), Naming::Exact)
+}
+
+/// End the generation of `wwid` for `me` in `records`: no writer, `me`'s
+/// copy clean when `in_sync`. The generation `me`'s copy is clean at,
+/// if it is.
+pub fn end_in(
+    records: &dyn Records,
+    wwid: &str,
+    me: &str,
+    in_sync: bool,
+) -> Result<Option<u64>, ClusterError> {
+    let Some((r, rev)) = records.get(wwid)? else {
+        return Ok(None);
+    };
+    let next = end(&r, me, in_sync);
+    if next != r {
+        records.swap(wwid, rev, Some(&next))?;
+    }
+    Ok(next
+        .copies
+        .get(me)
+        .filter(|c| c.clean)
+        .map(|c| c.generation))
+}
+
+/// Name lease `lease` in the record of `wwid` where `me` is still its
+/// writer (after `me`'s old lease expired). False when another host took
+/// the disk over meanwhile.
+pub fn renew_writer(
+    records: &dyn Records,
+    wwid: &str,
+    me: &str,
+    lease: u64,
+) -> Result<bool, ClusterError> {
+    let Some((mut r, rev)) = records.get(wwid)? else {
+        return Ok(true);
+    };
+    match r.writer.as_mut() {
+        Some(w) if w.host == me => {
+            if w.lease != Some(lease) {
+                w.lease = Some(lease);
+                records.swap(wwid, rev, Some(&r))?;
+            }
+            Ok(true)
+        }
+        Some(_) => Ok(false),
+        None => Ok(true),
+    }
+}
+
+/// Write the ends the store missed; the ones still pending are kept.
+pub fn flush_pending(
+    records: &dyn Records,
+    state_dir: &Path,
+    me: &str,
+) -> Result<usize, ClusterError> {
+    let table = pending(state_dir);
+    let mut done = 0;
+    for (key, p) in table.list()? {
+        end_in(records, &p.wwid, me, p.in_sync)?;
+        table.remove(&key)?;
+        tracing::info!(
+            wwid = p.wwid,
+            in_sync = p.in_sync,
+            "pending disk record written"
+        );
+        done += 1;
+    }
+    Ok(done)
 }
 
 /// A record as the local store keeps it.
@@ -266,9 +510,10 @@ impl LocalRecords {
             wait,
         }
     }
+}
 
-    /// Every record (for `status`).
-    pub fn all(&self) -> Result<Vec<DiskRecord>, ClusterError> {
+impl Records for LocalRecords {
+    fn all(&self) -> Result<Vec<DiskRecord>, ClusterError> {
         Ok(self
             .table
             .list()?
@@ -276,14 +521,28 @@ impl LocalRecords {
             .map(|(_, s)| s.record)
             .collect())
     }
-}
 
-impl Records for LocalRecords {
+    fn alive(&self, _w: &Writer) -> Result<bool, ClusterError> {
+        Ok(true)
+    }
+
+    fn lease(&self) -> Result<Option<u64>, ClusterError> {
+        Ok(None)
+    }
+
+    fn shared(&self) -> bool {
+        false
+    }
+
+    fn describe(&self) -> String {
+        format!("local ({})", self.table.dir().display())
+    }
+
     fn get(&self, wwid: &str) -> Result<Option<(DiskRecord, u64)>, ClusterError> {
         Ok(self.table.get(wwid)?.map(|s| (s.record, s.revision)))
     }
 
-    fn swap(&self, wwid: &str, read: u64, new: Option<&DiskRecord>) -> Result<(), ClusterError> {
+    fn swap(&self, wwid: &str, read: u64, new: Option<&DiskRecord>) -> Result<u64, ClusterError> {
         let _lock = Lock::take(
             &self.locks,
             &crate::lock::file_key(&format!("disk-{wwid}")),
@@ -308,7 +567,7 @@ impl Records for LocalRecords {
             )?,
             None => self.table.remove(wwid)?,
         }
-        Ok(())
+        Ok(if new.is_some() { read + 1 } else { 0 })
     }
 }
 
@@ -329,6 +588,9 @@ pub fn host_id(configured: Option<&str>) -> String {
         })
         .unwrap_or_else(|| "localhost".to_string())
 }
+
+mod etcd;
+pub use etcd::EtcdRecords;
 
 #[cfg(test)]
 mod tests;

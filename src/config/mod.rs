@@ -283,10 +283,24 @@ pub enum ClusterStore {
     /// On this host, under `state_dir` (`disks/WWID.json`).
     #[default]
     Local,
+    /// In etcd (`endpoints`), shared by every host that attaches the disks.
+    Etcd,
+}
+
+/// What an attach of a writable disk does when the store does not answer
+/// (`[cluster] on_unreachable`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnUnreachable {
+    /// Refuse it (exit 1): another host may be writing the disk.
+    #[default]
+    Refuse,
+    /// Attach with what this host knows (a full copy from the iSCSI disk,
+    /// or the local copy where this host recorded it newer).
+    Local,
 }
 
 /// `[cluster]`: the disks' records (generation, writer, each host's copy).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cluster {
     /// Where the records are kept.
     pub store: ClusterStore,
@@ -295,6 +309,26 @@ pub struct Cluster {
     /// This host is the only one that ever attaches its disks: with the
     /// local store, a clean copy may then be trusted (zero-copy attach).
     pub only_user: bool,
+    /// etcd's client URLs (`http://HOST:PORT`), tried in order.
+    pub endpoints: Vec<String>,
+    /// How long this host stays the writer of its disks after `watch`
+    /// last renewed its lease.
+    pub lease_ttl: Duration,
+    /// What an attach does when the store does not answer.
+    pub on_unreachable: OnUnreachable,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Cluster {
+            store: ClusterStore::Local,
+            host_id: None,
+            only_user: false,
+            endpoints: Vec::new(),
+            lease_ttl: Duration::from_secs(20),
+            on_unreachable: OnUnreachable::Refuse,
+        }
+    }
 }
 
 /// The whole configuration.

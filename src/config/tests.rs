@@ -143,8 +143,35 @@ fn cluster_section() {
             store: ClusterStore::Local,
             host_id: Some("host-a".into()),
             only_user: true,
+            ..Cluster::default()
         }
     );
+    let c = Config::parse(
+        "[cluster]\nstore = \"etcd\"\nendpoints = [\"http://10.0.0.1:2379/\", \"http://10.0.0.2:2379\"]\nlease_ttl = 9\non_unreachable = \"local\"\n",
+        p(),
+    )
+    .expect("valid");
+    assert_eq!(c.cluster.store, ClusterStore::Etcd);
+    assert_eq!(
+        c.cluster.endpoints,
+        ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]
+    );
+    assert_eq!(c.cluster.lease_ttl, Duration::from_secs(9));
+    assert_eq!(c.cluster.on_unreachable, OnUnreachable::Local);
+    let e = parse_err("[cluster]\nstore = \"etcd\"\n");
+    assert!(
+        e.contains("2:9: cluster.store = \"etcd\" needs cluster.endpoints"),
+        "{e}"
+    );
+    let e = parse_err("[cluster]\nstore = \"etcd\"\nendpoints = [\"10.0.0.1:2379\"]\n");
+    assert!(
+        e.contains("3:14: cluster.endpoints: \"10.0.0.1:2379\" is not an http://HOST:PORT URL"),
+        "{e}"
+    );
+    let e = parse_err("[cluster]\nlease_ttl = 1\n");
+    assert!(e.contains("2:13: cluster.lease_ttl = 1"), "{e}");
+    let e = parse_err("[cluster]\non_unreachable = \"go\"\n");
+    assert!(e.contains("2:18: cluster.on_unreachable"), "{e}");
     assert!(!Config::default().cluster.only_user);
     let e = parse_err("[cluster]\nstore = \"etcd3\"\n");
     assert!(e.contains("2:9: cluster.store = \"etcd3\""), "{e}");

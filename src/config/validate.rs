@@ -68,6 +68,10 @@ pub(super) struct RawCluster {
     store: Option<Spanned<String>>,
     host_id: Option<Spanned<String>>,
     only_user: Option<bool>,
+    #[serde(default)]
+    endpoints: Vec<Spanned<String>>,
+    lease_ttl: Option<Spanned<u64>>,
+    on_unreachable: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -179,12 +183,50 @@ impl Validator<'_> {
 
     fn cluster(&mut self, raw: RawCluster) -> Cluster {
         let mut c = Cluster::default();
+        let store_span = raw.store.as_ref().map_or(0..0, |s| s.span());
         if let Some(s) = raw.store {
             match s.get_ref().as_str() {
                 "local" => c.store = ClusterStore::Local,
+                "etcd" => c.store = ClusterStore::Etcd,
                 other => self.error(
                     s.span(),
-                    format!("cluster.store = {other:?} (expected \"local\")"),
+                    format!("cluster.store = {other:?} (expected \"local\" or \"etcd\")"),
+                ),
+            }
+        }
+        for e in raw.endpoints {
+            match crate::cluster::endpoint(e.get_ref()) {
+                Ok(url) => c.endpoints.push(url),
+                Err(why) => self.error(
+                    e.span(),
+                    format!("cluster.endpoints: {:?} {why}", e.get_ref()),
+                ),
+            }
+        }
+        if c.store == ClusterStore::Etcd && c.endpoints.is_empty() {
+            self.error(
+                store_span,
+                "cluster.store = \"etcd\" needs cluster.endpoints".to_string(),
+            );
+        }
+        if let Some(t) = raw.lease_ttl {
+            match *t.get_ref() {
+                5..=3600 => c.lease_ttl = Duration::from_secs(*t.get_ref()),
+                v => self.error(
+                    t.span(),
+                    format!("cluster.lease_ttl = {v} (expected 5 to 3600 seconds)"),
+                ),
+            }
+        }
+        if let Some(o) = raw.on_unreachable {
+            match o.get_ref().as_str() {
+                "refuse" => c.on_unreachable = OnUnreachable::Refuse,
+                "local" => c.on_unreachable = OnUnreachable::Local,
+                other => self.error(
+                    o.span(),
+                    format!(
+                        "cluster.on_unreachable = {other:?} (expected \"refuse\" or \"local\")"
+                    ),
                 ),
             }
         }

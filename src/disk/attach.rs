@@ -111,6 +111,7 @@ impl Engine<'_> {
                     ));
                 }
             }
+            self.disk_conflicts(&want.0, spec.lun)?;
         }
         Ok(())
     }

@@ -52,6 +52,8 @@ pub enum Step {
     Find,
     /// Checking that nothing uses what is to be detached.
     InUse,
+    /// The disk's record (generation, writer).
+    Record,
 }
 
 impl fmt::Display for Step {
@@ -75,6 +77,7 @@ impl fmt::Display for Step {
             Step::Logout => "logout",
             Step::Find => "attachment",
             Step::InUse => "in use",
+            Step::Record => "disk record",
         })
     }
 }
@@ -117,6 +120,9 @@ pub enum Cause {
         /// The table.
         table: PathBuf,
     },
+    /// Another host writes the disk, or holds data it lacks.
+    #[error(transparent)]
+    Conflict(#[from] crate::cluster::Conflict),
     /// Both legs MISSING.
     #[error("both legs are MISSING: nothing to attach")]
     BothMissing,
@@ -316,6 +322,7 @@ impl Cause {
                 | Cause::Labels(_)
                 | Cause::UnknownLabel { .. }
                 | Cause::BothMissing
+                | Cause::Conflict(_)
                 | Cause::LabelInUse { .. }
                 | Cause::LunInUse { .. }
                 | Cause::OtherSpec { .. }

@@ -95,6 +95,7 @@ impl Engine<'_> {
         match health {
             Health::LocalNewer { reason, .. } => {
                 let changed = self.record_legs(a, Seen::Newer(reason))?;
+                self.record_disk_newer(a, true);
                 if changed {
                     tracing::warn!(spec = %a.spec, reason, "the local leg now holds writes the iSCSI disk lacks: recorded");
                 }
@@ -102,6 +103,7 @@ impl Engine<'_> {
             }
             Health::InSync => {
                 let changed = self.record_legs(a, Seen::InSync)?;
+                self.record_disk_newer(a, false);
                 if changed {
                     tracing::info!(spec = %a.spec, "legs back in sync: the local copy's record cleared");
                 }

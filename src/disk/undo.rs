@@ -4,7 +4,6 @@
 //! attachment's record ([`Engine::teardown`]) and run them forwards. Either
 //! way each step checks what it acts on is still ours, the same logout
 //! rule applies, and a failure is reported without hiding the rest.
-use crate::cluster::Records;
 use std::path::PathBuf;
 
 use super::array::{Expected, Stopping};
@@ -236,7 +235,8 @@ impl Engine<'_> {
                 Undo::RestoreDisk { wwid, read, prior } => self
                     .records()
                     .swap(wwid, *read, prior.as_ref())
-                    .map_err(|e| (Step::State, e.into())),
+                    .map(|_| ())
+                    .map_err(|e| (Step::Record, e.into())),
             };
             if let Err((step, cause)) = r {
                 tracing::error!(undo = ?u, %step, error = %cause, "undo failed");

@@ -72,7 +72,7 @@ impl Finding {
 }
 
 /// Every check, in the order they run.
-pub const CHECKS: [&str; 10] = [
+pub const CHECKS: [&str; 11] = [
     "config",
     "label-table",
     "iscsid",
@@ -83,6 +83,7 @@ pub const CHECKS: [&str; 10] = [
     "duplicate-uuids",
     "xen-hook",
     "libvirt-hook",
+    "disks-store",
 ];
 
 /// What the checks look at.
@@ -115,6 +116,7 @@ impl Doctor<'_> {
                 "duplicate-uuids" => self.duplicate_uuids(&config),
                 "xen-hook" => host::xen_hook(self),
                 "libvirt-hook" => host::libvirt_hook(self),
+                "disks-store" => disks_store(&config),
                 _ => unreachable!("CHECKS lists only these"),
             });
         }
@@ -520,6 +522,53 @@ impl Doctor<'_> {
 type Holding = (String, String, &'static str);
 
 /// The command in a config message's "; run CMD" tail, else an edit.
+/// The disks' store answers (etcd: every attach of a writable disk needs
+/// it, unless `on_unreachable = "local"`).
+fn disks_store(config: &Config) -> Finding {
+    const C: &str = "disks-store";
+    if config.cluster.store == crate::config::ClusterStore::Local {
+        return Finding::ok(
+            C,
+            "local store: only this host's attaches are recorded (zero-copy re-attach needs [cluster] only_user = true)",
+        );
+    }
+    let records = crate::cluster::open(
+        config,
+        &config.run_dir.join("locks"),
+        std::time::Duration::from_secs(2),
+    );
+    match records.all() {
+        Ok(d) => Finding::ok(
+            C,
+            format!(
+                "{} answers: {} disk record(s), this host is {}",
+                records.describe(),
+                d.len(),
+                crate::cluster::host_id(config.cluster.host_id.as_deref())
+            ),
+        ),
+        Err(e) => {
+            let file = config.path.as_ref().map_or_else(
+                || crate::config::DEFAULT_CONFIG_PATH.to_string(),
+                |p| p.display().to_string(),
+            );
+            let then = match config.cluster.on_unreachable {
+                crate::config::OnUnreachable::Refuse => "until it answers, attaches of writable disks are refused",
+                crate::config::OnUnreachable::Local => "until it answers, attaches go on with this host's knowledge alone (on_unreachable = \"local\")",
+            };
+            Finding::fail(
+                C,
+                vec![e.to_string(), then.to_string()],
+                vec![
+                    "start etcd on a quorum of its members (systemctl start etcd on each)"
+                        .to_string(),
+                    format!("in {file}: [cluster] endpoints = the members' client URLs"),
+                ],
+            )
+        }
+    }
+}
+
 fn fix_for(problem: &str, file: &str) -> String {
     match problem.split_once("; run ") {
         Some((_, cmd)) => cmd.split(" or ").next().unwrap_or(cmd).to_string(),

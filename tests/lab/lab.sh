@@ -32,6 +32,13 @@
 # scenario; its log holds boot 1's console then boot 2's. The disk is removed
 # when the scenario passes and kept for inspection when it fails.
 #
+# A scenario whose name contains _etcd gets Debian's etcd server (etcd-server
+# 3.4, /usr/bin/etcd: a 21 MB Go binary linked to libc only) as /lab/etcd, to
+# run a real cluster with tests/lab/fixture/etcd.rs. It is not in the base
+# image (few scenarios need it): lab.sh installs etcd-server on this host when
+# such a scenario is selected (not build.sh, so the image and its stamp stay
+# as they are) and keeps the host's own etcd service disabled and stopped.
+#
 # LAB_FLAVOR=xen runs the xen_* scenarios in the dom0 of a real Xen booted in
 # the VM (image from build-xen.sh; LAB_PREFIX defaults to xen_, LAB_MEM to
 # 2048, LAB_TIMEOUT to 900; logs in target/lab/xen/logs). The plain flavour
@@ -254,6 +261,20 @@ for s in "${scenarios[@]}"; do
         break;;
     esac
 done
+# *_etcd* scenarios get /usr/bin/etcd (etcd-server, installed here on demand;
+# the host never runs the etcd service it brings)
+for s in "${scenarios[@]}"; do
+    case "$s" in *_etcd*)
+        if [ ! -x /usr/bin/etcd ]; then
+            echo "lab: installing etcd-server on this host" >&2
+            apt_etcd() { DEBIAN_FRONTEND=noninteractive apt-get -y -q -o DPkg::Lock::Timeout=600 "$@" >&2; }
+            apt_etcd install --no-remove etcd-server || { apt_etcd update && apt_etcd install --no-remove etcd-server; } \
+                || { echo "lab: cannot install etcd-server"; echo "0 passed, 1 failed"; exit 1; }
+        fi
+        systemctl disable --now etcd >/dev/null 2>&1 || true
+        break;;
+    esac
+done
 echo "lab: ${#scenarios[@]} $LAB_FLAVOR scenario(s), image $LAB_CACHE, $(( $(date +%s) - t0 ))s of preparation" >&2
 
 disk_of() {   # disk_of NAME -> the persistent disk of _reboot scenario NAME (no colons for qemu)
@@ -273,6 +294,7 @@ boot() {      # boot NAME LOG HOSTLOG [VAR=VALUE...] -> one VM running scenario 
     local files=("$OUT/bin/iscsimple" "$OUT/bin/lab-tests")
     case "$name" in *_deb_*) files+=("$OUT/bin/iscsimple.deb");; esac
     case "$name" in *lab_doctor_*) files+=("$OUT/bin/doctor-tools/e2fsck" "$OUT/bin/doctor-tools/tune2fs");; esac
+    case "$name" in *_etcd*) files+=(/usr/bin/etcd);; esac
     # shellcheck disable=SC2086  # LAB_FILES is a blank-separated list
     env "$@" LAB_TEST="$name" LOG="$log" TIMEOUT="$timeout" MEM="$mem" QEMU_EXTRA="$extra" \
         bash "$HERE/run.sh" "$HERE/guest-run.sh" "${files[@]}" ${LAB_FILES:-} \

@@ -2,9 +2,11 @@
 mod attach;
 mod bench;
 mod chap;
+mod cluster;
 mod crash;
 mod demo;
 mod doctor;
+mod etcd;
 mod generations;
 mod held;
 mod identity;
