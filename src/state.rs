@@ -195,6 +195,12 @@ impl Store {
         self.attachments.get(key)
     }
 
+    /// Remove the temporary file a call killed while writing the record
+    /// under `key` left (the record stays). Under the key's lock.
+    pub fn tidy(&self, key: &str) -> Result<(), StateError> {
+        self.attachments.tidy(key)
+    }
+
     /// Forget the attachment under `key`.
     pub fn remove(&self, key: &str) -> Result<(), StateError> {
         self.attachments.remove(key)

@@ -136,6 +136,11 @@ pub struct DiskStatus {
     pub writer: Option<String>,
     /// The host whose local copy holds writes the iSCSI disk lacks.
     pub local_newer: Option<String>,
+    /// A migration's destination, the writer once the writer releases it.
+    pub handover: Option<String>,
+    /// A split brain: the host whose local copy diverged from the iSCSI
+    /// disk (`iscsimple resolve` there).
+    pub split: Option<String>,
     /// Each host's local copy.
     pub copies: Vec<CopyStatus>,
 }
@@ -160,6 +165,8 @@ impl From<&crate::cluster::DiskRecord> for DiskStatus {
             generation: r.generation,
             writer: r.writer.as_ref().map(|w| w.host.clone()),
             local_newer: r.local_newer.as_ref().map(|w| w.host.clone()),
+            handover: r.handover.as_ref().map(|h| h.to.clone()),
+            split: r.split.as_ref().map(|x| x.local.clone()),
             copies: r
                 .copies
                 .iter()
@@ -472,7 +479,17 @@ impl Report {
                 d.local_newer
                     .as_ref()
                     .map(|h| format!(", local copy newer on {h}"))
-                    .unwrap_or_default(),
+                    .unwrap_or_default()
+                    + &d.handover
+                        .as_ref()
+                        .map(|h| format!(", handed over to {h} at its release"))
+                        .unwrap_or_default()
+                    + &d.split
+                        .as_ref()
+                        .map(|h| format!(
+                            ", SPLIT BRAIN: {h}'s local copy diverged (iscsimple resolve there)"
+                        ))
+                        .unwrap_or_default(),
                 if copies.is_empty() {
                     "none".to_string()
                 } else {

@@ -94,7 +94,6 @@ impl Watch {
     /// budget (`timeouts.heal`) and a grace.
     pub fn tick(&mut self, engine: &Engine<'static>) {
         self.sweep(engine);
-        self.store(engine);
         let all = match engine.store.all() {
             Ok(a) => a,
             Err(e) => {
@@ -169,6 +168,9 @@ impl Watch {
         self.state.retain(|k, _| seen.contains(k));
         self.heal_error.retain(|k, _| seen.contains(k));
         self.stuck.retain(|k, _| seen.contains(k));
+        // After the mirrors: a store that does not answer holds a look up
+        // for seconds, and the local records come first.
+        self.store(engine);
     }
 
     /// Keep this host's lease in the disks' store alive (it names this
@@ -183,6 +185,9 @@ impl Watch {
             }
             cluster::flush_pending(&*records, &engine.config.state_dir, &me)
         });
+        if r.is_ok() {
+            engine.keep_fenced();
+        }
         match r {
             Ok(_) => {
                 if self.store_error.take().is_some() {

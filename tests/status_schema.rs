@@ -105,6 +105,8 @@ mod tests {
                 generation: 3,
                 writer: Some("host-a".into()),
                 local_newer: None,
+                handover: Some("host-b".into()),
+                split: Some("host-a".into()),
                 copies: vec![CopyStatus {
                     host: "host-a".into(),
                     generation: 3,

@@ -26,6 +26,7 @@ pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
     let engine = setup.engine();
     let opts = iscsimple::disk::AttachOptions {
         defer_local: args.defer_local,
+        incoming: args.defer_local,
         ..Default::default()
     };
     if args.dry_run {

@@ -20,6 +20,7 @@ mod join;
 mod libvirt_hook;
 mod logging;
 mod parse;
+mod resolve;
 mod status;
 mod watch;
 mod xen;
@@ -60,6 +61,8 @@ pub(crate) enum Command {
     Status(status::Args),
     /// Re-add a mirror's failed iSCSI leg once its session is back (full resync local → iSCSI).
     Heal(heal::Args),
+    /// Settle a disk's split brain (both copies written while apart), on the host whose copy diverged.
+    Resolve(resolve::Args),
     /// Watch the mirrors: record the moment an iSCSI leg fails, heal it when its session is back, log each change.
     Watch(watch::Args),
     /// Let a mirror's deferred local leg join (after an incoming migration).
@@ -194,6 +197,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Xen(args) => xen::run(args, config),
         Command::Join(args) => join::run(args, config),
         Command::Heal(args) => heal::run(args, config),
+        Command::Resolve(args) => resolve::run(args, config),
         Command::Watch(args) => watch::run(args, config),
         Command::LibvirtHook(args) => libvirt_hook::run(args, config),
         Command::GenerateAssets(args) => assets::run(args),

@@ -27,8 +27,12 @@ const PREFIX: &str = "iscsimple/disks/";
 /// is asked instead.
 const REQUEST: Duration = Duration::from_secs(3);
 
-/// Longest wait for the store as a whole, every member tried.
-const TOTAL: Duration = Duration::from_secs(6);
+/// Longest wait for the store as a whole, every member tried, again
+/// every [`RETRY`].
+const TOTAL: Duration = Duration::from_secs(8);
+
+/// Pause between rounds over the members.
+const RETRY: Duration = Duration::from_millis(500);
 
 /// After the store did not answer, how long this process takes it as
 /// down without asking again: a detach asks it twice, within the 40 s
@@ -155,32 +159,37 @@ impl EtcdRecords {
     fn post_now<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T, ClusterError> {
         let start = Instant::now();
         let mut last = String::from("no endpoint");
-        for ep in &self.endpoints {
-            if start.elapsed() >= TOTAL {
-                break;
-            }
-            let url = format!("{ep}{path}");
-            match self.agent.post(&url).send_json(body) {
-                Ok(r) => {
-                    return r.into_json().map_err(|e| ClusterError::Store {
-                        endpoint: ep.clone(),
-                        cause: e.to_string(),
-                    })
+        // Every member in turn, again after a pause while the time lasts:
+        // a cluster electing a leader answers 503 for a few seconds.
+        while start.elapsed() < TOTAL {
+            for ep in &self.endpoints {
+                if start.elapsed() >= TOTAL {
+                    break;
                 }
-                // 503 and timeouts: this member has no quorum or is
-                // shutting down; another may.
-                Err(ureq::Error::Status(code, r)) => {
-                    let text = r.into_string().unwrap_or_default();
-                    last = format!("{ep}: HTTP {code} {}", text.trim());
-                    if code < 500 {
-                        return Err(ClusterError::Store {
+                let url = format!("{ep}{path}");
+                match self.agent.post(&url).send_json(body) {
+                    Ok(r) => {
+                        return r.into_json().map_err(|e| ClusterError::Store {
                             endpoint: ep.clone(),
-                            cause: format!("HTTP {code} {}", text.trim()),
-                        });
+                            cause: e.to_string(),
+                        })
                     }
+                    // 503 and timeouts: this member has no quorum, or no
+                    // leader yet; another may.
+                    Err(ureq::Error::Status(code, r)) => {
+                        let text = r.into_string().unwrap_or_default();
+                        last = format!("{ep}: HTTP {code} {}", text.trim());
+                        if code < 500 {
+                            return Err(ClusterError::Store {
+                                endpoint: ep.clone(),
+                                cause: format!("HTTP {code} {}", text.trim()),
+                            });
+                        }
+                    }
+                    Err(ureq::Error::Transport(t)) => last = format!("{ep}: {t}"),
                 }
-                Err(ureq::Error::Transport(t)) => last = format!("{ep}: {t}"),
             }
+            std::thread::sleep(RETRY.min(TOTAL.saturating_sub(start.elapsed())));
         }
         Err(ClusterError::Unreachable {
             endpoints: self.endpoints.join(","),

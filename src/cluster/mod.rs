@@ -75,6 +75,51 @@ pub struct DiskRecord {
     /// writes the iSCSI disk lacks until it heals.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_newer: Option<Writer>,
+    /// A migration under way: the writer moves to `to` when the source
+    /// (the writer now) releases the disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handover: Option<Handover>,
+    /// Both copies written while apart: nothing is resynced either way
+    /// until a person settles it ([`resolve`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<Split>,
+}
+
+/// A split brain: `local`'s local copy holds writes the iSCSI disk lacks,
+/// and the iSCSI disk holds writes of a later generation (`other`'s).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Split {
+    /// The host with the diverging local copy.
+    pub local: String,
+    /// The host that wrote the iSCSI disk meanwhile (its writer then).
+    pub other: String,
+    /// Seconds since the epoch.
+    pub since: u64,
+}
+
+/// Which copy a person keeps after a split brain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// The diverging host's local copy: its next attach copies it onto
+    /// the iSCSI disk (the other host's writes are lost).
+    Local,
+    /// The iSCSI disk: the local copy's writes are lost, its next attach
+    /// copies the iSCSI disk over it.
+    Iscsi,
+}
+
+/// A migration's handover of a disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handover {
+    /// The source: the writer until it releases.
+    pub from: String,
+    /// The destination.
+    pub to: String,
+    /// Seconds since the epoch.
+    pub since: u64,
+    /// The destination's lease, named in the record once it writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<u64>,
 }
 
 /// The host that has a disk attached.
@@ -103,6 +148,29 @@ pub enum Conflict {
         /// Since when.
         since: u64,
     },
+    /// A migration from a host whose local copy holds writes the iSCSI
+    /// disk lacks: the VM would start here on a stale copy.
+    #[error("migration of disk {wwid} refused: host {host}'s local copy holds writes the iSCSI disk lacks since {} (its iSCSI leg failed under writes), and the VM would start here without them; it keeps running there: heal there first, then migrate", when(*.since))]
+    Migration {
+        /// The disk.
+        wwid: String,
+        /// The source host.
+        host: String,
+        /// Since when.
+        since: u64,
+    },
+    /// Both copies were written while apart.
+    #[error("disk {wwid}: split brain since {}: host {local}'s local copy and the iSCSI disk (written by host {other}) were both written while apart; nothing is resynced either way until `iscsimple resolve {wwid} --keep local` (on {local}: its copy wins) or `--keep iscsi` (the iSCSI disk wins)", when(*.since))]
+    SplitBrain {
+        /// The disk.
+        wwid: String,
+        /// The host with the diverging local copy.
+        local: String,
+        /// The host that wrote the iSCSI disk.
+        other: String,
+        /// Since when.
+        since: u64,
+    },
     /// Another host's local copy holds writes the iSCSI disk lacks.
     #[error("host {host}'s local copy of disk {wwid} holds writes the iSCSI disk lacks since {} (its iSCSI leg failed under writes): heal there first", when(*.since))]
     LocalNewer {
@@ -120,31 +188,84 @@ fn when(secs: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 
-/// Whether `me` may attach the disk: no other live writer, no other
-/// host's newer copy. `alive` says whether a writer's lease still runs.
+/// How `me` may attach a disk, by its record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Access {
+    /// As its writer (no other live writer).
+    Write,
+    /// As a migration's destination: the live writer `from` keeps the
+    /// disk until it releases it.
+    Handover {
+        /// The source.
+        from: String,
+    },
+}
+
+/// Whether `me` may attach the disk: no other host's newer copy, and no
+/// other live writer unless this is a migration's destination
+/// (`incoming`). `alive` says whether a writer's lease still runs.
 pub fn check(
     record: Option<&DiskRecord>,
     me: &str,
+    incoming: bool,
     alive: impl Fn(&Writer) -> bool,
-) -> Result<(), Conflict> {
+) -> Result<Access, Conflict> {
     let Some(r) = record else {
-        return Ok(());
+        return Ok(Access::Write);
     };
-    if let Some(n) = r.local_newer.as_ref().filter(|n| n.host != me) {
-        return Err(Conflict::LocalNewer {
+    if let Some(x) = &r.split {
+        return Err(Conflict::SplitBrain {
             wwid: r.wwid.clone(),
-            host: n.host.clone(),
-            since: n.since,
+            local: x.local.clone(),
+            other: x.other.clone(),
+            since: x.since,
+        });
+    }
+    if let Some(n) = r.local_newer.as_ref().filter(|n| n.host != me) {
+        let (wwid, host, since) = (r.wwid.clone(), n.host.clone(), n.since);
+        return Err(if incoming {
+            Conflict::Migration { wwid, host, since }
+        } else {
+            Conflict::LocalNewer { wwid, host, since }
         });
     }
     match &r.writer {
-        Some(w) if w.host != me && alive(w) => Err(Conflict::Writer {
-            wwid: r.wwid.clone(),
-            host: w.host.clone(),
-            since: w.since,
-        }),
-        _ => Ok(()),
+        Some(w) if w.host != me && alive(w) => {
+            // A second destination, while one handover is under way, is
+            // refused as any other attach is.
+            let other = r.handover.as_ref().is_some_and(|h| h.to != me);
+            if incoming && !other {
+                Ok(Access::Handover {
+                    from: w.host.clone(),
+                })
+            } else {
+                Err(Conflict::Writer {
+                    wwid: r.wwid.clone(),
+                    host: w.host.clone(),
+                    since: w.since,
+                })
+            }
+        }
+        _ => Ok(Access::Write),
     }
+}
+
+/// The record once `me` (with `lease`) asked for the disk as a migration's
+/// destination: the writer stays, and moves to `me` when it releases.
+pub fn hand_over(record: &DiskRecord, me: &str, lease: Option<u64>) -> DiskRecord {
+    let mut r = record.clone();
+    let from = r
+        .writer
+        .as_ref()
+        .map(|w| w.host.clone())
+        .unwrap_or_default();
+    r.handover = Some(Handover {
+        from,
+        to: me.to_string(),
+        since: state::now(),
+        lease,
+    });
+    r
 }
 
 /// The record with `me`'s copy marked newer than the iSCSI disk (since
@@ -161,10 +282,54 @@ pub fn mark_newer(record: &DiskRecord, me: &str, newer: bool) -> Option<DiskReco
             since: state::now(),
             lease: None,
         });
+        // The disk moved on without this copy: another host took it over
+        // (this host's lease expired) and wrote a later generation.
+        let behind = r
+            .copies
+            .get(me)
+            .is_some_and(|c| c.generation < r.generation);
+        let other = match r.writer.as_ref() {
+            Some(w) if w.host != me => Some(w.host.clone()),
+            w if behind => Some(w.map_or_else(|| "(unknown)".to_string(), |w| w.host.clone())),
+            _ => None,
+        };
+        if let (Some(other), None) = (other, &r.split) {
+            r.split = Some(Split {
+                local: me.to_string(),
+                other,
+                since: state::now(),
+            });
+        }
     } else {
         r.local_newer = None;
     }
     Some(r)
+}
+
+/// The record once a person settled its split brain, keeping `keep`:
+/// the local copy (its host the only newer one: its next attach copies
+/// it onto the iSCSI disk) or the iSCSI disk (no copy newer).
+pub fn resolve(record: &DiskRecord, keep: Keep) -> DiskRecord {
+    let mut r = record.clone();
+    let Some(x) = r.split.take() else {
+        return r;
+    };
+    match keep {
+        Keep::Local => {
+            r.local_newer = Some(Writer {
+                host: x.local,
+                since: state::now(),
+                lease: None,
+            })
+        }
+        Keep::Iscsi => {
+            r.local_newer = None;
+            if let Some(c) = r.copies.get_mut(&x.local) {
+                c.clean = false;
+            }
+        }
+    }
+    r
 }
 
 /// A client URL for `endpoints`: `http://HOST:PORT` (a trailing `/`
@@ -320,6 +485,8 @@ pub fn begin(
         writer: None,
         copies: BTreeMap::new(),
         local_newer: None,
+        handover: None,
+        split: None,
     });
     r.target = target.to_string();
     r.lun = n;
@@ -329,6 +496,8 @@ pub fn begin(
         since: state::now(),
         lease,
     });
+    // A handover whose source is gone (or whose destination gave up).
+    r.handover = None;
     // Without a local leg, this host's copy (if any) stays at its
     // generation: stale now.
     if let Some(id) = local_id {
@@ -348,15 +517,32 @@ pub fn begin(
 /// The record once `me` detached the disk: no writer, and `me`'s copy
 /// clean at the disk's generation when `in_sync` (both legs in sync
 /// when the array stopped).
+/// A migration's source releasing the disk hands it to the destination,
+/// which starts the next generation (the source's copy stays at its own,
+/// clean when `in_sync`: stale from the destination's first write on).
+/// A destination that releases the disk before the source did gives up
+/// the handover.
 pub fn end(record: &DiskRecord, me: &str, in_sync: bool) -> DiskRecord {
     let mut r = record.clone();
-    if r.writer.as_ref().is_some_and(|w| w.host == me) {
-        r.writer = None;
-    }
     let generation = r.generation;
     if let Some(c) = r.copies.get_mut(me) {
         c.clean = in_sync && c.generation == generation;
         c.since = state::now();
+    }
+    if r.writer.as_ref().is_some_and(|w| w.host == me) {
+        r.writer = match r.handover.take() {
+            Some(h) if h.from == me => {
+                r.generation += 1;
+                Some(Writer {
+                    host: h.to,
+                    since: state::now(),
+                    lease: h.lease,
+                })
+            }
+            _ => None,
+        };
+    } else if r.handover.as_ref().is_some_and(|h| h.to == me) {
+        r.handover = None;
     }
     r
 }

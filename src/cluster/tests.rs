@@ -95,30 +95,35 @@ fn another_live_writer_or_newer_copy_refuses_the_attach() {
     let a = begin(None, LUN, ("a", Some(7)), Some("dm:A"));
     assert_eq!(a.writer.as_ref().and_then(|w| w.lease), Some(7));
     // Its own record (a crash left it): no conflict.
-    assert_eq!(check(Some(&a), "a", |_| true), Ok(()));
-    match check(Some(&a), "b", |_| true) {
+    assert_eq!(check(Some(&a), "a", false, |_| true), Ok(Access::Write));
+    match check(Some(&a), "b", false, |_| true) {
         Err(Conflict::Writer { host, .. }) => assert_eq!(host, "a"),
         r => panic!("{r:?}"),
     }
     // Its lease expired: the host is gone, the disk can be taken over.
-    assert_eq!(check(Some(&a), "b", |_| false), Ok(()));
+    assert_eq!(check(Some(&a), "b", false, |_| false), Ok(Access::Write));
     // A's iSCSI leg failed under writes, then A detached: B must wait for
     // A to heal, whatever A's lease says; A itself may attach.
     let newer = mark_newer(&end(&a, "a", false), "a", true).expect("changed");
     assert!(mark_newer(&newer, "a", true).is_none(), "already so");
-    match check(Some(&newer), "b", |_| false) {
+    match check(Some(&newer), "b", false, |_| false) {
         Err(Conflict::LocalNewer { host, .. }) => assert_eq!(host, "a"),
         r => panic!("{r:?}"),
     }
-    let e = check(Some(&newer), "b", |_| false).unwrap_err().to_string();
+    let e = check(Some(&newer), "b", false, |_| false)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("heal there first"), "{e}");
-    assert_eq!(check(Some(&newer), "a", |_| true), Ok(()));
+    assert_eq!(check(Some(&newer), "a", false, |_| true), Ok(Access::Write));
     assert_eq!(
         decide(Some(&newer), "a", "dm:A", true),
         Rule::FullCopy(Why::NotClean)
     );
     let healed = mark_newer(&newer, "a", false).expect("changed");
-    assert_eq!(check(Some(&healed), "b", |_| false), Ok(()));
+    assert_eq!(
+        check(Some(&healed), "b", false, |_| false),
+        Ok(Access::Write)
+    );
 }
 
 #[test]
@@ -167,4 +172,77 @@ fn pending_ends_are_written_once_the_store_answers() {
     assert_eq!(r.writer, None);
     assert!(r.copies["a"].clean);
     assert!(renew_writer(&s, "naa.1", "a", 9).unwrap());
+}
+
+#[test]
+fn a_migration_hands_the_disk_over_when_the_source_releases() {
+    let a = begin(None, LUN, ("a", Some(7)), Some("dm:A"));
+    // The destination asks while the source writes: one writer, A.
+    assert_eq!(
+        check(Some(&a), "b", true, |_| true),
+        Ok(Access::Handover { from: "a".into() })
+    );
+    let asked = hand_over(&a, "b", Some(9));
+    assert_eq!(asked.writer.as_ref().map(|w| w.host.as_str()), Some("a"));
+    assert_eq!(asked.generation, 1);
+    // A third host is refused, migrating or not.
+    assert!(matches!(
+        check(Some(&asked), "c", true, |_| true),
+        Err(Conflict::Writer { .. })
+    ));
+    // The source releases in sync: B writes the next generation, A's
+    // copy is clean at the one it holds (stale from B's first write).
+    let moved = end(&asked, "a", true);
+    let w = moved.writer.as_ref().expect("a writer");
+    assert_eq!((w.host.as_str(), w.lease), ("b", Some(9)));
+    assert_eq!(moved.generation, 2);
+    assert_eq!(moved.handover, None);
+    assert!(moved.copies["a"].clean);
+    assert_eq!(
+        decide(Some(&end(&moved, "b", true)), "a", "dm:A", true),
+        Rule::FullCopy(Why::Stale { copy: 1, disk: 2 })
+    );
+    // A destination that gives up before the switch leaves A the writer.
+    let gave_up = end(&asked, "b", false);
+    assert_eq!(gave_up.handover, None);
+    assert_eq!(gave_up.writer, a.writer);
+}
+
+#[test]
+fn no_migration_from_a_host_whose_copy_is_newer() {
+    let a = begin(None, LUN, ("a", Some(7)), Some("dm:A"));
+    let newer = mark_newer(&a, "a", true).expect("changed");
+    let e = check(Some(&newer), "b", true, |_| true).unwrap_err();
+    assert!(matches!(e, Conflict::Migration { .. }), "{e:?}");
+    assert!(e.to_string().contains("keeps running there"), "{e}");
+}
+
+#[test]
+fn copies_written_apart_are_a_split_brain_until_a_person_resolves_it() {
+    // A wrote generation 1; its lease expired and B took the disk over.
+    let a = begin(None, LUN, ("a", Some(7)), Some("dm:A"));
+    let b = begin(Some(&a), LUN, ("b", Some(9)), Some("dm:B"));
+    // A's iSCSI leg then fails under writes: both copies moved on.
+    let split = mark_newer(&b, "a", true).expect("changed");
+    let x = split.split.clone().expect("split brain");
+    assert_eq!((x.local.as_str(), x.other.as_str()), ("a", "b"));
+    for host in ["a", "b", "c"] {
+        let e = check(Some(&split), host, false, |_| false).unwrap_err();
+        assert!(matches!(e, Conflict::SplitBrain { .. }), "{host}: {e:?}");
+    }
+    // A host's own failure while it writes is not a split brain.
+    assert_eq!(mark_newer(&a, "a", true).expect("changed").split, None);
+    // Kept: the iSCSI disk (no newer copy left), or A's copy (A newer).
+    let iscsi = resolve(&split, Keep::Iscsi);
+    assert_eq!(
+        (iscsi.split.clone(), iscsi.local_newer.clone()),
+        (None, None)
+    );
+    assert_eq!(
+        check(Some(&iscsi), "b", false, |_| false),
+        Ok(Access::Write)
+    );
+    let local = resolve(&split, Keep::Local);
+    assert_eq!(local.split, None);
+    assert_eq!(local.local_newer.map(|n| n.host), Some("a".to_string()));
 }

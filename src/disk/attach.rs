@@ -27,17 +27,17 @@ struct Inputs {
 }
 
 /// What attach's walk of its steps works with, besides the steps.
-struct Walk<'w> {
+pub(super) struct Walk<'w> {
     /// The spec.
-    spec: &'w Spec,
+    pub spec: &'w Spec,
     /// The attachment's key.
-    key: &'w str,
+    pub key: &'w str,
     /// How to attach.
-    opts: AttachOptions,
+    pub opts: AttachOptions,
     /// The local leg resolved, unless MISSING.
-    local: Option<&'w volume::Volume>,
+    pub local: Option<&'w volume::Volume>,
     /// The label's open record as it was before this attach.
-    open: Option<&'w OpenRecord>,
+    pub open: Option<&'w OpenRecord>,
 }
 
 impl Engine<'_> {
@@ -82,7 +82,7 @@ impl Engine<'_> {
     /// What else on the host would make this attach wrong: the label's
     /// array exists, another attachment (finished or still logging in) has
     /// the LUN. (The local volume in use: a step, [`Action::CheckLocal`].)
-    fn conflicts(&self, spec: &Spec, key: &str) -> Result<(), (Step, Cause)> {
+    fn conflicts(&self, spec: &Spec, key: &str, incoming: bool) -> Result<(), (Step, Cause)> {
         if let Some(label) = &spec.label {
             if let Some(arr) = md::by_label(&self.sys, label.as_str()) {
                 return Err((
@@ -111,7 +111,7 @@ impl Engine<'_> {
                     ));
                 }
             }
-            self.disk_conflicts(&want.0, spec.lun)?;
+            self.disk_conflicts(&want.0, spec.lun, incoming)?;
         }
         Ok(())
     }
@@ -149,7 +149,7 @@ impl Engine<'_> {
             }
             // A record of a call that died: attach cleans it up first.
             Some(_) => return self.judge(spec, &inputs, opts).map(|_| ()),
-            None => self.conflicts(spec, &key).map_err(fail)?,
+            None => self.conflicts(spec, &key, opts.incoming).map_err(fail)?,
         }
         let verdict = self.judge(spec, &inputs, opts)?;
         let steps = steps(
@@ -298,7 +298,7 @@ impl Engine<'_> {
                 return Err(e);
             }
         }
-        self.conflicts(spec, key)?;
+        self.conflicts(spec, key, opts.incoming)?;
         // What the records refuse already, before anything is touched.
         let verdict = self.judge_copies(&Asked {
             spec,
@@ -406,10 +406,9 @@ impl Engine<'_> {
                     }
                     // The disk's next generation; whether the local copy
                     // joins in sync.
-                    if let Some(l) = &lun {
+                    if let (Some(l), Some(leg)) = (&lun, &att.iscsi) {
                         let joins_now = local_joining(steps).is_some();
-                        let begun =
-                            self.begin_disk(w.spec, l, w.local, joins_now, &verdict, undo)?;
+                        let begun = self.begin_disk(w, l, &leg.kname, joins_now, &verdict, undo)?;
                         verdict.in_sync = matches!(begun.rule, Some(Rule::ZeroCopy { .. }));
                     }
                 }

@@ -120,6 +120,17 @@ pub enum Cause {
         /// The table.
         table: PathBuf,
     },
+    /// `resolve` has nothing to settle here.
+    #[error("disk {wwid}: {why}")]
+    NoSplit {
+        /// The disk.
+        wwid: String,
+        /// Why not.
+        why: String,
+    },
+    /// A persistent reservation command failed.
+    #[error(transparent)]
+    Reservation(#[from] crate::iscsi::reservation::ReservationError),
     /// Another host writes the disk, or holds data it lacks.
     #[error(transparent)]
     Conflict(#[from] crate::cluster::Conflict),
@@ -323,6 +334,7 @@ impl Cause {
                 | Cause::UnknownLabel { .. }
                 | Cause::BothMissing
                 | Cause::Conflict(_)
+                | Cause::NoSplit { .. }
                 | Cause::LabelInUse { .. }
                 | Cause::LunInUse { .. }
                 | Cause::OtherSpec { .. }

@@ -2,14 +2,15 @@
 //! attach starts the disk's next generation, and a detach that saw both
 //! legs in sync marks this host's copy clean at it, so that the next
 //! attach here can build the mirror in sync instead of copying the disk.
+use super::attach::Walk;
 use super::copies::{Known, Verdict};
 use super::undo::Undo;
-use super::{Cause, Engine, Step};
-use crate::cluster::{self, ClusterError, Records, Rule, Why};
+use super::{Cause, DiskError, Engine, Step};
+use crate::cluster::{self, Access, ClusterError, Records, Rule, Why};
 use crate::config::OnUnreachable;
-use crate::spec::Spec;
+use crate::iscsi::reservation;
 use crate::state::{Attachment, LunId};
-use crate::volume::Volume;
+use std::path::PathBuf;
 
 /// An attach's part of the disk's record.
 #[derive(Debug)]
@@ -41,9 +42,9 @@ impl Engine<'_> {
     /// current generation, detached in sync, at the array's size.
     pub(super) fn begin_disk(
         &self,
-        spec: &Spec,
+        w: &Walk<'_>,
         lun: &LunId,
-        local: Option<&Volume>,
+        kname: &str,
         joins_now: bool,
         verdict: &Verdict,
         undo: &mut Vec<Undo>,
@@ -51,6 +52,7 @@ impl Engine<'_> {
         let Some(wwid) = lun.wwid.as_deref() else {
             return Ok(Begun { rule: None });
         };
+        let (spec, local) = (w.spec, w.local);
         let state = |e: ClusterError| (Step::Record, Cause::from(e));
         let records = self.records();
         let me = self.host();
@@ -78,8 +80,37 @@ impl Engine<'_> {
             None => (None, 0),
         };
         // A lease that cannot be read is taken as alive: the safe side.
-        cluster::check(prior, &me, |w| records.alive(w).unwrap_or(true))
-            .map_err(|c| (Step::Record, Cause::Conflict(c)))?;
+        let access = cluster::check(prior, &me, w.opts.incoming, |w| {
+            records.alive(w).unwrap_or(true)
+        })
+        .map_err(|c| (Step::Record, Cause::Conflict(c)))?;
+        let lease = records.lease().map_err(state)?;
+        // A writer other than this host that check let through is gone.
+        let gone = match access {
+            Access::Write => prior
+                .and_then(|r| r.writer.as_ref())
+                .filter(|w| w.host != me)
+                .map(|w| w.host.clone()),
+            Access::Handover { .. } => None,
+        };
+        if records.shared() {
+            self.fence(&spec.to_string(), kname, &me, gone.as_deref(), undo)?;
+        }
+        if let (Access::Handover { from }, Some(r)) = (&access, prior) {
+            let next = cluster::hand_over(r, &me, lease);
+            let written = records.swap(wwid, rev, Some(&next)).map_err(state)?;
+            undo.push(Undo::RestoreDisk {
+                wwid: wwid.to_string(),
+                read: written,
+                prior: prior.cloned(),
+            });
+            tracing::info!(spec = %spec, wwid, from, "disk record: migration handover asked");
+            self.notice(
+                &spec.to_string(),
+                format!("migration: host {from} writes disk {wwid} until it releases it; this host does from then on"),
+            );
+            return Ok(Begun { rule: None });
+        }
         if let Some(w) = prior
             .and_then(|r| r.writer.as_ref())
             .filter(|w| w.host != me)
@@ -93,7 +124,6 @@ impl Engine<'_> {
                 ),
             );
         }
-        let lease = records.lease().map_err(state)?;
         let trusted = records.shared() || self.config.cluster.only_user;
         let rule = match local {
             Some(v) if joins_now && !verdict.trust_local => {
@@ -192,7 +222,12 @@ impl Engine<'_> {
     /// [`Engine::begin_disk`] checks again, by wwid, in its swap). A store
     /// that does not answer refuses the attach here, unless
     /// `on_unreachable = "local"`.
-    pub(super) fn disk_conflicts(&self, target: &str, lun: u32) -> Result<(), (Step, Cause)> {
+    pub(super) fn disk_conflicts(
+        &self,
+        target: &str,
+        lun: u32,
+        incoming: bool,
+    ) -> Result<(), (Step, Cause)> {
         let records = self.records();
         if !records.shared() {
             return Ok(());
@@ -208,10 +243,263 @@ impl Engine<'_> {
         };
         let me = self.host();
         for r in all.iter().filter(|r| r.target == target && r.lun == lun) {
-            cluster::check(Some(r), &me, |w| records.alive(w).unwrap_or(true))
+            cluster::check(Some(r), &me, incoming, |w| records.alive(w).unwrap_or(true))
                 .map_err(|c| (Step::Record, Cause::Conflict(c)))?;
         }
         Ok(())
+    }
+
+    /// Fence the disk for the hosts that may write it (a shared store and a
+    /// target with persistent reservations): register this host's key on
+    /// the LUN (disk `kname`) and reserve it Write Exclusive – Registrants
+    /// Only if nobody holds it; first, when this host takes over from a
+    /// writer whose lease expired (`gone`), preempt that host's key, so
+    /// that a living but partitioned host can no longer write the disk.
+    /// A target without them is used as it is (the store still decides).
+    fn fence(
+        &self,
+        spec: &str,
+        kname: &str,
+        me: &str,
+        gone: Option<&str>,
+        undo: &mut Vec<Undo>,
+    ) -> Result<(), (Step, Cause)> {
+        let lun = reservation::Lun::new(&PathBuf::from(format!("/dev/{kname}")));
+        let st = match lun.read() {
+            Ok(st) => st,
+            Err(e) => {
+                tracing::info!(spec, kname, error = %e, "no persistent reservations on this LUN: not fenced");
+                return Ok(());
+            }
+        };
+        let fail = |e: reservation::ReservationError| (Step::Record, Cause::Reservation(e));
+        let mine = reservation::key_of(me);
+        if !st.keys.contains(&mine) {
+            lun.register(mine).map_err(fail)?;
+            undo.push(Undo::Unregister {
+                kname: kname.to_string(),
+            });
+        }
+        if let Some(host) = gone {
+            let victim = reservation::key_of(host);
+            if st.keys.contains(&victim) {
+                lun.preempt(mine, victim).map_err(fail)?;
+                tracing::warn!(
+                    spec,
+                    kname,
+                    fenced = host,
+                    "fenced: the gone writer's key preempted, its writes to the LUN now fail"
+                );
+                self.notice(
+                    spec,
+                    format!("host {host} fenced off the disk (its key preempted)"),
+                );
+            }
+        }
+        if st.holder.is_none()
+            || gone.is_some_and(|h| st.holder.map(|(k, _)| k) == Some(reservation::key_of(h)))
+        {
+            match lun.reserve(mine) {
+                Ok(()) => {}
+                // Another registrant reserved it meanwhile: registered, this
+                // host may write all the same.
+                Err(e) => tracing::info!(spec, kname, error = %e, "not reserved by this host"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Drop this host's registration on the disk of `d` before its SCSI
+    /// device goes (a shared store; the disk still the recorded one).
+    /// Best effort: the device is deleted next either way.
+    pub(super) fn unfence(&self, d: &crate::iscsi::ScsiDev, wwid: Option<&str>) {
+        let Some(b) = d.block.as_deref() else {
+            return;
+        };
+        if !self.records().shared()
+            || wwid.is_none()
+            || crate::iscsi::wwid(&self.sys, b).as_deref() != wwid
+        {
+            return;
+        }
+        self.unregister(b);
+    }
+
+    /// Keep the disks this host writes reserved (a shared store): a
+    /// migration's source that released the disk dropped the reservation
+    /// with its registration. Only where this host's key is still
+    /// registered: a host that was fenced stays fenced.
+    pub fn keep_fenced(&self) {
+        let records = self.records();
+        if !records.shared() {
+            return;
+        }
+        let me = self.host();
+        let mine = reservation::key_of(&me);
+        for (_, a) in self.store.all().unwrap_or_default() {
+            let Some(leg) = a.iscsi.as_ref() else {
+                continue;
+            };
+            let Some(wwid) = leg.wwid.as_deref() else {
+                continue;
+            };
+            if crate::iscsi::wwid(&self.sys, &leg.kname).as_deref() != Some(wwid) {
+                continue;
+            }
+            let writes = matches!(records.get(wwid), Ok(Some((r, _))) if r.writer.as_ref().is_some_and(|w| w.host == me));
+            if !writes {
+                continue;
+            }
+            let lun = reservation::Lun::new(&PathBuf::from(format!("/dev/{}", leg.kname)));
+            if let Ok(st) = lun.read() {
+                if st.holder.is_none() && st.keys.contains(&mine) {
+                    match lun.reserve(mine) {
+                        Ok(()) => {
+                            tracing::info!(spec = %a.spec, wwid, "disk reserved again (its previous holder released it)")
+                        }
+                        Err(e) => {
+                            tracing::warn!(spec = %a.spec, wwid, error = %e, "disk not reserved")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drop this host's registration on disk `kname`, if it has one.
+    pub(super) fn unregister(&self, kname: &str) {
+        let lun = reservation::Lun::new(&PathBuf::from(format!("/dev/{kname}")));
+        match lun.read() {
+            Ok(st) if st.keys.contains(&reservation::key_of(&self.host())) => {
+                if let Err(e) = lun.unregister() {
+                    tracing::warn!(kname, error = %e, "registration not dropped");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Before a heal copies the local leg onto the iSCSI disk of `a`: by
+    /// the records of a shared store, nobody else wrote it meanwhile (a
+    /// split brain, or another live writer: this host was fenced). A store
+    /// that does not answer lets the heal go on: the fence, not the store,
+    /// keeps a host that lost the disk off it.
+    pub(super) fn may_heal(&self, a: &Attachment) -> Result<(), (Step, Cause)> {
+        let Some(wwid) = a.iscsi.as_ref().and_then(|i| i.wwid.as_deref()) else {
+            return Ok(());
+        };
+        let records = self.records();
+        if !records.shared() {
+            return Ok(());
+        }
+        let Ok(Some((r, _))) = records.get(wwid) else {
+            return Ok(());
+        };
+        // This host's own newer copy is what heal copies: not a conflict.
+        let mut r = r;
+        if r.local_newer
+            .as_ref()
+            .is_some_and(|n| n.host == self.host())
+        {
+            r.local_newer = None;
+        }
+        cluster::check(Some(&r), &self.host(), false, |w| {
+            records.alive(w).unwrap_or(true)
+        })
+        .map(|_| ())
+        .map_err(|c| (Step::Record, Cause::Conflict(c)))
+    }
+
+    /// Settle the split brain of disk `what` (its wwid, or the label of
+    /// this host's copy), keeping `keep`, on the host whose local copy
+    /// diverged: the record says which copy wins, and this host's copy
+    /// record agrees (with `Keep::Iscsi` its newer mark goes, so its next
+    /// attach copies the iSCSI disk over it). Refused while this host has
+    /// the disk attached. Returns what was done, for people.
+    pub fn resolve(&self, what: &str, keep: cluster::Keep, by: &str) -> Result<String, DiskError> {
+        let fail = |step, cause: Cause| DiskError::new("resolve", what, step, cause);
+        let copies = self
+            .known_copies()
+            .map_err(|e| fail(Step::State, e.into()))?;
+        let copy = copies.iter().find(|k| {
+            k.copy.label == what
+                || k.copy.lun.as_ref().and_then(|l| l.wwid.as_deref()) == Some(what)
+        });
+        let wwid = copy
+            .and_then(|k| k.copy.lun.as_ref()?.wwid.clone())
+            .unwrap_or_else(|| what.to_string());
+        let records = self.records();
+        let (r, rev) = records
+            .get(&wwid)
+            .map_err(|e| fail(Step::Record, e.into()))?
+            .ok_or_else(|| {
+                fail(
+                    Step::Record,
+                    Cause::NoSplit {
+                        wwid: wwid.clone(),
+                        why: "no record of it".into(),
+                    },
+                )
+            })?;
+        let me = self.host();
+        let Some(x) = r.split.clone() else {
+            return Err(fail(
+                Step::Record,
+                Cause::NoSplit {
+                    wwid,
+                    why: "no split brain is recorded".into(),
+                },
+            ));
+        };
+        if x.local != me {
+            return Err(fail(
+                Step::Record,
+                Cause::NoSplit {
+                    wwid,
+                    why: format!(
+                        "the diverging copy is host {}'s: run resolve there",
+                        x.local
+                    ),
+                },
+            ));
+        }
+        let attached = self
+            .store
+            .all()
+            .map_err(|e| fail(Step::State, e.into()))?
+            .into_iter()
+            .any(|(_, a)| a.iscsi.as_ref().and_then(|i| i.wwid.as_deref()) == Some(wwid.as_str()));
+        if attached {
+            return Err(fail(
+                Step::InUse,
+                Cause::NoSplit {
+                    wwid,
+                    why: "it is attached here: detach it first".into(),
+                },
+            ));
+        }
+        if let (cluster::Keep::Iscsi, Some(k)) = (keep, copy) {
+            let mut c = k.copy.clone();
+            c.newer = None;
+            c.clean_at = None;
+            self.durable
+                .set_copy(&c)
+                .map_err(|e| fail(Step::State, e.into()))?;
+            for (_, n) in &k.legacy {
+                self.durable
+                    .clear_newer(&n.label)
+                    .map_err(|e| fail(Step::State, e.into()))?;
+            }
+        }
+        records
+            .swap(&wwid, rev, Some(&cluster::resolve(&r, keep)))
+            .map_err(|e| fail(Step::Record, e.into()))?;
+        let done = match keep {
+            cluster::Keep::Local => format!("split brain of disk {wwid} resolved by {by}: host {me}'s local copy wins; its next attach copies it onto the iSCSI disk (host {}'s writes there are lost)", x.other),
+            cluster::Keep::Iscsi => format!("split brain of disk {wwid} resolved by {by}: the iSCSI disk (host {}'s writes) wins; host {me}'s next attach copies it over the local copy", x.other),
+        };
+        tracing::warn!(wwid, by, host = me, keep = ?keep, "{done}");
+        Ok(done)
     }
 
     /// Keep the disk's record in line with this host's copy: newer than

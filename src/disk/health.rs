@@ -158,6 +158,8 @@ impl Engine<'_> {
         };
         let spec = a.spec.clone();
         let fail = |step, cause: Cause| DiskError::new("heal", &spec, step, cause);
+        self.may_heal(&a)
+            .map_err(|(step, cause)| fail(step, cause))?;
         let (Some(m), Some(leg)) = (a.mirror.clone(), a.iscsi.clone()) else {
             return Ok(Healed::Nothing);
         };

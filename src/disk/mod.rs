@@ -64,6 +64,10 @@ pub struct AttachOptions {
     /// than its LUN) leaves every local volume as it was. No effect when
     /// the local leg is the source (it is not written then).
     pub hold_local: bool,
+    /// A migration's destination: with a shared store, the disk's writer
+    /// (the source host) keeps it until it releases it, and the store
+    /// records the handover ([`crate::cluster::Access::Handover`]).
+    pub incoming: bool,
 }
 
 /// The engine: configuration, a runner and where to read and keep state.
@@ -443,6 +447,10 @@ impl<'a> Engine<'a> {
             return Ok(None);
         };
         let lock = self.key_lock(&key).map_err(|e| fail(Step::Lock, e))?;
+        // A call killed while writing this record left its temporary file.
+        self.store
+            .tidy(&key)
+            .map_err(|e| fail(Step::State, e.into()))?;
         let a = self
             .store
             .load(&key)

@@ -460,7 +460,9 @@ impl Engine<'_> {
                     None => owned && d.lun == lun,
                 });
             if let Some(d) = dev {
-                self.delete_ours(target, &d, known.and_then(|i| i.wwid.as_deref()))?;
+                let wwid = known.and_then(|i| i.wwid.as_deref());
+                self.unfence(&d, wwid);
+                self.delete_ours(target, &d, wwid)?;
             }
         }
         self.release_session_locked(key, target)

@@ -62,6 +62,8 @@ pub(super) enum Undo {
         read: u64,
         prior: Option<crate::cluster::DiskRecord>,
     },
+    /// Drop the registration this call made on disk `kname`.
+    Unregister { kname: String },
     /// A clean end of the disk's generation here (see
     /// [`Engine::end_disk`]): before the attachment is forgotten, so that
     /// a detach killed while writing it is finished by the next call.
@@ -228,6 +230,10 @@ impl Engine<'_> {
                     None => self.durable.clear_copy(id),
                 }
                 .map_err(|e| (Step::State, e.into())),
+                Undo::Unregister { kname } => {
+                    self.unregister(kname);
+                    Ok(())
+                }
                 Undo::EndDisk(a, in_sync) => {
                     self.end_disk(a, *in_sync);
                     Ok(())

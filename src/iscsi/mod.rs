@@ -14,6 +14,7 @@ use crate::runner::{Cmd, Program, RunError, Runner};
 use crate::sysfs::Sys;
 
 mod record;
+pub mod reservation;
 
 pub use record::{restore_record, set_record_secrets, set_record_values, RecordText};
 

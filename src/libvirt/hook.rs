@@ -292,6 +292,7 @@ pub fn prepare(engine: &Engine<'_>, call: &Call, incoming: bool) -> Result<(), C
         let opts = AttachOptions {
             defer_local: defer(&spec)?,
             hold_local: true,
+            incoming,
         };
         engine
             .check(&spec, opts)

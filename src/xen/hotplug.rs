@@ -216,6 +216,7 @@ fn add_inner(
     let defer_local = incoming && spec.label.is_some() && engine.find(&spec.to_string())?.is_none();
     let opts = AttachOptions {
         defer_local,
+        incoming,
         ..Default::default()
     };
     let dev = holders::attach_or_forget(engine, &be.holder_name(), &spec, opts)?;

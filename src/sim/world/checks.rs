@@ -284,6 +284,74 @@ impl World {
             .into_iter()
             .map(|(k, a)| format!("{k}:{:?}", a.phase))
             .collect();
-        format!("{} data {data:?} records {records:?}", self.devices())
+        // The disks' records as far as a later attach reads them (not
+        // their counters or dates: a killed attach may have started one
+        // generation more; nor whether a copy is clean: a rerun that no
+        // longer sees the legs marks it not clean, the safe side, see
+        // `clean_copies`), and any temporary file a killed write left.
+        let disks: Vec<String> = self
+            .disk_records()
+            .into_iter()
+            .map(|r| {
+                let copies: Vec<String> = r
+                    .copies
+                    .iter()
+                    .map(|(h, c)| format!("{h}:current={}", c.generation == r.generation))
+                    .collect();
+                format!(
+                    "{} writer={:?} newer={:?} {copies:?}",
+                    r.wwid,
+                    r.writer.map(|w| w.host),
+                    r.local_newer.map(|w| w.host)
+                )
+            })
+            .collect();
+        let mut tmp = Vec::new();
+        for dir in [&self.config.state_dir, &self.config.run_dir] {
+            tmp_files(dir, &mut tmp);
+        }
+        format!(
+            "{} data {data:?} records {records:?} disks {disks:?} tmp {tmp:?}",
+            self.devices()
+        )
+    }
+}
+
+/// Temporary files (`*.tmp`) under `dir`, recursively.
+fn tmp_files(dir: &std::path::Path, out: &mut Vec<String>) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            tmp_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "tmp") {
+            out.push(p.display().to_string());
+        }
+    }
+}
+
+impl World {
+    /// The disks' records (the local store's).
+    fn disk_records(&self) -> Vec<crate::cluster::DiskRecord> {
+        use crate::cluster::Records;
+        crate::cluster::LocalRecords::new(
+            &self.config.state_dir,
+            &self.config.run_dir.join("locks"),
+            std::time::Duration::from_secs(1),
+        )
+        .all()
+        .unwrap_or_default()
+    }
+
+    /// The copies the disks' records call clean (`wwid host`).
+    pub(super) fn clean_copies(&self) -> std::collections::BTreeSet<String> {
+        self.disk_records()
+            .into_iter()
+            .flat_map(|r| {
+                r.copies
+                    .into_iter()
+                    .filter(|(_, c)| c.clean)
+                    .map(move |(h, _)| format!("{} {h}", r.wwid))
+            })
+            .collect()
     }
 }

@@ -15,6 +15,7 @@ impl World {
         let saved = self.save();
         let want = self.call(call, AtPoint::Run);
         let want_state = self.full_state();
+        let want_clean = self.clean_copies();
         self.restore(saved);
         let first = self.call(call, AtPoint::Kill(n));
         let again = if first == Outcome::Killed {
@@ -23,6 +24,15 @@ impl World {
             first.clone()
         };
         let got_state = self.full_state();
+        let got_clean = self.clean_copies();
+        if !got_clean.is_subset(&want_clean) {
+            self.host.model().violations.push(Violation {
+                invariant: "a killed call never leaves a copy clean that the whole call would not",
+                detail: format!(
+                    "{call}: uninterrupted {want_clean:?}, killed at {n} and rerun {got_clean:?}"
+                ),
+            });
+        }
         self.trace.push(format!(
             "{op}: {} then {}",
             describe(&first),

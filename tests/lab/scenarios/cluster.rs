@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use iscsimple::iscsi::reservation::{key_of, Lun as Reservation, Reservations};
+
 use crate::fixture::data;
 use crate::fixture::etcd::Etcd;
 use crate::fixture::lvm::{kname, Vg};
@@ -15,6 +17,7 @@ use crate::fixture::system::Snapshot;
 use crate::fixture::target::{Kind, Target, TargetSpec};
 use crate::fixture::tool::Tool;
 use crate::fixture::{initiator, wait_for, Lab, Udev};
+use crate::scenarios::migration::{domain_xml, libvirt_status};
 
 const IQN: &str = "iqn.2024-01.lab.iscsimple:cluster";
 const MIB: u64 = 32;
@@ -22,12 +25,17 @@ const MIB: u64 = 32;
 /// Host `name`: its own dirs, host id, and a lease that outlives the
 /// scenario's pauses (no `watch` runs here; `watch --once` renews it).
 fn host(name: &str, etcd: &Etcd, portal: &str, lv: &Path) -> Tool {
+    host_ttl(name, etcd, portal, lv, 120)
+}
+
+/// [`host`] with a lease of `ttl` seconds.
+fn host_ttl(name: &str, etcd: &Etcd, portal: &str, lv: &Path, ttl: u64) -> Tool {
     let dir = format!("/lab/hosts/{name}");
     let endpoints: Vec<String> = etcd.endpoints().iter().map(|e| format!("{e:?}")).collect();
     let tool = Tool::host(
         &dir,
         &format!(
-            "state_dir = \"{dir}/state\"\n[discovery]\nportals = [\"{portal}\"]\n[timeouts]\nreplacement = 5\n[cluster]\nstore = \"etcd\"\nendpoints = [{}]\nhost_id = \"host-{name}\"\nlease_ttl = 120\n",
+            "state_dir = \"{dir}/state\"\n[discovery]\nportals = [\"{portal}\"]\n[timeouts]\nreplacement = 5\n[cluster]\nstore = \"etcd\"\nendpoints = [{}]\nhost_id = \"host-{name}\"\nlease_ttl = {ttl}\n",
             endpoints.join(", ")
         ),
     );
@@ -180,6 +188,13 @@ fn lab_cluster_etcd_two_hosts_take_turns_on_a_disk() {
 
     // (f) One member down: B attaches its other LUN.
     etcd.kill(2);
+    // Killing the leader costs an election (5-10 s with the lab's
+    // timeouts), during which attaches fail closed: wait for a leader.
+    wait_for(
+        "a leader among the two members left",
+        Duration::from_secs(60),
+        || etcd.leader().is_some(),
+    );
     let d = b.attach(&other);
     b.detach(&other);
     drop(d);
@@ -215,4 +230,244 @@ fn lab_cluster_etcd_two_hosts_take_turns_on_a_disk() {
         .is_none());
     let dr = a.run(&["doctor", "--check", "disks-store"]);
     assert_eq!(dr.code, 0, "{}", dr.stdout);
+}
+
+const IQN_A: &str = "iqn.2024-01.lab.iscsimple:cluster-a";
+const IQN_B: &str = "iqn.2024-01.lab.iscsimple:cluster-b";
+
+/// Set the SCSI disk `sd` offline or back running: a path failure that
+/// fails md's writes to the leg at once, the session staying up.
+fn disk_state(sd: &str, state: &str) {
+    // The kernel takes the state with its newline only.
+    std::fs::write(
+        format!("/sys/block/{sd}/device/state"),
+        format!("{state}\n"),
+    )
+    .expect("device state");
+}
+
+/// Migration through the libvirt hook from host A to host B, each host
+/// reaching the LUN through its own LIO target name (its own session and
+/// SCSI disk, one wwid). (b) While A's copy is newer (its iSCSI leg
+/// failed under writes) B's prepare is refused and A's disk is untouched.
+/// (c) Once A healed: B's prepare asks for a handover, A stays the
+/// writer until it releases the disk, then B is; one writer at every
+/// moment, and B's local leg ends with every write A made.
+#[test]
+fn lab_cluster_etcd_migration_hands_the_writer_over() {
+    let _lab = Lab::start(Udev::On);
+    let etcd = Etcd::start(3);
+    let ta = Target::start(TargetSpec::new(Kind::Lio, IQN_A, &[MIB]));
+    let _tb = ta.export_as(IQN_B);
+    let vg = Vg::create("labvg", 2 * MIB + 16);
+    let (lva, lvb) = (vg.lv("vm1a", MIB), vg.lv("vm1b", MIB));
+    let a = host("a", &etcd, &ta.portal(), &lva);
+    let b = host("b", &etcd, &ta.portal(), &lvb);
+    let n = ta.luns[0].number;
+    let (spec_a, spec_b) = (
+        format!("lun{n}@{IQN_A}+vm1-a"),
+        format!("lun{n}@{IQN_B}+vm1-b"),
+    );
+    let xml_b = domain_xml(&spec_b, "/dev/md/vm1-b");
+    let writer = |t: &Tool| record(t, n)["writer"].as_str().map(str::to_string);
+
+    attach(&a, &spec_a);
+    let ma = Md::by_label("vm1-a");
+    ma.wait_synced(Duration::from_secs(120));
+    data::fill(&ma.dev(), 0, 8, 0x501);
+    assert_eq!(writer(&a).as_deref(), Some("host-a"));
+
+    // (b) A's iSCSI leg fails under writes.
+    let sd = ma.iscsi_member().expect("iSCSI member");
+    disk_state(&sd, "offline");
+    data::fill(&ma.dev(), 8, 4, 0x502);
+    wait_for("md to fail the iSCSI leg", Duration::from_secs(60), || {
+        ma.member_state(&sd).contains("faulty")
+    });
+    watch_once(&a);
+    assert_eq!(record(&a, n)["local_newer"], "host-a");
+    libvirt_status("paused", "migration");
+    assert!(b.hook("vm1", "migrate", "begin", &xml_b).ok());
+    let members = ma.members();
+    let o = b.hook("vm1", "prepare", "begin", &xml_b);
+    assert!(!o.ok(), "prepare must be refused: {o:?}");
+    assert!(o.stderr.contains("keeps running there"), "{}", o.stderr);
+    assert!(!Path::new("/dev/md/vm1-b").exists(), "nothing built on B");
+    assert_eq!(ma.members(), members, "A's array untouched");
+    data::verify(&ma.dev(), 8, 4, 0x502);
+    assert!(b.hook("vm1", "release", "end", &xml_b).ok());
+    let r = record(&a, n);
+    assert_eq!(
+        (r["writer"].as_str(), &r["handover"]),
+        (Some("host-a"), &Value::Null),
+        "{r:#}"
+    );
+
+    // A heals.
+    disk_state(&sd, "running");
+    let out = a.run(&["heal", "vm1-a"]);
+    assert!(out.ok(), "heal: {}", out.stderr);
+    ma.wait_synced(Duration::from_secs(120));
+    watch_once(&a);
+    assert_eq!(record(&a, n)["local_newer"], Value::Null);
+
+    // (c) B asks for the disk: A writes it until it releases it.
+    libvirt_status("paused", "migration");
+    assert!(b.hook("vm1", "migrate", "begin", &xml_b).ok());
+    let o = b.hook("vm1", "prepare", "begin", &xml_b);
+    assert!(o.ok(), "{o:?}");
+    let mb = Md::by_label("vm1-b");
+    assert_eq!(mb.members().len(), 1, "B: iSCSI leg only while A runs");
+    let r = record(&a, n);
+    assert_eq!(
+        (r["writer"].as_str(), r["handover"].as_str()),
+        (Some("host-a"), Some("host-b")),
+        "{r:#}"
+    );
+    let generation = r["generation"].as_u64().expect("generation");
+    data::fill(&ma.dev(), 12, 4, 0x503);
+    a.detach("vm1-a");
+    let r = record(&a, n);
+    assert_eq!(
+        (r["writer"].as_str(), &r["handover"]),
+        (Some("host-b"), &Value::Null),
+        "{r:#}"
+    );
+    assert_eq!(
+        r["generation"].as_u64(),
+        Some(generation + 1),
+        "B writes the next generation"
+    );
+    // A's registration went with its reservation; B's watch reserves again.
+    let sd_b = mb.iscsi_member().expect("B's iSCSI member");
+    assert_eq!(reservations(&sd_b).holder, None);
+    watch_once(&b);
+    let key_b = key_of("host-b");
+    assert_eq!(
+        reservations(&sd_b),
+        Reservations {
+            keys: vec![key_b],
+            holder: Some((key_b, 5))
+        }
+    );
+    libvirt_status("running", "migrated");
+    wait_for("B's local leg to join", Duration::from_secs(30), || {
+        mb.members().len() == 2
+    });
+    mb.wait_synced(Duration::from_secs(120));
+    data::verify(&lvb, 0, 8, 0x501);
+    data::verify(&lvb, 8, 4, 0x502);
+    data::verify(&lvb, 12, 4, 0x503);
+    assert!(b.hook("vm1", "release", "end", &xml_b).ok());
+    assert_eq!(writer(&b), None);
+}
+
+/// The LUN's persistent reservations, as seen through disk `sd`.
+fn reservations(sd: &str) -> Reservations {
+    Reservation::new(Path::new(&format!("/dev/{sd}")))
+        .read()
+        .expect("LIO supports persistent reservations")
+}
+
+/// (e) Host A's lease expires while its VM runs (its watch stopped, as
+/// with a host cut off from etcd): B's attach takes the disk over and
+/// preempts A's reservation key, so A's next write to the LUN fails
+/// (md fails A's iSCSI leg, A's VM goes on on its local leg). Both copies
+/// are then written apart: recorded as a split brain, nothing resyncs
+/// either way (A's heal, B's next attach refused) until a person runs
+/// `resolve` on A; keeping the iSCSI disk, A's next attach copies it.
+#[test]
+fn lab_cluster_etcd_a_gone_writer_is_fenced_and_a_split_brain_waits_for_resolve() {
+    let _lab = Lab::start(Udev::On);
+    let etcd = Etcd::start(3);
+    let ta = Target::start(TargetSpec::new(Kind::Lio, IQN_A, &[MIB]));
+    let _tb = ta.export_as(IQN_B);
+    let lun = ta.luns[0].clone();
+    let vg = Vg::create("labvg", 2 * MIB + 16);
+    let (lva, lvb) = (vg.lv("vm1a", MIB), vg.lv("vm1b", MIB));
+    let ttl = 5;
+    let a = host_ttl("a", &etcd, &ta.portal(), &lva, ttl);
+    let b = host("b", &etcd, &ta.portal(), &lvb);
+    let n = lun.number;
+    let (spec_a, spec_b) = (
+        format!("lun{n}@{IQN_A}+vm1-a"),
+        format!("lun{n}@{IQN_B}+vm1-b"),
+    );
+    let (key_a, key_b) = (key_of("host-a"), key_of("host-b"));
+
+    attach(&a, &spec_a);
+    let ma = Md::by_label("vm1-a");
+    ma.wait_synced(Duration::from_secs(120));
+    data::fill(&ma.dev(), 0, 4, 0xe1);
+    let sd_a = ma.iscsi_member().expect("A's iSCSI member");
+    let r = reservations(&sd_a);
+    assert_eq!(
+        (r.keys.clone(), r.holder),
+        (vec![key_a], Some((key_a, 5))),
+        "A registered, WE-RO"
+    );
+
+    // A's lease runs out (no watch renews it).
+    std::thread::sleep(Duration::from_secs(ttl + 3));
+    let said = attach(&b, &spec_b);
+    assert!(said.contains("host host-a fenced off the disk"), "{said}");
+    let mb = Md::by_label("vm1-b");
+    mb.wait_synced(Duration::from_secs(120));
+    data::verify(&lvb, 0, 4, 0xe1);
+    let sd_b = mb.iscsi_member().expect("B's iSCSI member");
+    let r = reservations(&sd_b);
+    assert_eq!(
+        (r.keys.clone(), r.holder),
+        (vec![key_b], Some((key_b, 5))),
+        "A preempted"
+    );
+
+    // A's VM writes: the LUN refuses A, md fails A's iSCSI leg, the write
+    // lands on A's local leg only. B writes too.
+    data::fill(&ma.dev(), 8, 2, 0xe2);
+    wait_for("md to fail A's iSCSI leg", Duration::from_secs(60), || {
+        ma.member_state(&sd_a).contains("faulty")
+    });
+    data::verify(&ma.dev(), 8, 2, 0xe2);
+    assert!(
+        data::check(&lun.backing, 8, 2, 0xe2).is_some(),
+        "A's write never reached the LUN"
+    );
+    data::fill(&mb.dev(), 12, 2, 0xb2);
+
+    // A's watch: the split brain is recorded; nothing resyncs.
+    watch_once(&a);
+    let r = record(&a, n);
+    assert_eq!(
+        (r["writer"].as_str(), r["local_newer"].as_str()),
+        (Some("host-b"), Some("host-a")),
+        "{r:#}"
+    );
+    assert_eq!(r["split"], "host-a", "{r:#}");
+    let out = a.run(&["heal", "vm1-a"]);
+    assert_eq!(out.code, 2, "A's heal refused: {}", out.stderr);
+    assert!(out.stderr.contains("split brain"), "{}", out.stderr);
+    b.detach("vm1-b");
+    let e = b.attach_fails(&spec_b, 2);
+    assert!(e.contains("split brain") && e.contains("resolve"), "{e}");
+    let out = b.run(&["resolve", "vm1-b", "--keep", "iscsi"]);
+    assert_eq!(out.code, 2, "only on the diverging host: {}", out.stderr);
+
+    // A person keeps the iSCSI disk.
+    a.detach("vm1-a");
+    let out = a.run(&["resolve", "vm1-a", "--keep", "iscsi"]);
+    assert!(out.ok(), "{}", out.stderr);
+    assert!(out.stderr.contains("resolved by"), "{}", out.stderr);
+    attach(&b, &spec_b);
+    data::verify(&Md::by_label("vm1-b").dev(), 12, 2, 0xb2);
+    b.detach("vm1-b");
+    attach(&a, &spec_a);
+    let ma = Md::by_label("vm1-a");
+    ma.wait_synced(Duration::from_secs(120));
+    data::verify(&lva, 12, 2, 0xb2);
+    assert!(
+        data::check(&lva, 8, 2, 0xe2).is_some(),
+        "A's writes made apart are gone, as chosen"
+    );
+    a.detach("vm1-a");
 }

@@ -24,7 +24,7 @@ const IQN_A: &str = "iqn.2024-01.lab.iscsimple:mig-a";
 const IQN_B: &str = "iqn.2024-01.lab.iscsimple:mig-b";
 const MIB: u64 = 32;
 
-fn domain_xml(spec: &str, dev: &str) -> String {
+pub(crate) fn domain_xml(spec: &str, dev: &str) -> String {
     format!(
         "<domain type='qemu'><name>vm1</name><metadata>\
          <iscsimple:disks xmlns:iscsimple=\"urn:iscsimple:libvirt:1\"><iscsimple:disk target=\"vda\" spec=\"{spec}\"/></iscsimple:disks>\
@@ -32,7 +32,7 @@ fn domain_xml(spec: &str, dev: &str) -> String {
     )
 }
 
-fn libvirt_status(state: &str, reason: &str) {
+pub(crate) fn libvirt_status(state: &str, reason: &str) {
     fs::create_dir_all("/run/libvirt/qemu").expect("mkdir");
     fs::write("/run/libvirt/qemu/vm1.xml.new", format!("<domstatus state='{state}' reason='{reason}' pid='4242'><domain type='qemu'/></domstatus>")).expect("status");
     fs::rename("/run/libvirt/qemu/vm1.xml.new", "/run/libvirt/qemu/vm1.xml").expect("status");
