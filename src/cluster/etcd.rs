@@ -213,6 +213,7 @@ impl EtcdRecords {
                 return Ok(id);
             }
         }
+        crate::crash::point("etcd lease grant", &self.lease_file);
         let l: Lease = self.post(
             "/v3/lease/grant",
             &json!({ "TTL": self.ttl.as_secs().to_string() }),
@@ -223,6 +224,7 @@ impl EtcdRecords {
                 cause: "lease grant returned no id".to_string(),
             });
         }
+        crate::crash::point("lease file", &self.lease_file);
         let tmp = self.lease_file.with_extension("tmp");
         std::fs::write(&tmp, format!("{}\n", l.id))
             .and_then(|()| std::fs::rename(&tmp, &self.lease_file))
@@ -280,6 +282,7 @@ impl Records for EtcdRecords {
             }
             None => json!({ "request_delete_range": { "key": k } }),
         };
+        crate::crash::point("etcd txn", wwid);
         // A key never written has mod_revision 0: `read` 0 means absent.
         let t: Txn = self.post(
             "/v3/kv/txn",

@@ -270,6 +270,7 @@ impl Lun {
         key: u64,
         sa_key: u64,
     ) -> Result<(), ReservationError> {
+        crate::crash::point("persistent reserve out", (op, &self.device));
         let mut p = out_params(key, sa_key);
         let cdb = [PR_OUT, sa, kind & 0x0f, 0, 0, 0, 0, 0, 24, 0];
         self.io(op, &cdb, &mut p, true)
