@@ -250,6 +250,17 @@ pub fn check(
     }
 }
 
+/// [`check`] with the writers' liveness from `records`; a lease that
+/// cannot be read is taken as alive (the safe side).
+pub fn check_in(
+    records: &dyn Records,
+    record: Option<&DiskRecord>,
+    me: &str,
+    incoming: bool,
+) -> Result<Access, Conflict> {
+    check(record, me, incoming, |w| records.alive(w).unwrap_or(true))
+}
+
 /// The record once `me` (with `lease`) asked for the disk as a migration's
 /// destination: the writer stays, and moves to `me` when it releases.
 pub fn hand_over(record: &DiskRecord, me: &str, lease: Option<u64>) -> DiskRecord {
@@ -656,19 +667,32 @@ pub fn flush_pending(
     state_dir: &Path,
     me: &str,
 ) -> Result<usize, ClusterError> {
-    let table = pending(state_dir);
     let mut done = 0;
-    for (key, p) in table.list()? {
-        end_in(records, &p.wwid, me, p.in_sync)?;
-        table.remove(&key)?;
-        tracing::info!(
-            wwid = p.wwid,
-            in_sync = p.in_sync,
-            "pending disk record written"
-        );
-        done += 1;
+    for (key, _) in pending(state_dir).list()? {
+        done += usize::from(flush_pending_of(records, state_dir, &key, me)?);
     }
     Ok(done)
+}
+
+/// Write `me`'s pending end of `wwid`, if there is one (true).
+pub fn flush_pending_of(
+    records: &dyn Records,
+    state_dir: &Path,
+    wwid: &str,
+    me: &str,
+) -> Result<bool, ClusterError> {
+    let table = pending(state_dir);
+    let Some(p) = table.get(wwid)? else {
+        return Ok(false);
+    };
+    end_in(records, &p.wwid, me, p.in_sync)?;
+    table.remove(wwid)?;
+    tracing::info!(
+        wwid = p.wwid,
+        in_sync = p.in_sync,
+        "pending disk record written"
+    );
+    Ok(true)
 }
 
 /// A record as the local store keeps it.

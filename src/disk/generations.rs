@@ -10,7 +10,6 @@ use crate::cluster::{self, Access, ClusterError, Records, Rule, Why};
 use crate::config::OnUnreachable;
 use crate::iscsi::reservation;
 use crate::state::{Attachment, LunId};
-use std::path::PathBuf;
 
 /// An attach's part of the disk's record.
 #[derive(Debug)]
@@ -56,9 +55,8 @@ impl Engine<'_> {
         let state = |e: ClusterError| (Step::Record, Cause::from(e));
         let records = self.records();
         let me = self.host();
-        let read = match self
-            .flush_pending_of(&*records, wwid)
-            .and_then(|()| records.get(wwid))
+        let read = match cluster::flush_pending_of(&*records, &self.config.state_dir, wwid, &me)
+            .and_then(|_| records.get(wwid))
         {
             Ok(r) => r,
             Err(e @ ClusterError::Unreachable { .. })
@@ -79,11 +77,8 @@ impl Engine<'_> {
             Some((r, rev)) => (Some(r), *rev),
             None => (None, 0),
         };
-        // A lease that cannot be read is taken as alive: the safe side.
-        let access = cluster::check(prior, &me, w.opts.incoming, |w| {
-            records.alive(w).unwrap_or(true)
-        })
-        .map_err(|c| (Step::Record, Cause::Conflict(c)))?;
+        let access = cluster::check_in(&*records, prior, &me, w.opts.incoming)
+            .map_err(|c| (Step::Record, Cause::Conflict(c)))?;
         let lease = records.lease().map_err(state)?;
         // A writer other than this host that check let through is gone.
         let gone = match access {
@@ -94,7 +89,7 @@ impl Engine<'_> {
             Access::Handover { .. } => None,
         };
         if records.shared() {
-            self.fence(&spec.to_string(), kname, &me, gone.as_deref(), undo)?;
+            self.fence(&spec.to_string(), (kname, wwid), &me, gone.as_deref(), undo)?;
         }
         if let (Access::Handover { from }, Some(r)) = (&access, prior) {
             let next = cluster::hand_over(r, &me, lease);
@@ -111,17 +106,11 @@ impl Engine<'_> {
             );
             return Ok(Begun { rule: None });
         }
-        if let Some(w) = prior
-            .and_then(|r| r.writer.as_ref())
-            .filter(|w| w.host != me)
-        {
-            tracing::warn!(spec = %spec, wwid, writer = w.host, since = w.since, "the disk's writer is gone (its lease expired): taking the disk over");
+        if let Some(host) = &gone {
+            tracing::warn!(spec = %spec, wwid, writer = host, "the disk's writer is gone (its lease expired): taking the disk over");
             self.notice(
                 &spec.to_string(),
-                format!(
-                    "host {} was writing disk {wwid} but its lease expired: taking the disk over",
-                    w.host
-                ),
+                format!("host {host} was writing disk {wwid} but its lease expired: taking the disk over"),
             );
         }
         let trusted = records.shared() || self.config.cluster.only_user;
@@ -205,17 +194,6 @@ impl Engine<'_> {
 }
 
 impl Engine<'_> {
-    /// Write this host's pending end of `wwid`, if any, before reading
-    /// its record.
-    fn flush_pending_of(&self, records: &dyn Records, wwid: &str) -> Result<(), ClusterError> {
-        let table = cluster::pending(&self.config.state_dir);
-        if let Some(p) = table.get(wwid)? {
-            cluster::end_in(records, wwid, &self.host(), p.in_sync)?;
-            table.remove(wwid)?;
-        }
-        Ok(())
-    }
-
     /// Before anything changes: another host writes the LUN, or holds
     /// data it lacks, by the records of a shared store (found by target
     /// and LUN: the wwid is known only once logged in, where
@@ -243,7 +221,7 @@ impl Engine<'_> {
         };
         let me = self.host();
         for r in all.iter().filter(|r| r.target == target && r.lun == lun) {
-            cluster::check(Some(r), &me, incoming, |w| records.alive(w).unwrap_or(true))
+            cluster::check_in(&*records, Some(r), &me, incoming)
                 .map_err(|c| (Step::Record, Cause::Conflict(c)))?;
         }
         Ok(())
@@ -259,12 +237,12 @@ impl Engine<'_> {
     fn fence(
         &self,
         spec: &str,
-        kname: &str,
+        (kname, wwid): (&str, &str),
         me: &str,
         gone: Option<&str>,
         undo: &mut Vec<Undo>,
     ) -> Result<(), (Step, Cause)> {
-        let lun = reservation::Lun::new(&PathBuf::from(format!("/dev/{kname}")));
+        let lun = reservation::Lun::of_disk(kname);
         let st = match lun.read() {
             Ok(st) => st,
             Err(e) => {
@@ -278,10 +256,11 @@ impl Engine<'_> {
             lun.register(mine).map_err(fail)?;
             undo.push(Undo::Unregister {
                 kname: kname.to_string(),
+                wwid: wwid.to_string(),
             });
         }
-        if let Some(host) = gone {
-            let victim = reservation::key_of(host);
+        let victim = gone.map(reservation::key_of);
+        if let (Some(host), Some(victim)) = (gone, victim) {
             if st.keys.contains(&victim) {
                 lun.preempt(mine, victim).map_err(fail)?;
                 tracing::warn!(
@@ -296,9 +275,8 @@ impl Engine<'_> {
                 );
             }
         }
-        if st.holder.is_none()
-            || gone.is_some_and(|h| st.holder.map(|(k, _)| k) == Some(reservation::key_of(h)))
-        {
+        let holder = st.holder.map(|(k, _)| k);
+        if holder.is_none() || (victim.is_some() && holder == victim) {
             match lun.reserve(mine) {
                 Ok(()) => {}
                 // Another registrant reserved it meanwhile: registered, this
@@ -310,19 +288,14 @@ impl Engine<'_> {
     }
 
     /// Drop this host's registration on the disk of `d` before its SCSI
-    /// device goes (a shared store; the disk still the recorded one).
-    /// Best effort: the device is deleted next either way.
+    /// device goes (a shared store). Best effort: the device is deleted
+    /// next either way.
     pub(super) fn unfence(&self, d: &crate::iscsi::ScsiDev, wwid: Option<&str>) {
-        let Some(b) = d.block.as_deref() else {
-            return;
-        };
-        if !self.records().shared()
-            || wwid.is_none()
-            || crate::iscsi::wwid(&self.sys, b).as_deref() != wwid
-        {
-            return;
+        if let (Some(b), Some(w)) = (d.block.as_deref(), wwid) {
+            if self.records().shared() {
+                self.unregister(b, w);
+            }
         }
-        self.unregister(b);
     }
 
     /// Keep the disks this host writes reserved (a shared store): a
@@ -350,7 +323,7 @@ impl Engine<'_> {
             if !writes {
                 continue;
             }
-            let lun = reservation::Lun::new(&PathBuf::from(format!("/dev/{}", leg.kname)));
+            let lun = reservation::Lun::of_disk(&leg.kname);
             if let Ok(st) = lun.read() {
                 if st.holder.is_none() && st.keys.contains(&mine) {
                     match lun.reserve(mine) {
@@ -366,9 +339,13 @@ impl Engine<'_> {
         }
     }
 
-    /// Drop this host's registration on disk `kname`, if it has one.
-    pub(super) fn unregister(&self, kname: &str) {
-        let lun = reservation::Lun::new(&PathBuf::from(format!("/dev/{kname}")));
+    /// Drop this host's registration on disk `kname`, if it has one and
+    /// the disk still carries `wwid` (another LUN may answer there now).
+    pub(super) fn unregister(&self, kname: &str, wwid: &str) {
+        if crate::iscsi::wwid(&self.sys, kname).as_deref() != Some(wwid) {
+            return;
+        }
+        let lun = reservation::Lun::of_disk(kname);
         match lun.read() {
             Ok(st) if st.keys.contains(&reservation::key_of(&self.host())) => {
                 if let Err(e) = lun.unregister() {
@@ -395,19 +372,10 @@ impl Engine<'_> {
         let Ok(Some((r, _))) = records.get(wwid) else {
             return Ok(());
         };
-        // This host's own newer copy is what heal copies: not a conflict.
-        let mut r = r;
-        if r.local_newer
-            .as_ref()
-            .is_some_and(|n| n.host == self.host())
-        {
-            r.local_newer = None;
-        }
-        cluster::check(Some(&r), &self.host(), false, |w| {
-            records.alive(w).unwrap_or(true)
-        })
-        .map(|_| ())
-        .map_err(|c| (Step::Record, Cause::Conflict(c)))
+        // This host's own newer copy (what heal copies) is no conflict.
+        cluster::check_in(&*records, Some(&r), &self.host(), false)
+            .map(|_| ())
+            .map_err(|c| (Step::Record, Cause::Conflict(c)))
     }
 
     /// Settle the split brain of disk `what` (its wwid, or the label of

@@ -62,8 +62,9 @@ pub(super) enum Undo {
         read: u64,
         prior: Option<crate::cluster::DiskRecord>,
     },
-    /// Drop the registration this call made on disk `kname`.
-    Unregister { kname: String },
+    /// Drop the registration this call made on disk `kname` (if it still
+    /// carries `wwid`).
+    Unregister { kname: String, wwid: String },
     /// A clean end of the disk's generation here (see
     /// [`Engine::end_disk`]): before the attachment is forgotten, so that
     /// a detach killed while writing it is finished by the next call.
@@ -230,8 +231,8 @@ impl Engine<'_> {
                     None => self.durable.clear_copy(id),
                 }
                 .map_err(|e| (Step::State, e.into())),
-                Undo::Unregister { kname } => {
-                    self.unregister(kname);
+                Undo::Unregister { kname, wwid } => {
+                    self.unregister(kname, wwid);
                     Ok(())
                 }
                 Undo::EndDisk(a, in_sync) => {

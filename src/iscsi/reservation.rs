@@ -145,6 +145,11 @@ impl Lun {
         }
     }
 
+    /// The LUN behind SCSI disk `kname` (`sdX`).
+    pub fn of_disk(kname: &str) -> Lun {
+        Lun::new(&PathBuf::from(format!("/dev/{kname}")))
+    }
+
     /// Send `cdb`; a UNIT ATTENTION (the target reporting a change, such
     /// as another host's reservation released) is consumed by the
     /// command it answers: send it again, at most twice.
