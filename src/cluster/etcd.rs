@@ -8,7 +8,8 @@
 //! `mod_revision` with the one read: a compare-and-swap, never a
 //! read-then-write. This host's liveness is its lease: granted at the
 //! first attach, kept alive by `watch`, named in the records it writes.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -18,6 +19,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{ClusterError, DiskRecord, Records, Writer};
+use crate::config::EtcdTls;
 
 /// Where the records live in etcd's key space.
 const PREFIX: &str = "iscsimple/disks/";
@@ -46,7 +48,8 @@ static DOWN: std::sync::Mutex<Option<(Instant, String)>> = std::sync::Mutex::new
 #[derive(Debug, Clone)]
 pub struct EtcdRecords {
     endpoints: Vec<String>,
-    agent: ureq::Agent,
+    /// The client, or why it could not be made (TLS files unreadable).
+    agent: Result<ureq::Agent, (PathBuf, String)>,
     ttl: Duration,
     /// This host's lease id, kept across calls (`run_dir/lease`): gone
     /// with a reboot, as the lease is.
@@ -113,18 +116,71 @@ struct KeepAlive {
     result: Option<Lease>,
 }
 
+/// TLS to the members: their certificates checked against the CA of
+/// `t` alone (not the system's), this host's certificate shown when it
+/// has one. Errors name the file, never its content.
+fn tls_config(t: &EtcdTls) -> Result<rustls::ClientConfig, ClusterError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |path: &Path, cause: String| ClusterError::Tls {
+        path: path.to_path_buf(),
+        cause,
+    };
+    let certs = |path: &Path| -> Result<Vec<CertificateDer<'static>>, ClusterError> {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+            .map_err(|e| bad(path, e.to_string()))?;
+        if certs.is_empty() {
+            return Err(bad(path, "no certificate in it".to_string()));
+        }
+        Ok(certs)
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for c in certs(&t.ca)? {
+        roots.add(c).map_err(|e| bad(&t.ca, e.to_string()))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(&t.ca, e.to_string()))?
+        .with_root_certificates(roots);
+    match &t.client {
+        None => Ok(builder.with_no_client_auth()),
+        Some((cert, key)) => {
+            let chain = certs(cert)?;
+            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, e.to_string()))?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| bad(key, e.to_string()))
+        }
+    }
+}
+
 fn key(wwid: &str) -> String {
     B64.encode(format!("{PREFIX}{wwid}"))
 }
 
 impl EtcdRecords {
-    /// The store at `endpoints`; this host's lease of `ttl` is kept in
-    /// `lease_file`.
-    pub fn new(endpoints: &[String], ttl: Duration, lease_file: PathBuf) -> EtcdRecords {
-        let agent = ureq::AgentBuilder::new()
+    /// The store at `endpoints` (TLS with `tls`'s files for https://
+    /// ones); this host's lease of `ttl` is kept in `lease_file`.
+    pub fn new(
+        endpoints: &[String],
+        tls: Option<&EtcdTls>,
+        ttl: Duration,
+        lease_file: PathBuf,
+    ) -> EtcdRecords {
+        let builder = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(2))
-            .timeout(REQUEST)
-            .build();
+            .timeout(REQUEST);
+        let agent = match tls {
+            None => Ok(builder.build()),
+            Some(t) => tls_config(t)
+                .map(|c| builder.tls_config(Arc::new(c)).build())
+                .map_err(|e| match e {
+                    ClusterError::Tls { path, cause } => (path, cause),
+                    other => (t.ca.clone(), other.to_string()),
+                }),
+        };
         EtcdRecords {
             endpoints: endpoints.to_vec(),
             agent,
@@ -135,6 +191,13 @@ impl EtcdRecords {
 
     /// POST `body` to `path` on the first member that answers.
     fn post<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T, ClusterError> {
+        let agent = self
+            .agent
+            .as_ref()
+            .map_err(|(path, cause)| ClusterError::Tls {
+                path: path.clone(),
+                cause: cause.clone(),
+            })?;
         let mut down = DOWN
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -146,7 +209,7 @@ impl EtcdRecords {
                 });
             }
         }
-        let r = self.post_now(path, body);
+        let r = self.post_now(agent, path, body);
         *down = match &r {
             Err(ClusterError::Unreachable { cause, .. }) => {
                 Some((Instant::now() + DOWN_FOR, cause.clone()))
@@ -156,7 +219,12 @@ impl EtcdRecords {
         r
     }
 
-    fn post_now<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T, ClusterError> {
+    fn post_now<T: DeserializeOwned>(
+        &self,
+        agent: &ureq::Agent,
+        path: &str,
+        body: &Value,
+    ) -> Result<T, ClusterError> {
         let start = Instant::now();
         let mut last = String::from("no endpoint");
         // Every member in turn, again after a pause while the time lasts:
@@ -167,7 +235,7 @@ impl EtcdRecords {
                     break;
                 }
                 let url = format!("{ep}{path}");
-                match self.agent.post(&url).send_json(body) {
+                match agent.post(&url).send_json(body) {
                     Ok(r) => {
                         return r.into_json().map_err(|e| ClusterError::Store {
                             endpoint: ep.clone(),
@@ -186,7 +254,12 @@ impl EtcdRecords {
                             });
                         }
                     }
-                    Err(ureq::Error::Transport(t)) => last = format!("{ep}: {t}"),
+                    // ureq's text starts with the URL: name the member once.
+                    Err(ureq::Error::Transport(t)) => {
+                        let t = t.to_string();
+                        let t = t.strip_prefix(&format!("{url}: ")).unwrap_or(&t);
+                        last = format!("{ep}: {t}");
+                    }
                 }
             }
             std::thread::sleep(RETRY.min(TOTAL.saturating_sub(start.elapsed())));
@@ -203,13 +276,51 @@ impl EtcdRecords {
         Ok(l.ttl)
     }
 
-    /// This host's lease, granted anew when the one recorded expired.
-    pub fn host_lease(&self) -> Result<u64, ClusterError> {
-        let known = std::fs::read_to_string(&self.lease_file)
+    /// The lease id this host keeps, and how long ago it was last
+    /// granted or renewed (None: the clock went back).
+    fn known_lease(&self) -> Option<(u64, Option<Duration>)> {
+        let id = std::fs::read_to_string(&self.lease_file)
+            .ok()?
+            .trim()
+            .parse::<u64>()
+            .ok()?;
+        let age = std::fs::metadata(&self.lease_file)
+            .and_then(|m| m.modified())
             .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok());
-        if let Some(id) = known {
-            if self.lease_left(id)? > 0 {
+            .and_then(|t| t.elapsed().ok());
+        Some((id, age))
+    }
+
+    /// Keep lease `id` in `lease_file`; its mtime says when the lease was
+    /// last known to run its full ttl.
+    fn keep_lease(&self, id: u64) -> Result<(), ClusterError> {
+        crate::crash::point("lease file", &self.lease_file);
+        let tmp = self.lease_file.with_extension("tmp");
+        std::fs::write(&tmp, format!("{id}\n"))
+            .and_then(|()| std::fs::rename(&tmp, &self.lease_file))
+            .map_err(|e| ClusterError::Store {
+                endpoint: self.lease_file.display().to_string(),
+                cause: e.to_string(),
+            })
+    }
+
+    /// Renew lease `id`: true if it still ran (it runs its full ttl again).
+    fn renew(&self, id: u64) -> Result<bool, ClusterError> {
+        let k: KeepAlive = self.post("/v3/lease/keepalive", &json!({ "ID": id.to_string() }))?;
+        let alive = k.result.is_some_and(|l| l.ttl > 0);
+        if alive {
+            self.keep_lease(id)?;
+        }
+        Ok(alive)
+    }
+
+    /// This host's lease, granted anew when the one recorded expired. A
+    /// lease granted or renewed less than half its ttl ago is taken as
+    /// running without asking (`watch` renews it every tick): an attach
+    /// spares a request.
+    pub fn host_lease(&self) -> Result<u64, ClusterError> {
+        if let Some((id, age)) = self.known_lease() {
+            if age.is_some_and(|a| a < self.ttl / 2) || self.renew(id)? {
                 return Ok(id);
             }
         }
@@ -224,14 +335,7 @@ impl EtcdRecords {
                 cause: "lease grant returned no id".to_string(),
             });
         }
-        crate::crash::point("lease file", &self.lease_file);
-        let tmp = self.lease_file.with_extension("tmp");
-        std::fs::write(&tmp, format!("{}\n", l.id))
-            .and_then(|()| std::fs::rename(&tmp, &self.lease_file))
-            .map_err(|e| ClusterError::Store {
-                endpoint: self.lease_file.display().to_string(),
-                cause: e.to_string(),
-            })?;
+        self.keep_lease(l.id)?;
         tracing::info!(lease = l.id, ttl = l.ttl, "etcd lease granted");
         Ok(l.id)
     }
@@ -239,14 +343,10 @@ impl EtcdRecords {
     /// Renew this host's lease, if it has one; false when it had expired
     /// (its records then name a writer others take as gone).
     pub fn keepalive(&self) -> Result<bool, ClusterError> {
-        let Some(id) = std::fs::read_to_string(&self.lease_file)
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-        else {
-            return Ok(true);
-        };
-        let k: KeepAlive = self.post("/v3/lease/keepalive", &json!({ "ID": id.to_string() }))?;
-        Ok(k.result.is_some_and(|l| l.ttl > 0))
+        match self.known_lease() {
+            Some((id, _)) => self.renew(id),
+            None => Ok(true),
+        }
     }
 
     fn decode(&self, kv: &Kv, wwid: &str) -> Result<DiskRecord, ClusterError> {
@@ -327,7 +427,7 @@ impl Records for EtcdRecords {
         format!("etcd ({})", self.endpoints.join(","))
     }
 
-    fn all(&self) -> Result<Vec<DiskRecord>, ClusterError> {
+    fn read_all(&self) -> Result<Vec<(DiskRecord, u64)>, ClusterError> {
         let start = B64.encode(PREFIX);
         // The range [PREFIX, PREFIX+1): every key under the prefix.
         let mut end = PREFIX.as_bytes().to_vec();
@@ -338,6 +438,9 @@ impl Records for EtcdRecords {
             "/v3/kv/range",
             &json!({ "key": start, "range_end": B64.encode(end) }),
         )?;
-        r.kvs.iter().map(|kv| self.decode(kv, "")).collect()
+        r.kvs
+            .iter()
+            .map(|kv| Ok((self.decode(kv, "")?, kv.mod_revision)))
+            .collect()
     }
 }

@@ -43,6 +43,15 @@ pub enum ClusterError {
         /// What it said.
         cause: String,
     },
+    /// A TLS file for the store (`cluster.ca_file`, `cert_file`,
+    /// `key_file`) is unreadable or wrong.
+    #[error("the disks' store: TLS file {}: {cause}", path.display())]
+    Tls {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        cause: String,
+    },
     /// The record changed since it was read (another call wrote it).
     #[error("disk record of {wwid} changed under us (revision {found}, read {read})")]
     Changed {
@@ -346,8 +355,9 @@ pub fn resolve(record: &DiskRecord, keep: Keep) -> DiskRecord {
 /// A client URL for `endpoints`: `http://HOST:PORT` (a trailing `/`
 /// dropped).
 pub fn endpoint(s: &str) -> Result<String, &'static str> {
-    let Some(rest) = s.strip_prefix("http://") else {
-        return Err("is not an http://HOST:PORT URL (TLS is not supported yet)");
+    let (scheme, rest) = match s.split_once("://") {
+        Some((sc @ ("http" | "https"), rest)) => (sc, rest),
+        _ => return Err("is not an http://HOST:PORT or https://HOST:PORT URL"),
     };
     let rest = rest.trim_end_matches('/');
     let ok = !rest.is_empty()
@@ -356,9 +366,9 @@ pub fn endpoint(s: &str) -> Result<String, &'static str> {
             .rsplit_once(':')
             .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
     if !ok {
-        return Err("is not an http://HOST:PORT URL");
+        return Err("is not an http://HOST:PORT or https://HOST:PORT URL");
     }
-    Ok(format!("http://{rest}"))
+    Ok(format!("{scheme}://{rest}"))
 }
 
 /// A host's local copy of a disk.
@@ -573,8 +583,12 @@ pub trait Records: std::fmt::Debug {
     /// Every host's attaches go through this store: a clean copy recorded
     /// there can be trusted.
     fn shared(&self) -> bool;
+    /// Every record, with its revision.
+    fn read_all(&self) -> Result<Vec<(DiskRecord, u64)>, ClusterError>;
     /// Every record.
-    fn all(&self) -> Result<Vec<DiskRecord>, ClusterError>;
+    fn all(&self) -> Result<Vec<DiskRecord>, ClusterError> {
+        Ok(self.read_all()?.into_iter().map(|(r, _)| r).collect())
+    }
     /// Renew this host's lease; false when it had expired.
     fn keepalive(&self) -> Result<bool, ClusterError> {
         Ok(true)
@@ -590,6 +604,7 @@ pub fn open(config: &Config, lock_dir: &Path, wait: Duration) -> Box<dyn Records
         ClusterStore::Local => Box::new(LocalRecords::new(&config.state_dir, lock_dir, wait)),
         ClusterStore::Etcd => Box::new(EtcdRecords::new(
             &config.cluster.endpoints,
+            config.cluster.tls.as_ref(),
             config.cluster.lease_ttl,
             config.run_dir.join("lease"),
         )),
@@ -723,12 +738,12 @@ impl LocalRecords {
 }
 
 impl Records for LocalRecords {
-    fn all(&self) -> Result<Vec<DiskRecord>, ClusterError> {
+    fn read_all(&self) -> Result<Vec<(DiskRecord, u64)>, ClusterError> {
         Ok(self
             .table
             .list()?
             .into_iter()
-            .map(|(_, s)| s.record)
+            .map(|(_, s)| (s.record, s.revision))
             .collect())
     }
 

@@ -127,7 +127,7 @@ fn another_live_writer_or_newer_copy_refuses_the_attach() {
 }
 
 #[test]
-fn endpoints_are_plain_http_urls() {
+fn endpoints_are_http_or_https_urls() {
     assert_eq!(
         endpoint("http://10.0.0.1:2379/").unwrap(),
         "http://10.0.0.1:2379"
@@ -136,9 +136,14 @@ fn endpoints_are_plain_http_urls() {
         endpoint("http://etcd-1:2379").unwrap(),
         "http://etcd-1:2379"
     );
+    assert_eq!(
+        endpoint("https://10.0.0.1:2379/").unwrap(),
+        "https://10.0.0.1:2379"
+    );
     for bad in [
         "10.0.0.1:2379",
-        "https://a:2379",
+        "ftp://a:2379",
+        "https://a",
         "http://a",
         "http://a:0",
         "http://a:2379/x",

@@ -316,6 +316,18 @@ pub struct Cluster {
     pub lease_ttl: Duration,
     /// What an attach does when the store does not answer.
     pub on_unreachable: OnUnreachable,
+    /// TLS to etcd (`https://` endpoints).
+    pub tls: Option<EtcdTls>,
+}
+
+/// The files TLS to etcd uses (PEM).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// The CA that signed the members' certificates (`ca_file`).
+    pub ca: PathBuf,
+    /// This host's certificate and key (`cert_file`, `key_file`), for
+    /// etcd's `--client-cert-auth`.
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for Cluster {
@@ -327,6 +339,7 @@ impl Default for Cluster {
             endpoints: Vec::new(),
             lease_ttl: Duration::from_secs(20),
             on_unreachable: OnUnreachable::Refuse,
+            tls: None,
         }
     }
 }

@@ -165,7 +165,44 @@ fn cluster_section() {
     );
     let e = parse_err("[cluster]\nstore = \"etcd\"\nendpoints = [\"10.0.0.1:2379\"]\n");
     assert!(
-        e.contains("3:14: cluster.endpoints: \"10.0.0.1:2379\" is not an http://HOST:PORT URL"),
+        e.contains("3:14: cluster.endpoints: \"10.0.0.1:2379\" is not an http://HOST:PORT"),
+        "{e}"
+    );
+    // TLS: a CA for https://, a client certificate with its key.
+    let tls = "[cluster]\nstore = \"etcd\"\nendpoints = [\"https://10.0.0.1:2379\"]\n";
+    let c = Config::parse(
+        &format!("{tls}ca_file = \"/etc/etcd/ca.pem\"\ncert_file = \"/etc/etcd/h.pem\"\nkey_file = \"/etc/etcd/h.key\"\n"),
+        p(),
+    )
+    .expect("valid");
+    assert_eq!(
+        c.cluster.tls,
+        Some(EtcdTls {
+            ca: "/etc/etcd/ca.pem".into(),
+            client: Some(("/etc/etcd/h.pem".into(), "/etc/etcd/h.key".into())),
+        })
+    );
+    let e = parse_err(tls);
+    assert!(
+        e.contains("2:9: cluster.endpoints: https:// needs cluster.ca_file"),
+        "{e}"
+    );
+    let e = parse_err(&format!("{tls}ca_file = \"/ca\"\ncert_file = \"/c\"\n"));
+    assert!(
+        e.contains("5:13: cluster.cert_file and cluster.key_file go together"),
+        "{e}"
+    );
+    let e = parse_err(&format!("{tls}ca_file = \"ca.pem\"\n"));
+    assert!(
+        e.contains("4:11: cluster.ca_file \"ca.pem\" is not an absolute path"),
+        "{e}"
+    );
+    let e = parse_err("[cluster]\nstore = \"etcd\"\nendpoints = [\"https://a:1\", \"http://b:1\"]\nca_file = \"/ca\"\n");
+    assert!(e.contains("all https:// or all http://"), "{e}");
+    let e =
+        parse_err("[cluster]\nstore = \"etcd\"\nendpoints = [\"http://a:1\"]\nca_file = \"/ca\"\n");
+    assert!(
+        e.contains("4:11: cluster.ca_file, cert_file and key_file are for https://"),
         "{e}"
     );
     let e = parse_err("[cluster]\nlease_ttl = 1\n");

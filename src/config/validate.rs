@@ -72,6 +72,9 @@ pub(super) struct RawCluster {
     endpoints: Vec<Spanned<String>>,
     lease_ttl: Option<Spanned<u64>>,
     on_unreachable: Option<Spanned<String>>,
+    ca_file: Option<Spanned<String>>,
+    cert_file: Option<Spanned<String>>,
+    key_file: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -203,6 +206,11 @@ impl Validator<'_> {
                 ),
             }
         }
+        self.cluster_tls(
+            &mut c,
+            store_span.clone(),
+            [raw.ca_file, raw.cert_file, raw.key_file],
+        );
         if c.store == ClusterStore::Etcd && c.endpoints.is_empty() {
             self.error(
                 store_span,
@@ -250,6 +258,77 @@ impl Validator<'_> {
         }
         c.only_user = raw.only_user.unwrap_or(false);
         c
+    }
+
+    /// The TLS files for `https://` endpoints: a CA is needed (etcd's
+    /// clusters sign with their own), a client certificate is optional
+    /// (etcd's `--client-cert-auth`) and comes with its key. One scheme
+    /// for every endpoint: a plain one would carry what TLS protects.
+    fn cluster_tls(
+        &mut self,
+        c: &mut Cluster,
+        span: Range<usize>,
+        [ca, cert, key]: [Option<Spanned<String>>; 3],
+    ) {
+        let https = c
+            .endpoints
+            .iter()
+            .filter(|e| e.starts_with("https://"))
+            .count();
+        let files_span = [&ca, &cert, &key]
+            .into_iter()
+            .flatten()
+            .map(Spanned::span)
+            .next();
+        if https == 0 {
+            if let Some(s) = files_span {
+                self.error(
+                    s,
+                    "cluster.ca_file, cert_file and key_file are for https:// endpoints"
+                        .to_string(),
+                );
+            }
+            return;
+        }
+        if https != c.endpoints.len() {
+            self.error(
+                span.clone(),
+                "cluster.endpoints: all https:// or all http://, not both".to_string(),
+            );
+        }
+        let mut file = |key: &str, v: Option<Spanned<String>>| {
+            v.map(|v| self.abs_path(key, Some(v), PathBuf::new()))
+                .filter(|p| !p.as_os_str().is_empty())
+        };
+        let ca_span = ca.as_ref().map(Spanned::span);
+        let ca = file("cluster.ca_file", ca);
+        let cert_span = cert.as_ref().or(key.as_ref()).map(Spanned::span);
+        let (cert, key) = (
+            file("cluster.cert_file", cert),
+            file("cluster.key_file", key),
+        );
+        let Some(ca) = ca else {
+            if ca_span.is_none() {
+                self.error(
+                    span,
+                    "cluster.endpoints: https:// needs cluster.ca_file (the CA that signed etcd's certificate)"
+                        .to_string(),
+                );
+            }
+            return;
+        };
+        let client = match (cert, key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => {
+                self.error(
+                    cert_span.unwrap_or(span),
+                    "cluster.cert_file and cluster.key_file go together".to_string(),
+                );
+                None
+            }
+        };
+        c.tls = Some(EtcdTls { ca, client });
     }
 
     /// Relative paths are refused: hotplug scripts run from arbitrary

@@ -18,6 +18,22 @@ pub(super) struct Begun {
     pub rule: Option<Rule>,
 }
 
+/// The records of one LUN (by target and LUN) as an attach read them
+/// before login.
+#[derive(Debug)]
+pub(super) struct Seen {
+    target: String,
+    lun: u32,
+    records: Vec<(cluster::DiskRecord, u64)>,
+}
+
+impl Seen {
+    /// The record of `wwid` and its revision, as read (None: absent then).
+    fn of(&self, wwid: &str) -> Option<(cluster::DiskRecord, u64)> {
+        self.records.iter().find(|(r, _)| r.wwid == wwid).cloned()
+    }
+}
+
 impl Engine<'_> {
     /// The disks' records.
     pub fn records(&self) -> Box<dyn Records> {
@@ -48,6 +64,10 @@ impl Engine<'_> {
         verdict: &Verdict,
         undo: &mut Vec<Undo>,
     ) -> Result<Begun, (Step, Cause)> {
+        let memo = self
+            .seen
+            .take()
+            .filter(|s| s.target == lun.target && s.lun == lun.lun);
         let Some(wwid) = lun.wwid.as_deref() else {
             return Ok(Begun { rule: None });
         };
@@ -55,9 +75,13 @@ impl Engine<'_> {
         let state = |e: ClusterError| (Step::Record, Cause::from(e));
         let records = self.records();
         let me = self.host();
-        let read = match cluster::flush_pending_of(&*records, &self.config.state_dir, wwid, &me)
-            .and_then(|_| records.get(wwid))
-        {
+        // The pre-login read serves, unless a pending end was just written.
+        let read = match cluster::flush_pending_of(&*records, &self.config.state_dir, wwid, &me) {
+            Ok(false) if memo.is_some() => Ok(memo.as_ref().and_then(|s| s.of(wwid))),
+            Ok(_) => records.get(wwid),
+            Err(e) => Err(e),
+        };
+        let read = match read {
             Ok(r) => r,
             Err(e @ ClusterError::Unreachable { .. })
                 if self.config.cluster.on_unreachable == OnUnreachable::Local =>
@@ -73,11 +97,45 @@ impl Engine<'_> {
             }
             Err(e) => return Err(state(e)),
         };
+        let attempt = |read, undo: &mut Vec<Undo>| {
+            self.begin_from(
+                w,
+                (lun, wwid, kname),
+                joins_now,
+                verdict,
+                (&*records, &me, read),
+                undo,
+            )
+        };
+        match attempt(read, undo) {
+            // The record changed since the pre-login read: decide again
+            // from what it is now.
+            Err((Step::Record, Cause::Cluster(ClusterError::Changed { .. }))) if memo.is_some() => {
+                let read = records.get(wwid).map_err(state)?;
+                attempt(read, undo)
+            }
+            r => r,
+        }
+    }
+
+    /// [`Engine::begin_disk`] from the record `read` (and its revision).
+    fn begin_from(
+        &self,
+        w: &Walk<'_>,
+        (lun, wwid, kname): (&LunId, &str, &str),
+        joins_now: bool,
+        verdict: &Verdict,
+        (records, me, read): (&dyn Records, &String, Option<(cluster::DiskRecord, u64)>),
+        undo: &mut Vec<Undo>,
+    ) -> Result<Begun, (Step, Cause)> {
+        let (spec, local) = (w.spec, w.local);
+        let me = me.clone();
+        let state = |e: ClusterError| (Step::Record, Cause::from(e));
         let (prior, rev) = match &read {
             Some((r, rev)) => (Some(r), *rev),
             None => (None, 0),
         };
-        let access = cluster::check_in(&*records, prior, &me, w.opts.incoming)
+        let access = cluster::check_in(records, prior, &me, w.opts.incoming)
             .map_err(|c| (Step::Record, Cause::Conflict(c)))?;
         let lease = records.lease().map_err(state)?;
         // A writer other than this host that check let through is gone.
@@ -206,11 +264,12 @@ impl Engine<'_> {
         lun: u32,
         incoming: bool,
     ) -> Result<(), (Step, Cause)> {
+        self.seen.take();
         let records = self.records();
         if !records.shared() {
             return Ok(());
         }
-        let all = match records.all() {
+        let all = match records.read_all() {
             Ok(a) => a,
             Err(ClusterError::Unreachable { .. })
                 if self.config.cluster.on_unreachable == OnUnreachable::Local =>
@@ -220,10 +279,19 @@ impl Engine<'_> {
             Err(e) => return Err((Step::Record, e.into())),
         };
         let me = self.host();
-        for r in all.iter().filter(|r| r.target == target && r.lun == lun) {
+        let mine: Vec<_> = all
+            .into_iter()
+            .filter(|(r, _)| r.target == target && r.lun == lun)
+            .collect();
+        for (r, _) in &mine {
             cluster::check_in(&*records, Some(r), &me, incoming)
                 .map_err(|c| (Step::Record, Cause::Conflict(c)))?;
         }
+        *self.seen.borrow_mut() = Some(Seen {
+            target: target.to_string(),
+            lun,
+            records: mine,
+        });
         Ok(())
     }
 

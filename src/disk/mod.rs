@@ -91,6 +91,10 @@ pub struct Engine<'a> {
     pub budget: Option<Budget>,
     /// Undo steps are running: their waits may use the rollback's share.
     undoing: Cell<bool>,
+    /// The disks' records an attach read before login (a shared store),
+    /// for its swap after login: one read less. The swap compares
+    /// revisions, so a stale one only costs a fresh read.
+    seen: RefCell<Option<generations::Seen>>,
 }
 
 /// What the legs of a mirror say now.
@@ -185,6 +189,7 @@ impl<'a> Engine<'a> {
             notices: RefCell::new(Vec::new()),
             budget: None,
             undoing: Cell::new(false),
+            seen: RefCell::new(None),
         }
     }
 
@@ -214,6 +219,7 @@ impl<'a> Engine<'a> {
             notices: RefCell::new(Vec::new()),
             budget: None,
             undoing: Cell::new(false),
+            seen: RefCell::new(None),
         }
     }
 

@@ -261,6 +261,34 @@ for s in "${scenarios[@]}"; do
         break;;
     esac
 done
+# etcd_tls DIR -> a CA, a certificate for the members' addresses (serverAuth
+# and clientAuth: etcd 3.4's JSON gateway dials its own TLS listener with it)
+# and a client certificate, P-256 keys in PKCS#8; /lab/etcd-tls/ in the guest
+etcd_tls() {
+    local d=$1 sans="IP:169.254.11.2,IP:169.254.12.2,IP:169.254.13.2"
+    [ -s "$d/client-key.pem" ] && return 0
+    mkdir -p "$d" && (
+        cd "$d" || exit 1
+        key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+        sign() {   # sign NAME CN EXTENSIONS
+            key "$1-key.pem" &&
+            openssl req -new -key "$1-key.pem" -subj "/CN=$2" -out "$1.csr" &&
+            openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca-key.pem -CAcreateserial \
+                -days 3650 -extfile <(printf '%s\n' "$3") -out "$1.pem" 2>/dev/null
+        }
+        key ca-key.pem &&
+        openssl req -x509 -new -key ca-key.pem -subj /CN=lab-etcd-ca -days 3650 -out ca.pem \
+            -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign &&
+        sign server lab-etcd "basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature
+extendedKeyUsage=serverAuth,clientAuth
+subjectAltName=$sans" &&
+        sign client lab-host "basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature
+extendedKeyUsage=clientAuth" &&
+        rm -f ./*.csr ca.srl
+    ) && [ -s "$d/client-key.pem" ]
+}
 # *_etcd* scenarios get /usr/bin/etcd (etcd-server, installed here on demand;
 # the host never runs the etcd service it brings)
 for s in "${scenarios[@]}"; do
@@ -272,6 +300,7 @@ for s in "${scenarios[@]}"; do
                 || { echo "lab: cannot install etcd-server"; echo "0 passed, 1 failed"; exit 1; }
         fi
         systemctl disable --now etcd >/dev/null 2>&1 || true
+        etcd_tls "$OUT/etcd-tls" || { echo "lab: cannot make etcd's TLS files"; echo "0 passed, 1 failed"; exit 1; }
         break;;
     esac
 done
@@ -294,7 +323,7 @@ boot() {      # boot NAME LOG HOSTLOG [VAR=VALUE...] -> one VM running scenario 
     local files=("$OUT/bin/iscsimple" "$OUT/bin/lab-tests")
     case "$name" in *_deb_*) files+=("$OUT/bin/iscsimple.deb");; esac
     case "$name" in *lab_doctor_*) files+=("$OUT/bin/doctor-tools/e2fsck" "$OUT/bin/doctor-tools/tune2fs");; esac
-    case "$name" in *_etcd*) files+=(/usr/bin/etcd);; esac
+    case "$name" in *_etcd*) files+=(/usr/bin/etcd "$OUT/etcd-tls");; esac
     # shellcheck disable=SC2086  # LAB_FILES is a blank-separated list
     env "$@" LAB_TEST="$name" LOG="$log" TIMEOUT="$timeout" MEM="$mem" QEMU_EXTRA="$extra" \
         bash "$HERE/run.sh" "$HERE/guest-run.sh" "${files[@]}" ${LAB_FILES:-} \

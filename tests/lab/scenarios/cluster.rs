@@ -10,7 +10,7 @@ use serde_json::Value;
 use iscsimple::iscsi::reservation::{key_of, Lun as Reservation, Reservations};
 
 use crate::fixture::data;
-use crate::fixture::etcd::Etcd;
+use crate::fixture::etcd::{Etcd, TLS_DIR};
 use crate::fixture::lvm::{kname, Vg};
 use crate::fixture::md::{sectors_written, Md};
 use crate::fixture::system::Snapshot;
@@ -30,13 +30,38 @@ fn host(name: &str, etcd: &Etcd, portal: &str, lv: &Path) -> Tool {
 
 /// [`host`] with a lease of `ttl` seconds.
 fn host_ttl(name: &str, etcd: &Etcd, portal: &str, lv: &Path, ttl: u64) -> Tool {
+    host_at(name, portal, lv, ttl, &plain(etcd))
+}
+
+/// The `[cluster]` lines that reach `etcd` over plain http.
+fn plain(etcd: &Etcd) -> String {
+    format!("endpoints = {:?}\n", etcd.endpoints())
+}
+
+/// The `[cluster]` lines that reach `etcd` over TLS, trusting the CA in
+/// `ca` (a file of [`TLS_DIR`]) and showing the lab's client certificate
+/// when `cert`.
+fn over_tls(etcd: &Etcd, ca: &str, cert: bool) -> String {
+    let mut s = format!(
+        "endpoints = {:?}\nca_file = \"{TLS_DIR}/{ca}\"\n",
+        etcd.tls_endpoints()
+    );
+    if cert {
+        s.push_str(&format!(
+            "cert_file = \"{TLS_DIR}/client.pem\"\nkey_file = \"{TLS_DIR}/client-key.pem\"\n"
+        ));
+    }
+    s
+}
+
+/// Host `name` reaching the store with `store`'s lines ([`plain`] or
+/// [`over_tls`]), with a lease of `ttl` seconds.
+fn host_at(name: &str, portal: &str, lv: &Path, ttl: u64, store: &str) -> Tool {
     let dir = format!("/lab/hosts/{name}");
-    let endpoints: Vec<String> = etcd.endpoints().iter().map(|e| format!("{e:?}")).collect();
     let tool = Tool::host(
         &dir,
         &format!(
-            "state_dir = \"{dir}/state\"\n[discovery]\nportals = [\"{portal}\"]\n[timeouts]\nreplacement = 5\n[cluster]\nstore = \"etcd\"\nendpoints = [{}]\nhost_id = \"host-{name}\"\nlease_ttl = {ttl}\n",
-            endpoints.join(", ")
+            "state_dir = \"{dir}/state\"\n[discovery]\nportals = [\"{portal}\"]\n[timeouts]\nreplacement = 5\n[cluster]\nstore = \"etcd\"\n{store}host_id = \"host-{name}\"\nlease_ttl = {ttl}\n"
         ),
     );
     // Each host's own label: two hosts on one kernel cannot both have
@@ -87,11 +112,41 @@ fn lab_cluster_etcd_two_hosts_take_turns_on_a_disk() {
     let n = lun.number;
     let vg = Vg::create("labvg", 2 * MIB + 16);
     let (lv_a, lv_b) = (vg.lv("a-vm1", MIB), vg.lv("b-vm1", MIB));
-    let a = host("a", &etcd, &t.portal(), &lv_a);
+    // A reaches etcd over TLS (the lab's CA, a client certificate), B
+    // over plain http: one store, the same records.
+    let a = host_at(
+        "a",
+        &t.portal(),
+        &lv_a,
+        120,
+        &over_tls(&etcd, "ca.pem", true),
+    );
     let b = host("b", &etcd, &t.portal(), &lv_b);
     let spec_a = format!("lun{}@{IQN}+vm1-a", lun.number);
     let spec_b = format!("lun{}@{IQN}+vm1-b", lun.number);
     let other = format!("lun{}@{IQN}", t.luns[1].number);
+
+    // TLS refused: members whose certificate the configured CA did not
+    // sign, a host without a client certificate, an unreadable CA file.
+    // Each attach fails closed before anything changes.
+    let before = Snapshot::take();
+    for (why, store) in [
+        ("wrong CA", over_tls(&etcd, "client.pem", true)),
+        ("no client certificate", over_tls(&etcd, "ca.pem", false)),
+        ("CA file missing", over_tls(&etcd, "nothing.pem", true)),
+    ] {
+        let c = host_at("c", &t.portal(), &lv_b, 120, &store);
+        let e = c.attach_fails(&other, 1);
+        println!("lab: TLS, {why}: {e}");
+        assert!(e.contains(&other), "{why}: {e}");
+        assert!(!e.contains("PRIVATE KEY"), "{why}: {e}");
+        if why == "CA file missing" {
+            assert!(e.contains("nothing.pem"), "{why}: {e}");
+        } else {
+            assert!(e.contains("does not answer"), "{why}: {e}");
+        }
+    }
+    assert_eq!(Snapshot::take(), before, "a refused attach changes nothing");
     let (dev_a, dev_b) = (Path::new("/dev/md/vm1-a"), Path::new("/dev/md/vm1-b"));
 
     // (d) First attach: no record, a full copy; a clean detach; again:
