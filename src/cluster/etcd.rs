@@ -235,7 +235,10 @@ impl EtcdRecords {
                     break;
                 }
                 let url = format!("{ep}{path}");
-                match agent.post(&url).send_json(body) {
+                let sent = Instant::now();
+                let r = agent.post(&url).send_json(body);
+                tracing::debug!(endpoint = %ep, path, secs = sent.elapsed().as_secs_f64(), ok = r.is_ok(), "etcd request");
+                match r {
                     Ok(r) => {
                         return r.into_json().map_err(|e| ClusterError::Store {
                             endpoint: ep.clone(),
