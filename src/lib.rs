@@ -32,6 +32,7 @@ pub mod labels;
 pub mod libvirt;
 pub mod lock;
 pub mod md;
+pub mod metrics;
 pub mod openers;
 pub mod runner;
 #[cfg(feature = "sim")]

@@ -23,6 +23,7 @@ use crate::cluster;
 use crate::disk::{Budget, Cause, DiskError, Engine, HealOptions, Healed, Health};
 use crate::holders::{self, HostLiveness};
 use crate::iscsi::IscsiError;
+use crate::metrics::Counters;
 use crate::state::Phase;
 
 /// How long past its budget a heal may take before `watch` goes on without
@@ -48,6 +49,8 @@ pub struct Watch {
     stuck: HashMap<String, Stuck>,
     sweep_error: HashMap<String, String>,
     store_error: Option<String>,
+    /// What the metrics count, kept in `run_dir` (see [`crate::metrics`]).
+    counters: Option<Counters>,
 }
 
 fn describe(h: &Health) -> String {
@@ -101,13 +104,19 @@ impl Watch {
                 return;
             }
         };
+        let run_dir = &engine.config.run_dir;
+        let mut counters = self
+            .counters
+            .take()
+            .unwrap_or_else(|| Counters::load(run_dir));
+        let before = counters.clone();
         let mut seen = Vec::new();
         for (key, a) in all {
             if a.mirror.is_none() || a.phase != Phase::Attached {
                 continue;
             }
             seen.push(key.clone());
-            if !self.unstuck(&key, &a.spec) {
+            if !self.unstuck(&key, &a.spec, &mut counters) {
                 continue;
             }
             let budget = Budget::new(engine.config.timeouts.heal, Duration::ZERO);
@@ -120,6 +129,11 @@ impl Watch {
                     continue;
                 }
             };
+            counters.leg(
+                &a.spec,
+                matches!(h, Health::LocalNewer { .. }),
+                crate::state::now(),
+            );
             let text = describe(&h);
             if self.state.get(&key) != Some(&text) {
                 match &h {
@@ -149,7 +163,7 @@ impl Watch {
             }
             let wait = budget.end().saturating_duration_since(crate::clock::now()) + GRACE;
             match rx.recv_timeout(wait) {
-                Ok(outcome) => self.healed(&key, &a.spec, outcome),
+                Ok(outcome) => self.healed(&key, &a.spec, outcome, &mut counters),
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     tracing::warn!(spec = %a.spec, budget = ?budget.total(), "the heal outlived its budget (the LUN does not answer); the other mirrors go on, this one waits until it ends");
                     self.stuck.insert(
@@ -165,6 +179,12 @@ impl Watch {
                 }
             }
         }
+        if counters != before {
+            if let Err(e) = counters.save(run_dir) {
+                tracing::warn!(error = %e, "cannot keep the metrics' counters");
+            }
+        }
+        self.counters = Some(counters);
         self.state.retain(|k, _| seen.contains(k));
         self.heal_error.retain(|k, _| seen.contains(k));
         self.stuck.retain(|k, _| seen.contains(k));
@@ -235,7 +255,7 @@ impl Watch {
 
     /// Whether mirror `key` may be looked at: no heal of it is still
     /// running past its budget (one that ended is reported now).
-    fn unstuck(&mut self, key: &str, spec: &str) -> bool {
+    fn unstuck(&mut self, key: &str, spec: &str, counters: &mut Counters) -> bool {
         let Some(s) = self.stuck.get(key) else {
             return true;
         };
@@ -245,7 +265,7 @@ impl Watch {
                 let took = crate::clock::since(s.since);
                 self.stuck.remove(key);
                 tracing::info!(spec, after = ?took, "a heal that outlived its budget ended");
-                self.healed(key, spec, outcome);
+                self.healed(key, spec, outcome, counters);
                 true
             }
             Err(mpsc::TryRecvError::Disconnected) => {
@@ -256,15 +276,25 @@ impl Watch {
     }
 
     /// Log what a heal of `key` did, each error once.
-    fn healed(&mut self, key: &str, spec: &str, (result, notices): Outcome) {
+    fn healed(
+        &mut self,
+        key: &str,
+        spec: &str,
+        (result, notices): Outcome,
+        counters: &mut Counters,
+    ) {
         match result {
             Ok(Healed::Nothing) => {}
             Ok(how) => {
+                counters.healed(spec);
                 self.heal_error.remove(key);
                 tracing::info!(spec, how = ?how, "iSCSI leg re-added; resyncing from the local leg");
             }
             Err(e) => {
                 let waiting = matches!(*e.cause, Cause::Iscsi(IscsiError::SessionDown { .. }));
+                if !waiting {
+                    counters.heal_failed(spec, crate::state::now());
+                }
                 let msg = e.to_string();
                 if self.heal_error.get(key) != Some(&msg) {
                     if waiting {

@@ -3,6 +3,7 @@ use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use iscsimple::cluster;
+use iscsimple::metrics;
 use iscsimple::state::{Durable, Store};
 use iscsimple::status::{self, Report};
 use iscsimple::sysfs::Sys;
@@ -13,8 +14,12 @@ use super::{load_config, CmdResult, Failure};
 #[derive(Debug, clap::Args)]
 pub(crate) struct Args {
     /// One JSON object instead of the table (schema: doc/status.schema.json).
-    #[arg(long, conflicts_with = "watch")]
+    #[arg(long, conflicts_with_all = ["watch", "prometheus"])]
     pub json: bool,
+    /// Prometheus metrics (text format) instead of the table; `watch` can
+    /// write the same to a file for node_exporter.
+    #[arg(long, conflicts_with = "watch")]
+    pub prometheus: bool,
     /// Redraw every --interval seconds with a progress bar per resync, until interrupted.
     #[arg(long)]
     pub watch: bool,
@@ -26,6 +31,15 @@ pub(crate) struct Args {
         requires = "watch"
     )]
     pub interval: f64,
+}
+
+/// The metrics: the report and what `watch` counted.
+pub(crate) fn metrics(config: &iscsimple::config::Config) -> Result<String, Failure> {
+    let r = report(config)?;
+    Ok(metrics::render(
+        &r,
+        &metrics::Counters::load(&config.run_dir),
+    ))
 }
 
 fn report(config: &iscsimple::config::Config) -> Result<Report, Failure> {
@@ -94,6 +108,10 @@ pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
             "{}",
             serde_json::to_string_pretty(&r).map_err(Failure::failed)?
         );
+        return Ok(());
+    }
+    if args.prometheus {
+        print!("{}", metrics(&config)?);
         return Ok(());
     }
     if !args.watch {

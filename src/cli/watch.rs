@@ -10,6 +10,10 @@ pub(crate) struct Args {
     /// Look once, act, and exit (for a timer or a test).
     #[arg(long)]
     pub once: bool,
+    /// After each look, write the metrics `status` prints to this file (for
+    /// node_exporter's textfile collector: name it *.prom), atomically.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<std::path::PathBuf>,
 }
 
 pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
@@ -25,6 +29,17 @@ pub(crate) fn run(args: Args, config: Option<&std::path::Path>) -> CmdResult {
     loop {
         events.arm();
         watch.tick(&engine);
+        if let Some(path) = &args.metrics_file {
+            // A metrics file that cannot be written must not stop the healer.
+            match super::status::metrics(config) {
+                Ok(text) => {
+                    if let Err(e) = iscsimple::metrics::write_file(path, &text) {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot write the metrics file");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e.error, "cannot build the metrics"),
+            }
+        }
         if args.once {
             return Ok(());
         }

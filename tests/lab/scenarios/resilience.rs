@@ -8,6 +8,7 @@ use crate::fixture::initiator;
 use crate::fixture::lvm::Vg;
 use crate::fixture::md;
 use crate::fixture::md::Md;
+use crate::fixture::metrics;
 use crate::fixture::net::{Netns, SERVICE_ADDR};
 use crate::fixture::persist;
 use crate::fixture::system::Ext4;
@@ -20,6 +21,8 @@ use crate::fixture::{Lab, Udev};
 
 const IQN: &str = "iqn.2024-01.lab.iscsimple:resilience";
 const MIB: u64 = 16;
+/// Where `watch --metrics-file` writes (node_exporter's `*.prom`).
+const PROM: &str = "/run/iscsimple.prom";
 
 /// The network to the target is cut (packets dropped) for less than the
 /// session's timeouts while the VM writes: the write waits, then completes;
@@ -186,8 +189,24 @@ fn lab_target_dies_under_writer_watch_heals_with_bitmap() {
     assert!(Path::new("/var/lib/iscsimple/bitmaps/vm1-disk.bitmap").exists());
     // A tick of 10 minutes: its first look runs now, before the kill, and
     // the next one is far past the wait below, so only md's event on
-    // /proc/mdstat can wake it to write the record.
-    let watch = tool.watch();
+    // /proc/mdstat can wake it to write the record. Each look writes the
+    // metrics file.
+    let watch = tool.watch_with(&["--metrics-file", PROM]);
+    let m0 = wait_for("the first metrics file", Duration::from_secs(60), || {
+        metrics::read(PROM).is_some()
+    });
+    println!(
+        "metrics file written {:.1}s after watch started",
+        m0.as_secs_f64()
+    );
+    let s = metrics::read(PROM).expect("metrics");
+    assert_eq!(metrics::value(&s, "iscsimple_legs_in_sync", &[]), Some(2.0));
+    assert_eq!(metrics::value(&s, "iscsimple_degraded", &[]), Some(0.0));
+    assert_eq!(metrics::value(&s, "iscsimple_paths_up", &[]), Some(1.0));
+    assert_eq!(
+        metrics::value(&s, "iscsimple_sessions", &[("state", "LOGGED_IN")]),
+        Some(1.0)
+    );
     let watch_started = Instant::now();
     wait_for(
         "watch to start with its 600 s tick",
@@ -217,6 +236,24 @@ fn lab_target_dies_under_writer_watch_heals_with_bitmap() {
         watch_started.elapsed() < Duration::from_secs(600),
         "recorded before watch's timer could fire: md's event woke it"
     );
+    // The same look wrote the failure to the metrics file.
+    wait_for(
+        "the metrics to show the failed leg",
+        Duration::from_secs(30),
+        || {
+            metrics::read(PROM).is_some_and(|s| {
+                metrics::value(&s, "iscsimple_leg_failures_total", &[]) == Some(1.0)
+            })
+        },
+    );
+    let s = metrics::read(PROM).expect("metrics");
+    assert_eq!(metrics::value(&s, "iscsimple_degraded", &[]), Some(1.0));
+    assert_eq!(metrics::value(&s, "iscsimple_legs_in_sync", &[]), Some(1.0));
+    assert_eq!(
+        metrics::value(&s, "iscsimple_local_newer", &[("label", "vm1-disk")]),
+        Some(1.0)
+    );
+    assert!(metrics::value(&s, "iscsimple_last_error_timestamp_seconds", &[]).is_some());
     writer.wait_rounds(2);
     let last = writer.finish() - 1;
     println!(
@@ -234,7 +271,7 @@ fn lab_target_dies_under_writer_watch_heals_with_bitmap() {
     watch.stop();
     let conf = std::fs::read_to_string(&tool.config).expect("config");
     std::fs::write(&tool.config, conf.replace("watch = 600", "watch = 1")).expect("config");
-    let watch = tool.watch();
+    let watch = tool.watch_with(&["--metrics-file", PROM]);
 
     // Target back: watch re-adds the leg, only dirty regions are copied.
     // The copy is slowed to ~2 MB/s (md does not count skipped clean
@@ -301,7 +338,29 @@ fn lab_target_dies_under_writer_watch_heals_with_bitmap() {
     );
     assert!(log.contains("iSCSI leg re-added"), "{log}");
     assert!(log.contains("back in sync"), "{log}");
+    // The heal counted, the counters kept across watch's restart, the
+    // mirror whole again; `status --prometheus` says the same.
+    wait_for(
+        "the metrics to show the mirror whole",
+        Duration::from_secs(30),
+        || {
+            metrics::read(PROM).is_some_and(|s| {
+                metrics::value(&s, "iscsimple_degraded", &[]) == Some(0.0)
+                    && metrics::value(&s, "iscsimple_heals_total", &[]) == Some(1.0)
+            })
+        },
+    );
     watch.stop();
+    let out = tool.run(&["status", "--prometheus"]);
+    assert!(out.ok(), "{}", out.stderr);
+    let s = metrics::parse(&out.stdout);
+    assert_eq!(metrics::value(&s, "iscsimple_legs_in_sync", &[]), Some(2.0));
+    assert_eq!(
+        metrics::value(&s, "iscsimple_leg_failures_total", &[]),
+        Some(1.0)
+    );
+    assert_eq!(metrics::value(&s, "iscsimple_heals_total", &[]), Some(1.0));
+    assert_eq!(metrics::value(&s, "iscsimple_local_newer", &[]), None);
 
     // Second outage, healed by hand.
     t.kill();
