@@ -49,7 +49,7 @@ static DOWN: std::sync::Mutex<Option<(Instant, String)>> = std::sync::Mutex::new
 pub struct EtcdRecords {
     endpoints: Vec<String>,
     /// The client, or why it could not be made (TLS files unreadable).
-    agent: Result<ureq::Agent, (PathBuf, String)>,
+    agent: Agent,
     ttl: Duration,
     /// This host's lease id, kept across calls (`run_dir/lease`): gone
     /// with a reboot, as the lease is.
@@ -119,14 +119,11 @@ struct KeepAlive {
 /// TLS to the members: their certificates checked against the CA of
 /// `t` alone (not the system's), this host's certificate shown when it
 /// has one. Errors name the file, never its content.
-fn tls_config(t: &EtcdTls) -> Result<rustls::ClientConfig, ClusterError> {
+fn tls_config(t: &EtcdTls) -> Result<rustls::ClientConfig, (PathBuf, String)> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let bad = |path: &Path, cause: String| ClusterError::Tls {
-        path: path.to_path_buf(),
-        cause,
-    };
-    let certs = |path: &Path| -> Result<Vec<CertificateDer<'static>>, ClusterError> {
+    let bad = |path: &Path, cause: String| (path.to_path_buf(), cause);
+    let certs = |path: &Path| -> Result<Vec<CertificateDer<'static>>, (PathBuf, String)> {
         let certs = CertificateDer::pem_file_iter(path)
             .and_then(Iterator::collect::<Result<Vec<_>, _>>)
             .map_err(|e| bad(path, e.to_string()))?;
@@ -156,6 +153,45 @@ fn tls_config(t: &EtcdTls) -> Result<rustls::ClientConfig, ClusterError> {
     }
 }
 
+/// The client for `tls` (None: plain http), or why it cannot be made.
+type Agent = Result<ureq::Agent, (PathBuf, String)>;
+
+/// The files of `tls` and when each last changed: a client is made
+/// anew once one is replaced (a certificate renewed while `watch` runs).
+type TlsKey = Option<(EtcdTls, Vec<Option<std::time::SystemTime>>)>;
+
+/// The clients this process made, by TLS files: the store is opened
+/// several times per call, and each client keeps its connections (with
+/// TLS, a handshake each).
+static AGENTS: std::sync::Mutex<Vec<(TlsKey, ureq::Agent)>> = std::sync::Mutex::new(Vec::new());
+
+fn agent(tls: Option<&EtcdTls>) -> Agent {
+    let key: TlsKey = tls.map(|t| {
+        let files = std::iter::once(&t.ca).chain(t.client.iter().flat_map(|(c, k)| [c, k]));
+        let changed = files
+            .map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok())
+            .collect();
+        (t.clone(), changed)
+    });
+    let mut agents = AGENTS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, a)) = agents.iter().find(|(k, _)| *k == key) {
+        return Ok(a.clone());
+    }
+    let builder = ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(2))
+        .timeout(REQUEST);
+    let a = match tls {
+        None => builder.build(),
+        Some(t) => builder.tls_config(Arc::new(tls_config(t)?)).build(),
+    };
+    // A failure is not kept: files fixed while `watch` runs are read again.
+    agents.retain(|(k, _)| k.as_ref().map(|(t, _)| t) != tls);
+    agents.push((key, a.clone()));
+    Ok(a)
+}
+
 fn key(wwid: &str) -> String {
     B64.encode(format!("{PREFIX}{wwid}"))
 }
@@ -169,21 +205,9 @@ impl EtcdRecords {
         ttl: Duration,
         lease_file: PathBuf,
     ) -> EtcdRecords {
-        let builder = ureq::AgentBuilder::new()
-            .timeout_connect(Duration::from_secs(2))
-            .timeout(REQUEST);
-        let agent = match tls {
-            None => Ok(builder.build()),
-            Some(t) => tls_config(t)
-                .map(|c| builder.tls_config(Arc::new(c)).build())
-                .map_err(|e| match e {
-                    ClusterError::Tls { path, cause } => (path, cause),
-                    other => (t.ca.clone(), other.to_string()),
-                }),
-        };
         EtcdRecords {
             endpoints: endpoints.to_vec(),
-            agent,
+            agent: agent(tls),
             ttl,
             lease_file,
         }
