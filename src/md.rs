@@ -358,6 +358,33 @@ impl Mdadm<'_> {
         Ok(())
     }
 
+    /// `mdadm --grow /dev/md/LABEL --bitmap=none`: drop a bitmap file,
+    /// which md cannot resize ("cannot resize file-based bitmap"). The
+    /// kernel refuses it while a resync runs. mdadm cannot give a
+    /// non-persistent array a new bitmap file (it takes the file's UUID
+    /// from a superblock: "cannot find UUID for array!"), so the array
+    /// runs without one until its next attach.
+    pub fn remove_bitmap(&self, label: &str) -> Result<(), MdError> {
+        self.runner.run(&self.cmd().args([
+            "--grow",
+            &label_path(label).to_string_lossy(),
+            "--bitmap=none",
+        ]))?;
+        Ok(())
+    }
+
+    /// `mdadm --grow /dev/md/LABEL --size=max`: the array takes its
+    /// smallest member's size (see [`fit_members`]); raid1 then resyncs
+    /// the new area.
+    pub fn grow_max(&self, label: &str) -> Result<(), MdError> {
+        self.runner.run(&self.cmd().args([
+            "--grow",
+            &label_path(label).to_string_lossy(),
+            "--size=max",
+        ]))?;
+        Ok(())
+    }
+
     /// `mdadm --stop /dev/mdN`.
     pub fn stop(&self, kname: &str) -> Result<(), MdError> {
         self.runner
@@ -447,6 +474,29 @@ fn maps_blocks(dir: &Path) -> std::io::Result<()> {
     })();
     let _ = fs::remove_file(&probe);
     result
+}
+
+/// Let each member of non-persistent array `kname` count its device's
+/// whole size again: md keeps the size a member had when it was added,
+/// and writing 0 to `dev-X/size` sets it to the device's size now
+/// (md.c, rdev_size_store), which `--grow --size=max` then uses.
+pub fn fit_members(sys: &Sys, kname: &str) -> Result<(), MdError> {
+    let d = format!("/sys/block/{kname}/md");
+    for m in sys.list(&d) {
+        if m.starts_with("dev-") {
+            let path = PathBuf::from(format!("{d}/{m}/size"));
+            sys.write(&path, "0")
+                .map_err(|source| MdError::Io { path, source })?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether array `kname` keeps a write-intent bitmap in a file.
+pub fn bitmap_in_file(sys: &Sys, kname: &str) -> bool {
+    sys.read(format!("/sys/block/{kname}/md/bitmap/location"))
+        .as_deref()
+        == Some("file")
 }
 
 /// Apply resync speed limits (KiB/s) to one array.

@@ -2,6 +2,7 @@
 //! table, resolved and checked through stat, sysfs and an exclusive open.
 use std::path::{Path, PathBuf};
 
+use crate::runner::{Cmd, Program, Runner};
 use crate::sysfs::Sys;
 
 /// Why a local volume cannot be used.
@@ -40,6 +41,16 @@ pub enum VolumeError {
         recorded: String,
         /// The identity found.
         found: String,
+    },
+    /// `lvm lvextend` failed, or the volume is not LVM's.
+    #[error("local volume {}: cannot extend it to {size} bytes: {why}", path.display())]
+    Extend {
+        /// The path.
+        path: PathBuf,
+        /// The size asked.
+        size: u64,
+        /// Why.
+        why: String,
     },
     /// The device is smaller than the iSCSI LUN it must mirror.
     #[error("local volume {} has {size} bytes, smaller than the iSCSI LUN's {needed}", path.display())]
@@ -127,6 +138,24 @@ pub fn resolve(sys: &Sys, path: &Path) -> Result<Volume, VolumeError> {
     })
 }
 
+/// Resolve `path` and check it is still the volume `recorded` (its
+/// identity at attach), when one was.
+pub fn resolve_recorded(
+    sys: &Sys,
+    path: &Path,
+    recorded: Option<&String>,
+) -> Result<Volume, VolumeError> {
+    let v = resolve(sys, path)?;
+    match recorded {
+        Some(id) if *id != v.id => Err(VolumeError::Replaced {
+            path: v.path.clone(),
+            recorded: id.clone(),
+            found: v.id,
+        }),
+        _ => Ok(v),
+    }
+}
+
 /// Refuse a device that anything else holds. sysfs `holders/` shows md and
 /// dm users; an exclusive open fails with EBUSY for mounts and every other
 /// exclusive user (the kernel's own test, the one mdadm --add will face).
@@ -188,6 +217,28 @@ pub fn users(sys: &Sys, kname: &str) -> Vec<String> {
         by.push("an exclusive opener (mounted?)".to_string());
     }
     by
+}
+
+/// Grow LVM volume `v` to at least `size` bytes (`lvm lvextend --size
+/// SIZEb`; LVM rounds up to its extents). Only an LVM volume, known by its
+/// dm UUID: another device-mapper or plain device is the admin's to grow.
+pub fn extend(runner: &dyn Runner, v: &Volume, size: u64) -> Result<(), VolumeError> {
+    let err = |why: String| VolumeError::Extend {
+        path: v.path.clone(),
+        size,
+        why,
+    };
+    if !v.id.starts_with("dm:LVM-") {
+        return Err(err(format!("it is not an LVM volume ({})", v.id)));
+    }
+    runner
+        .run(
+            &Cmd::new(Program::Lvm)
+                .args(["lvextend", "--size", &format!("{size}b")])
+                .arg(v.path.to_string_lossy()),
+        )
+        .map_err(|e| err(e.to_string()))?;
+    Ok(())
 }
 
 /// Refuse a device smaller than `needed` bytes.

@@ -15,6 +15,7 @@ mod attach;
 mod check;
 mod detach;
 mod doctor;
+mod grow;
 mod heal;
 mod join;
 mod libvirt_hook;
@@ -61,6 +62,8 @@ pub(crate) enum Command {
     Status(status::Args),
     /// Re-add a mirror's failed iSCSI leg once its session is back (full resync local → iSCSI).
     Heal(heal::Args),
+    /// Grow a disk after its LUN grew on the target: rescan the LUN, check or extend the local volume, grow the array, tell libvirt.
+    Grow(grow::Args),
     /// Settle a disk's split brain (both copies written while apart), on the host whose copy diverged.
     Resolve(resolve::Args),
     /// Watch the mirrors: record the moment an iSCSI leg fails, heal it when its session is back, log each change.
@@ -197,6 +200,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Xen(args) => xen::run(args, config),
         Command::Join(args) => join::run(args, config),
         Command::Heal(args) => heal::run(args, config),
+        Command::Grow(args) => grow::run(args, config),
         Command::Resolve(args) => resolve::run(args, config),
         Command::Watch(args) => watch::run(args, config),
         Command::LibvirtHook(args) => libvirt_hook::run(args, config),

@@ -428,6 +428,22 @@ impl Engine<'_> {
         }
     }
 
+    /// Record `size` as the size of the disk the VM has, in the record of
+    /// an attachment's local copy (after `grow`: a later attach must never
+    /// build the array smaller). Nothing without a local leg or a record.
+    pub(super) fn record_size(&self, a: &Attachment, size: u64) -> Result<(), StateError> {
+        let Some((m, local)) = a.mirror.as_ref().and_then(|m| Some((m, m.local.clone()?))) else {
+            return Ok(());
+        };
+        let id = local_id_of(self, m.local_id.as_ref(), &local);
+        let Some(own) = self.known_copies()?.into_iter().find(|k| k.is(&id, &local)) else {
+            return Ok(());
+        };
+        let mut copy = own.copy;
+        copy.size = Some(size);
+        self.durable.set_copy(&copy)
+    }
+
     /// Keep the record of an attachment's local copy in line with what its
     /// legs say (`seen`). True when the record changed.
     pub(super) fn record_legs(&self, a: &Attachment, seen: Seen<'_>) -> Result<bool, StateError> {

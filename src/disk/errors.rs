@@ -54,6 +54,8 @@ pub enum Step {
     InUse,
     /// The disk's record (generation, writer).
     Record,
+    /// Growing the array.
+    Grow,
 }
 
 impl fmt::Display for Step {
@@ -78,6 +80,7 @@ impl fmt::Display for Step {
             Step::Find => "attachment",
             Step::InUse => "in use",
             Step::Record => "disk record",
+            Step::Grow => "mdadm --grow",
         })
     }
 }
@@ -228,6 +231,57 @@ pub enum Cause {
         /// The attached spec.
         attached: String,
     },
+    /// `grow` of something not attached.
+    #[error("{what} is not attached")]
+    NotAttached {
+        /// What the caller named.
+        what: String,
+    },
+    /// `grow` of a mirror whose iSCSI leg is MISSING.
+    #[error("the iSCSI leg is MISSING: grow follows the LUN's size; grow the local volume and attach again")]
+    NoLunToGrow,
+    /// `grow` of a mirror that is degraded or resyncing.
+    #[error("{label} is not in sync ({state}): grow it once both legs are in sync")]
+    NotInSync {
+        /// The label.
+        label: String,
+        /// What the legs say.
+        state: String,
+    },
+    /// The LUN is smaller than the disk the VM has.
+    #[error("LUN {lun} of {target} now has {size} bytes, fewer than the {was} bytes the VM has: a shrink is refused (grow the LUN back)")]
+    LunShrank {
+        /// Target.
+        target: String,
+        /// LUN.
+        lun: u32,
+        /// Its size now.
+        size: u64,
+        /// The device's size.
+        was: u64,
+    },
+    /// The local leg cannot hold the grown LUN.
+    #[error("local volume {} has {size} bytes, fewer than the LUN's new {need}: grow it (lvextend), or run grow with --extend-local", local.display())]
+    LocalTooSmallToGrow {
+        /// The local volume.
+        local: PathBuf,
+        /// Its size.
+        size: u64,
+        /// The LUN's new size.
+        need: u64,
+    },
+    /// The leg's disk is not where attach left it.
+    #[error("LUN {lun} of {target} is no longer the disk {kname} at {hctl} the leg was: heal the mirror first")]
+    LegMoved {
+        /// Target.
+        target: String,
+        /// LUN.
+        lun: u32,
+        /// The address recorded.
+        hctl: String,
+        /// The kernel name recorded.
+        kname: String,
+    },
     /// The device is open: by processes (`/proc/*/fd`), exclusively (a
     /// mount), or by md or dm (sysfs `holders/`).
     #[error("{} is in use by {}; refusing to detach it (`iscsimple detach --force` detaches it anyway)", device.display(), by.join(", "))]
@@ -346,6 +400,12 @@ impl Cause {
                 | Cause::Busy { .. }
                 | Cause::Held { .. }
                 | Cause::WouldShrink(_)
+                | Cause::NotAttached { .. }
+                | Cause::NoLunToGrow
+                | Cause::NotInSync { .. }
+                | Cause::LunShrank { .. }
+                | Cause::LocalTooSmallToGrow { .. }
+                | Cause::LegMoved { .. }
                 | Cause::Volume(_)
                 | Cause::Iscsi(IscsiError::AuthFailed { .. })
                 | Cause::Iscsi(IscsiError::NotDisk { .. })

@@ -44,7 +44,12 @@ impl Engine<'_> {
         self.health_of(a, &array, &expect)
     }
 
-    fn health_of(&self, a: &Attachment, array: &Array, expect: &Expected) -> Option<Health> {
+    pub(super) fn health_of(
+        &self,
+        a: &Attachment,
+        array: &Array,
+        expect: &Expected,
+    ) -> Option<Health> {
         let m = a.mirror.as_ref()?;
         if m.local_pending {
             return Some(Health::Other("local leg joins later".to_string()));
@@ -282,12 +287,7 @@ impl Engine<'_> {
             .map_err(|e| fail(Step::State, e.into()))?;
         }
         let kname = array.kname.clone();
-        let bitmap_on = m.bitmap.is_some()
-            && self
-                .sys
-                .read(format!("/sys/block/{kname}/md/bitmap/location"))
-                .as_deref()
-                == Some("file");
+        let bitmap_on = m.bitmap.is_some() && crate::md::bitmap_in_file(&self.sys, &kname);
         let mdadm = self.mdadm();
         if let Some((_, member_kname)) = &member {
             let old = PathBuf::from(format!("/dev/{member_kname}"));
@@ -351,20 +351,8 @@ impl Engine<'_> {
         };
         self.our_array(&a)
             .map_err(|e| fail(Step::Build, e.into()))?;
-        let v = volume::resolve(&self.sys, local).map_err(|e| fail(Step::LocalVolume, e.into()))?;
-        if let Some(id) = &m.local_id {
-            if &v.id != id {
-                return Err(fail(
-                    Step::LocalVolume,
-                    volume::VolumeError::Replaced {
-                        path: v.path.clone(),
-                        recorded: id.clone(),
-                        found: v.id.clone(),
-                    }
-                    .into(),
-                ));
-            }
-        }
+        let v = volume::resolve_recorded(&self.sys, local, m.local_id.as_ref())
+            .map_err(|e| fail(Step::LocalVolume, e.into()))?;
         volume::check_unused(&self.sys, &v).map_err(|e| fail(Step::LocalVolume, e.into()))?;
         if let Some(i) = &a.iscsi {
             volume::check_size(&v, i.size).map_err(|e| fail(Step::Size, e.into()))?;

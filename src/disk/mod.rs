@@ -40,6 +40,7 @@ mod copies;
 mod detach;
 mod errors;
 mod generations;
+mod grow;
 mod health;
 mod session;
 mod undo;
@@ -47,6 +48,7 @@ mod undo;
 pub use budget::{Budget, Limit};
 pub use detach::{DetachOptions, Guard};
 pub use errors::{BehindConflict, Cause, DiskError, NewerConflict, ShrinkConflict, Step};
+pub use grow::{GrowOptions, Grown};
 
 /// How to attach.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

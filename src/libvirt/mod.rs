@@ -214,6 +214,18 @@ pub fn holder_name(domain: &str, target: &str) -> String {
     format!("libvirt-{hex}-{target}")
 }
 
+/// `virsh blockresize DOMAIN DEVICE SIZEB`: tell a running domain that
+/// its disk `device` (the path in its XML's `<source dev=...>`) grew to
+/// `size` bytes; QEMU does not notice a bigger block device by itself.
+/// The hook never calls libvirt (it runs inside libvirtd's own calls);
+/// `grow --libvirt-domain` does, from outside.
+pub fn blockresize_cmd(domain: &str, device: &std::path::Path, size: u64) -> crate::runner::Cmd {
+    crate::runner::Cmd::new(crate::runner::Program::Virsh)
+        .args(["blockresize", domain])
+        .arg(device.to_string_lossy())
+        .arg(format!("{size}B"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -28,17 +28,21 @@ pub enum Program {
     Mdadm,
     /// udev control (settle), optional at run time.
     Udevadm,
-    /// LVM (`lvm config`, `lvm pvs`), read-only, by `doctor`.
+    /// LVM: `lvm config`, `lvm pvs` (read-only, by `doctor`), and
+    /// `lvm lvextend` (by `grow --extend-local`).
     Lvm,
+    /// libvirt's shell, `virsh blockresize` (by `grow --libvirt-domain`).
+    Virsh,
 }
 
 impl Program {
     /// Every program, for [`Runner::verify`].
-    pub const ALL: [Program; 4] = [
+    pub const ALL: [Program; 5] = [
         Program::Iscsiadm,
         Program::Mdadm,
         Program::Udevadm,
         Program::Lvm,
+        Program::Virsh,
     ];
 
     /// File name of the program.
@@ -48,6 +52,7 @@ impl Program {
             Program::Mdadm => "mdadm",
             Program::Udevadm => "udevadm",
             Program::Lvm => "lvm",
+            Program::Virsh => "virsh",
         }
     }
 }

@@ -3,6 +3,7 @@ use crate::runner::recording::RecordingRunner;
 use crate::state::{IscsiLeg, Mirror, Phase};
 use std::fs;
 
+mod grow;
 mod heal;
 
 /// A block device in a fake sysfs: `/sys/class/block/KNAME/dev`, the

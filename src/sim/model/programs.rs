@@ -48,6 +48,7 @@ impl Model {
             Program::Mdadm => self.mdadm(&a),
             Program::Udevadm => Ok(Output::default()),
             Program::Lvm => Err((1, "lvm is not modelled".into())),
+            Program::Virsh => Err((1, "virsh is not modelled".into())),
         }
     }
 

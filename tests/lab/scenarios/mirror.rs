@@ -538,3 +538,121 @@ impl Unchanged {
         }
     }
 }
+
+/// Online grow (issue 18): a LIO LUN grows under a writer; `grow` refuses
+/// while the local volume is smaller (nothing changes), extends it with
+/// `--extend-local`, drops the bitmap file md cannot resize, grows the
+/// array; md copies the new area, the data stays, the legs end equal. A
+/// LUN that did not grow is nothing to do; a shrunk one, or a degraded
+/// mirror, is refused. A plain LUN grows too.
+#[test]
+fn lab_grow_lio_lun_under_a_writer() {
+    let lab = Lab::start(Udev::On);
+    let _state = crate::fixture::system::Ext4::mount("/var/lib/iscsimple", 64);
+    let t = Target::start(TargetSpec::new(Kind::Lio, IQN, &[MIB, 16]));
+    let (lun, plain_lun) = (t.luns[0].clone(), t.luns[1].number);
+    let spec = format!("lun{}@{IQN}+vm1-disk", lun.number);
+    let vg = Vg::create("labvg", 3 * MIB);
+    let lv = vg.lv("vm1", MIB);
+    let tool = Tool::new(&format!("[discovery]\nportals = [\"{}\"]\n", t.portal()));
+    tool.labels(&[("vm1-disk", lv.to_str().unwrap())]);
+    let dev = tool.attach(&spec);
+    let m = Md::by_label("vm1-disk");
+    m.wait_synced(Duration::from_secs(120));
+    assert_eq!(
+        m.attr("bitmap/location"),
+        "file",
+        "built with a bitmap file"
+    );
+    let writer = {
+        let dev = dev.clone();
+        data::Writer::start(&dev, move |r| (r % 8, 1, 0x6000 + r))
+    };
+    writer.wait_rounds(2);
+
+    let mib_of = |p: &Path| data::size(p) >> 20;
+    t.resize_lun(lun.number, MIB + 16);
+    let before = Unchanged::take();
+    let out = tool.run(&["grow", "vm1-disk"]);
+    assert_eq!(
+        out.code, 2,
+        "local volume too small: exit 2: {}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("--extend-local"), "{}", out.stderr);
+    assert_eq!(out.stderr.trim().lines().count(), 1, "{}", out.stderr);
+    assert_eq!(Unchanged::take(), before, "a refused grow changes nothing");
+    assert_eq!(mib_of(&dev), MIB);
+
+    let out = tool.run(&["grow", "--extend-local", "vm1-disk"]);
+    assert!(out.ok(), "grow --extend-local: {}", out.stderr);
+    assert!(out.stderr.contains("bitmap dropped"), "{}", out.stderr);
+    assert_eq!(
+        out.stdout.trim(),
+        format!(
+            "virsh blockresize DOMAIN /dev/md/vm1-disk {}B",
+            (MIB + 16) << 20
+        ),
+        "the libvirt command"
+    );
+    assert_eq!(mib_of(&dev), MIB + 16, "the array grew");
+    assert_eq!(mib_of(&lv), MIB + 16, "the local volume grew");
+    assert_eq!(m.attr("bitmap/location"), "none");
+    writer.wait_rounds(2);
+    // The new area takes writes; md copies it onto the iSCSI leg.
+    data::fill(&dev, MIB + 4, 8, 0x9e0);
+    m.wait_synced(Duration::from_secs(120));
+    let rounds = writer.finish();
+    lab.settle();
+    for r in rounds.saturating_sub(8)..rounds {
+        data::verify(&dev, r % 8, 1, 0x6000 + r);
+    }
+    data::verify(&dev, 8, MIB - 8, lun.seed);
+    data::verify(&dev, MIB + 4, 8, 0x9e0);
+    data::equal(&lv, &lun.backing, MIB + 16).expect("legs equal after grow");
+    let st = tool.run(&["status"]);
+    assert!(st.stdout.contains("in_sync"), "{}", st.stdout);
+
+    let out = tool.run(&["grow", "vm1-disk"]);
+    assert!(
+        out.ok() && out.stderr.contains("did not grow"),
+        "{}",
+        out.stderr
+    );
+    // A shrink is refused, and changes nothing.
+    t.resize_lun(lun.number, MIB);
+    let before = Unchanged::take();
+    let out = tool.run(&["grow", "vm1-disk"]);
+    assert_eq!(out.code, 2, "shrink refused: {}", out.stderr);
+    assert!(out.stderr.contains("shrink is refused"), "{}", out.stderr);
+    assert_eq!(Unchanged::take(), before);
+    t.resize_lun(lun.number, MIB + 24);
+    // Degraded: refused until healed.
+    let sd = m.iscsi_member().expect("iSCSI member");
+    crate::fixture::cmd::must(
+        "/usr/sbin/mdadm",
+        &["/dev/md/vm1-disk", "--fail", &format!("/dev/{sd}")],
+    );
+    let out = tool.run(&["grow", "--extend-local", "vm1-disk"]);
+    assert_eq!(out.code, 2, "degraded: refused: {}", out.stderr);
+    assert!(out.stderr.contains("not in sync"), "{}", out.stderr);
+    assert_eq!(mib_of(&dev), MIB + 16);
+    assert!(tool.run(&["heal", "vm1-disk"]).ok());
+    m.wait_synced(Duration::from_secs(120));
+    let out = tool.run(&["grow", "--extend-local", "vm1-disk"]);
+    assert!(out.ok(), "grow without a bitmap: {}", out.stderr);
+    assert_eq!(mib_of(&dev), MIB + 24);
+    m.wait_synced(Duration::from_secs(120));
+    data::equal(&lv, &lun.backing, MIB + 24).expect("legs equal after the second grow");
+
+    // A plain LUN: the hypervisor has the SCSI disk itself.
+    let plain_spec = format!("lun{plain_lun}@{IQN}");
+    let plain = tool.attach(&plain_spec);
+    t.resize_lun(plain_lun, 24);
+    let out = tool.run(&["grow", &plain_spec]);
+    assert!(out.ok(), "{}", out.stderr);
+    assert_eq!(mib_of(&plain), 24);
+    tool.detach(&plain_spec);
+    tool.detach("vm1-disk");
+    vg.remove();
+}
