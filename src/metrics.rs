@@ -152,6 +152,17 @@ pub fn render(r: &Report, counters: &Counters) -> String {
             1.0,
         );
     }
+    let mut fam = family(
+        o,
+        "iscsimple_device_size_bytes",
+        "gauge",
+        "Size of the device handed out, bytes (grows with `iscsimple grow`).",
+    );
+    for a in &r.attachments {
+        if let Some(size) = a.size_bytes {
+            fam.sample(&[("spec", &a.spec)], f(size));
+        }
+    }
     let mirrors: Vec<_> = r.attachments.iter().filter(|a| a.array.is_some()).collect();
     let mut fam = family(o, "iscsimple_legs", "gauge", "Legs of a mirror.");
     for a in &mirrors {

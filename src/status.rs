@@ -54,6 +54,10 @@ pub struct AttachmentStatus {
     pub phase: &'static str,
     /// The device handed out.
     pub device: Option<String>,
+    /// Its size in bytes, read from the kernel now (after `grow`, the new
+    /// one); None when the device is gone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
     /// md kernel name, for mirrors.
     pub array: Option<String>,
     /// iSCSI session id and state.
@@ -336,6 +340,11 @@ pub fn report(sys: &Sys, store: &Store, durable: &Durable) -> Result<Report, Sta
                 Phase::Attaching => "attaching",
             },
             device: a.device.as_ref().map(|d| d.display().to_string()),
+            size_bytes: match (array, &a.mirror, &a.iscsi) {
+                (Some(x), _, _) => Some(x.size),
+                (None, None, Some(i)) => sys.block_size(&i.kname),
+                _ => None,
+            },
             array: array.map(|x| x.kname.clone()),
             session,
             legs,

@@ -28,6 +28,7 @@ mod tests {
                     spec: "lun1@iqn.2024-01.lab:t+disk".into(),
                     phase: "attached",
                     device: Some("/dev/md/disk".into()),
+                    size_bytes: Some(1 << 30),
                     array: Some("md127".into()),
                     session: Some(session.clone()),
                     legs: vec![
@@ -71,6 +72,7 @@ mod tests {
                     spec: "MISSING+x".into(),
                     phase: "attaching",
                     device: None,
+                    size_bytes: None,
                     array: None,
                     session: None,
                     legs: Vec::new(),

@@ -29,6 +29,7 @@ fn mirror(spec: &str, legs: Vec<LegStatus>, s: SessionStatus) -> AttachmentStatu
         spec: spec.to_string(),
         phase: "attached",
         device: Some(format!("/dev/md/{spec}")),
+        size_bytes: Some(1 << 30),
         array: Some("md127".to_string()),
         session: Some(s),
         legs,
@@ -120,6 +121,10 @@ fn a_report_renders_as_metrics_a_scraper_reads() {
         Some(2048.0 * 1024.0)
     );
     assert_eq!(value(&s, "iscsimple_paths_up", &one), Some(1.0));
+    assert_eq!(
+        value(&s, "iscsimple_device_size_bytes", &one),
+        Some(f64::from(1u32 << 30))
+    );
     // Two attachments on one session: one session.
     assert_eq!(
         value(

@@ -28,7 +28,7 @@ apt_update() { [ $updated = 1 ] || { $APT update >&2; updated=1; }; }
 
 # ------------------------------------------------------------------ packages
 PKGS="linux-image-cloud-amd64 busybox-static open-iscsi mdadm lvm2 tgt udev cpio kmod
-      iproute2 e2fsprogs util-linux diffutils coreutils"
+      iproute2 e2fsprogs util-linux diffutils coreutils multipath-tools"
 missing=
 for p in $PKGS; do installed "$p" || missing="$missing $p"; done
 if [ -n "$missing" ]; then
@@ -39,7 +39,7 @@ if [ -n "$missing" ]; then
 fi
 # The host must not act on the packages it installed for the image: no iscsid
 # or tgtd on the host (its kernel has no iSCSI anyway).
-for s in iscsid.socket iscsid open-iscsi tgt; do
+for s in iscsid.socket iscsid open-iscsi tgt multipathd.socket multipathd; do
     systemctl disable --now "$s" >/dev/null 2>&1 || true
 done
 
@@ -122,7 +122,11 @@ copy_bin /usr/bin/bash \
     /usr/sbin/tgtd /usr/sbin/tgtadm \
     /lib/systemd/systemd-udevd /usr/bin/udevadm /usr/bin/kmod \
     /usr/bin/ip /usr/sbin/tc /usr/sbin/mke2fs /usr/bin/flock \
-    /usr/bin/cmp /usr/bin/dd /usr/bin/sha256sum /usr/bin/stat
+    /usr/bin/cmp /usr/bin/dd /usr/bin/sha256sum /usr/bin/stat \
+    /usr/sbin/multipath /usr/sbin/multipathd /usr/sbin/kpartx
+# multipathd's path checkers and prioritizers, which it dlopens
+for f in /lib/multipath/*.so; do copy_bin "$f"; done
+mkdir -p "$ROOT/etc/multipath"
 ln -sf mke2fs "$ROOT/usr/sbin/mkfs.ext4"
 for f in /usr/sbin/*; do   # lvm command names: symlinks to lvm
     [ -L "$f" ] && [ "$(readlink -f "$f")" = /usr/sbin/lvm ] && ln -sf lvm "$ROOT/usr/sbin/$(basename "$f")"
@@ -131,6 +135,14 @@ for f in modprobe insmod rmmod lsmod modinfo depmod; do ln -sf ../bin/kmod "$ROO
 # udev rules and helpers (no hwdb: large, not needed); by-path/by-id names come from these
 mkdir -p "$ROOT/usr/lib/udev/rules.d" "$ROOT/etc/udev/rules.d"
 cp -p /lib/udev/rules.d/*.rules "$ROOT/usr/lib/udev/rules.d/"
+# multipath-tools' and sg3-utils' rules act only on a host that runs
+# multipathd: kept aside, a multipath scenario installs them (see
+# fixture/multipath.rs), the others run as a host without multipath does.
+mkdir -p "$ROOT/usr/lib/udev/rules.multipath"
+for r in "$ROOT"/usr/lib/udev/rules.d/*multipath*.rules "$ROOT"/usr/lib/udev/rules.d/*dm-mpath*.rules \
+         "$ROOT"/usr/lib/udev/rules.d/*kpartx*.rules "$ROOT"/usr/lib/udev/rules.d/*sg3*.rules; do
+    [ -e "$r" ] && mv "$r" "$ROOT/usr/lib/udev/rules.multipath/"
+done
 for h in ata_id scsi_id cdrom_id; do [ -e /lib/udev/$h ] && copy_bin /lib/udev/$h; done
 for l in /lib/x86_64-linux-gnu/libnss_files.so.2 /lib/x86_64-linux-gnu/libgcc_s.so.1; do
     [ -e "$l" ] && copy_file "$l"
@@ -174,7 +186,8 @@ mkdir -p "$ROOT/etc/modprobe.d"; cp /etc/modprobe.d/*.conf "$ROOT/etc/modprobe.d
 
 # ------------------------------------------------------------------ modules
 MODS="scsi_common scsi_mod sd_mod scsi_transport_iscsi libiscsi libiscsi_tcp iscsi_tcp
-      crc32c_generic md-mod raid1 dm-mod loop brd virtio_pci virtio_blk virtio_net
+      crc32c_generic md-mod raid1 dm-mod dm-multipath dm-round-robin dm-service-time
+      dm-queue-length sg loop brd virtio_pci virtio_blk virtio_net
       virtio_console fuse virtiofs veth sch_netem configfs target_core_mod
       target_core_file target_core_iblock iscsi_target_mod"
 for m in $MODS; do

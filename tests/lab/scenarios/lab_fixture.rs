@@ -13,7 +13,7 @@ use crate::fixture::initiator::{self as ini, discover, login, logout, node_set};
 use crate::fixture::net::{Netns, SERVICE_ADDR};
 use crate::fixture::system::Snapshot;
 use crate::fixture::target::{Kind, Target, TargetSpec};
-use crate::fixture::{must, read, wait_for, Lab, Udev};
+use crate::fixture::{must, read, run, wait_for, Lab, Udev};
 
 fn session_state(iqn: &str) -> String {
     ini::sessions(iqn)
@@ -278,4 +278,185 @@ fn lab_fixture_failover_same_iqn() {
 #[test]
 fn lab_fixture_failover_same_iqn_lio() {
     failover_same_iqn(Kind::Lio, "iqn.2024-01.lab.iscsimple:fixhalio");
+}
+
+/// The multipath.conf the tool will expect (issue 18): maps named by wwid,
+/// a path checked every 2 s (healthy ones too: `max_polling_interval`
+/// would otherwise let their checks drift to 4 x 2 s), and `no_path_retry
+/// 3`: once every path is down the map queues I/O for 3 checks (6 s), then
+/// fails it; never `queue`, under which md could never fail the leg and
+/// the VM would hang. `no_path_retry` goes in `overrides`: multipath-tools'
+/// built-in device table sets 12 for LIO (`LIO-ORG`) and beats `defaults`
+/// (measured: 24 s of queueing instead of 6).
+pub const MULTIPATH_CONF: &str = "defaults {
+    user_friendly_names no
+    find_multipaths strict
+    polling_interval 2
+    max_polling_interval 2
+}
+overrides {
+    no_path_retry 3
+}
+blacklist {
+    devnode \"^(ram|loop|fd|md|dm-|sr|scd|st|vd)[0-9]*\"
+}
+";
+
+/// One write of 4 KiB at offset 0 with O_DIRECT and fsync: its result and
+/// how long it took.
+fn timed_write(dev: &std::path::Path) -> (std::io::Result<()>, Duration) {
+    use std::os::unix::fs::FileExt;
+    let f = data::open_direct(dev, true);
+    let buf = data::Buf::zeroed(4096);
+    let t0 = Instant::now();
+    let r = f.write_all_at(buf.bytes(), 0).and_then(|()| f.sync_all());
+    (r, t0.elapsed())
+}
+
+/// dm-multipath over two iSCSI paths on the real stack: one LIO target on
+/// two portals in two network namespaces, logged in through each (session
+/// replacement_timeout 5 s), the LUN's two SCSI disks carry one wwid, and
+/// multipathd (the wwid added, as the tool will) assembles the map over
+/// both. One path cut: writes through the map go on. Both cut: a write
+/// fails (EIO) in bounded time, about the NOP-Out detection (interval +
+/// timeout, 4 s) + replacement_timeout (5 s) + a path check (2 s) +
+/// no_path_retry x polling_interval (3 x 2 s), 17 s plus TCG's slowness:
+/// measured and printed, not asserted as a limit; the map never queues
+/// for ever. Both back: multipathd reinstates the paths, writes work.
+#[test]
+fn lab_fixture_multipath_two_paths_fail_in_bounded_time() {
+    let _lab = Lab::start(Udev::On);
+    let iqn = "iqn.2024-01.lab.iscsimple:mpath";
+    let (a, b) = (Netns::create("labmpa", 21), Netns::create("labmpb", 22));
+    let t = Target::start_in(TargetSpec::new(Kind::Lio, iqn, &[16]), Some(a.clone()));
+    let portals = [t.portal(), t.add_portal_in(&b)];
+    let mp = crate::fixture::multipath::Multipathd::start(MULTIPATH_CONF);
+    for p in &portals {
+        assert!(discover(p).ok(), "discovery on {p}");
+        for (k, v) in [
+            ("node.session.timeo.replacement_timeout", "5"),
+            ("node.conn[0].timeo.noop_out_interval", "2"),
+            ("node.conn[0].timeo.noop_out_timeout", "2"),
+        ] {
+            assert!(node_set(iqn, p, k, v).ok(), "set {k} on {p}");
+        }
+        assert!(login(iqn, p).ok(), "login at {p}");
+    }
+    wait_for("a session per portal", Duration::from_secs(30), || {
+        ini::sessions(iqn).len() == 2
+    });
+    // Both sessions scan LUN 0 (automatic scan here): two SCSI disks.
+    let mut disks = Vec::new();
+    wait_for(
+        "the LUN's disk on each path",
+        Duration::from_secs(30),
+        || {
+            disks = ini::scsi_disks();
+            disks.len() == 2
+        },
+    );
+    let wwids: Vec<String> = disks
+        .iter()
+        .map(|d| read(format!("/sys/block/{d}/device/wwid")).unwrap_or_default())
+        .collect();
+    assert!(
+        !wwids[0].is_empty() && wwids[0] == wwids[1],
+        "one wwid on both paths: {wwids:?}"
+    );
+    // multipathd names the map by the wwid without its type prefix.
+    let name = must(
+        "/usr/lib/udev/scsi_id",
+        &["-g", "-u", &format!("/dev/{}", disks[0])],
+    )
+    .trim()
+    .to_string();
+    must("/usr/sbin/multipath", &["-a", &name]);
+    must("/usr/sbin/multipath", &[&name]);
+    let mut kname = String::new();
+    wait_for("the map over both paths", Duration::from_secs(60), || {
+        match crate::fixture::multipath::map_kname(&name) {
+            Some(k) if crate::fixture::multipath::slaves(&k) == disks => {
+                kname = k;
+                true
+            }
+            _ => false,
+        }
+    });
+    println!("map {name} = {kname} over {disks:?}\n{}", mp.show());
+    let map = PathBuf::from(format!("/dev/{kname}"));
+    data::verify(&map, 0, 16, t.luns[0].seed);
+
+    // One path cut: writes for 15 s (past the cut path's failure), all
+    // of them through the other path in the end.
+    a.cut();
+    let (t0, mut worst) = (Instant::now(), Duration::ZERO);
+    while t0.elapsed() < Duration::from_secs(15) {
+        let (r, took) = timed_write(&map);
+        r.expect("one path cut: writes go on over the other");
+        worst = worst.max(took);
+    }
+    println!(
+        "one path cut: writes for 15 s, the slowest took {:.1} s\n{}",
+        worst.as_secs_f64(),
+        mp.show()
+    );
+    b.cut();
+    // What each layer says while the write waits, once a second.
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = {
+        let (watching, iqn, disks) = (watching.clone(), iqn.to_string(), disks.clone());
+        thread::spawn(move || {
+            let t0 = Instant::now();
+            while watching.load(std::sync::atomic::Ordering::SeqCst) {
+                let states: Vec<String> = ini::sessions(&iqn)
+                    .iter()
+                    .map(|s| read(s.join("state")).unwrap_or_default())
+                    .collect();
+                let devs: Vec<String> = disks
+                    .iter()
+                    .map(|d| read(format!("/sys/block/{d}/device/state")).unwrap_or_default())
+                    .collect();
+                let map = run(
+                    "/usr/sbin/multipathd",
+                    &["show", "maps", "format", "%n %Q %t %N"],
+                )
+                .stdout;
+                println!(
+                    "{:5.1} s: sessions {states:?}, disks {devs:?}, map {}",
+                    t0.elapsed().as_secs_f64(),
+                    map.lines().last().unwrap_or("").trim()
+                );
+                thread::sleep(Duration::from_secs(1));
+            }
+        })
+    };
+    let (r, took) = timed_write(&map);
+    watching.store(false, std::sync::atomic::Ordering::SeqCst);
+    watcher.join().expect("watcher");
+    let e = r.expect_err("every path cut: the write fails, it does not queue for ever");
+    println!(
+        "both paths cut: the write failed after {:.1} s ({e}); bound: NOP-Out 2 + 2 s, replacement_timeout 5 s, a check 2 s, no_path_retry 3 x polling_interval 2 s",
+        took.as_secs_f64()
+    );
+    a.heal();
+    b.heal();
+    wait_for("both paths active again", Duration::from_secs(90), || {
+        run(
+            "/usr/sbin/multipathd",
+            &["show", "paths", "format", "%d %t"],
+        )
+        .stdout
+        .lines()
+        .filter(|l| l.contains("active"))
+        .count()
+            == 2
+    });
+    let (r, _) = timed_write(&map);
+    r.expect("paths back: writes work");
+    println!("{}", mp.show());
+    must("/usr/sbin/multipath", &["-f", &name]);
+    drop(mp);
+    for p in &portals {
+        assert!(logout(iqn, p).ok(), "logout at {p}");
+    }
 }

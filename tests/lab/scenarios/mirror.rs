@@ -571,6 +571,27 @@ fn lab_grow_lio_lun_under_a_writer() {
     writer.wait_rounds(2);
 
     let mib_of = |p: &Path| data::size(p) >> 20;
+    // The metrics file `watch` writes: the device's size and degraded.
+    // (`status --prometheus` while degraded: `watch` would heal the leg.)
+    let metrics = |what: &str| {
+        let s = if what == "degraded" {
+            let out = tool.run(&["status", "--prometheus"]);
+            assert!(out.ok(), "{what}: status --prometheus: {}", out.stderr);
+            crate::fixture::metrics::parse(&out.stdout)
+        } else {
+            let out = tool.run(&["watch", "--once", "--metrics-file", "/run/lab-metrics.prom"]);
+            assert!(out.ok(), "{what}: watch --once: {}", out.stderr);
+            crate::fixture::metrics::read("/run/lab-metrics.prom").expect("the metrics file")
+        };
+        let one = [("spec", spec.as_str())];
+        let get = |m: &str| crate::fixture::metrics::value(&s, m, &one);
+        (
+            get("iscsimple_device_size_bytes").map(|v| v / 1_048_576.0),
+            get("iscsimple_degraded"),
+        )
+    };
+    let mib_f = |n: u64| Some(f64::from(u32::try_from(n).expect("small")));
+    assert_eq!(metrics("before"), (mib_f(MIB), Some(0.0)));
     t.resize_lun(lun.number, MIB + 16);
     let before = Unchanged::take();
     let out = tool.run(&["grow", "vm1-disk"]);
@@ -610,6 +631,7 @@ fn lab_grow_lio_lun_under_a_writer() {
     data::verify(&dev, 8, MIB - 8, lun.seed);
     data::verify(&dev, MIB + 4, 8, 0x9e0);
     data::equal(&lv, &lun.backing, MIB + 16).expect("legs equal after grow");
+    assert_eq!(metrics("grown"), (mib_f(MIB + 16), Some(0.0)));
     let st = tool.run(&["status"]);
     assert!(st.stdout.contains("in_sync"), "{}", st.stdout);
 
@@ -636,6 +658,7 @@ fn lab_grow_lio_lun_under_a_writer() {
     let out = tool.run(&["grow", "--extend-local", "vm1-disk"]);
     assert_eq!(out.code, 2, "degraded: refused: {}", out.stderr);
     assert!(out.stderr.contains("not in sync"), "{}", out.stderr);
+    assert_eq!(metrics("degraded").1, Some(1.0));
     assert_eq!(mib_of(&dev), MIB + 16);
     assert!(tool.run(&["heal", "vm1-disk"]).ok());
     m.wait_synced(Duration::from_secs(120));

@@ -703,3 +703,59 @@ fn xen_dead_holder_gets_a_fresh_array_and_leaks_are_cleaned() {
     assert_nothing_left();
     s.vg.remove();
 }
+
+/// Online grow (issue 18, c): the LUN of a running PV guest's mirrored
+/// disk grows on LIO while the guest writes to it; `iscsimple grow
+/// --extend-local` in dom0 grows the local volume and the array, and
+/// blkback tells the guest by itself (it compares the device's size at its
+/// next request): the guest sees the new size, its writes go on, the legs
+/// end equal with the guest's acknowledged writes on the iSCSI disk.
+#[test]
+fn xen_grow_a_mirrored_disk_the_guest_sees_it() {
+    let s = setup(&[16]);
+    let lun = s.t.luns[0].clone();
+    let g = Guest::start(
+        "vm6",
+        &[&disk("xvdb", &format!("lun{}@{IQN}+vm1-disk", lun.number))],
+        &GuestOpts {
+            sum_mib: 1,
+            resum_secs: 2,
+            writer_mib: 4,
+            ..GuestOpts::default()
+        }
+        .writer("xvdb"),
+    );
+    assert_eq!(
+        g.wait_disk("xvdb", Duration::from_secs(120)).sectors,
+        16 * 2048
+    );
+    g.wait_writes("xvdb", 5, Duration::from_secs(120));
+    let m = Md::by_label("vm1-disk");
+    m.wait_synced(Duration::from_secs(120));
+
+    s.t.resize_lun(lun.number, 24);
+    let out = s._tool.run(&["grow", "--extend-local", "vm1-disk"]);
+    assert!(out.ok(), "grow: {}", out.stderr);
+    assert!(
+        out.stderr.contains("grown from 16777216 to 25165824"),
+        "{}",
+        out.stderr
+    );
+    crate::fixture::wait_for(
+        "the guest to see the new size",
+        Duration::from_secs(60),
+        || g.disk("xvdb").is_some_and(|d| d.sectors == 24 * 2048),
+    );
+    let n = g.writes("xvdb").len();
+    g.wait_writes("xvdb", n + 5, Duration::from_secs(120));
+    m.wait_synced(Duration::from_secs(120));
+    let out = g.block_detach("xvdb");
+    assert!(out.ok(), "block-detach: {out:?}");
+    g.wait_disk_gone("xvdb", Duration::from_secs(60));
+    let acked = g.writes("xvdb");
+    xen::check_writer(&lun.backing, "xvdb", 4, &acked).unwrap_or_else(|e| panic!("{e}"));
+    data::equal(&s.lv, &lun.backing, 24).expect("legs equal after the grow");
+    assert!(g.destroy().ok());
+    assert_nothing_left();
+    s.vg.remove();
+}
