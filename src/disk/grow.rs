@@ -237,10 +237,23 @@ impl Engine<'_> {
                 .map_err(|e| fail(Step::State, e.into()))?;
             tracing::warn!(spec = %a.spec, "write-intent bitmap dropped: md cannot resize a bitmap file; the next attach makes a new one");
         }
-        md::fit_members(&self.sys, &array.kname).map_err(|e| fail(Step::Grow, e.into()))?;
-        mdadm
-            .grow_max(&m.label)
-            .map_err(|e| fail(Step::Grow, e.into()))?;
+        let grew = md::fit_members(&self.sys, &array.kname)
+            .map_err(Cause::from)
+            .and_then(|()| mdadm.grow_max(&m.label).map_err(Cause::from));
+        if let Err(cause) = grew {
+            // The array kept its size: so does the record (an extended
+            // volume and a dropped bitmap are harmless and stay).
+            let mut err = fail(Step::Grow, cause);
+            match self.record_size(&a, old) {
+                Ok(()) => err
+                    .rollback
+                    .push("the local copy's recorded size put back".into()),
+                Err(e) => err
+                    .rollback
+                    .push(format!("the local copy's recorded size NOT put back: {e}")),
+            }
+            return Err(err);
+        }
         let new = self.sys.block_size(&array.kname).unwrap_or(0);
         if let Some(mm) = a.mirror.as_mut() {
             mm.size = Some(new);
