@@ -12,6 +12,7 @@
 # (/init prints it before powering off; a scenario that cuts the power itself,
 # fixture/persist.rs power_loss(), prints it before the reset.)
 # Env: LAB_CACHE, TIMEOUT (s, default 600), MEM (MiB, 1024), SMP (2),
+#      BOOT_WAIT (s, 120: a guest still at the firmware then is stopped),
 #      APPEND (kernel args), QEMU_EXTRA (extra qemu args, word-split), LOG.
 #      Every LAB_* variable is exported to the guest (/lab/env).
 #
@@ -118,6 +119,20 @@ else
         </dev/null > "$CONSOLE" 2>&1 &
 fi
 QPID=$!
+# SeaBIOS now and then hangs at "Booting from ROM" on a loaded host (lab.sh
+# runs such a guest once more, see its rerun_reason). A healthy guest prints
+# past it within seconds; one still there after BOOT_WAIT seconds never
+# boots: it is stopped then, not at TIMEOUT (a CI run lost 600 s to one).
+( for _ in $(seq 1 $(( ${BOOT_WAIT:-120} / 2 ))); do
+      kill -0 "$QPID" 2>/dev/null || exit 0
+      sleep 2
+  done
+  if kill -0 "$QPID" 2>/dev/null \
+     && tr -d '\r' < "$CONSOLE" | grep -av '^[[:space:]]*$' | tail -n 1 | grep -aqF 'Booting from ROM'; then
+      echo "run.sh: still at the firmware's \"Booting from ROM\" after ${BOOT_WAIT:-120}s: stopping the VM" >&2
+      kill "$QPID"   # timeout(1) passes SIGTERM on to qemu
+  fi ) &
+BOOT_WATCH=$!
 if [ -n "${LOG:-}" ]; then
     wait "$QPID"; qrc=$?
 else
@@ -125,6 +140,7 @@ else
     wait "$QPID"; qrc=$?
     wait
 fi
+kill "$BOOT_WATCH" 2>/dev/null
 QPID=
 end=$(date +%s%N)
 [ -n "${LOG:-}" ] && tr -d '\r' < "$CONSOLE" > "$LOG"
