@@ -371,9 +371,23 @@ fn lab_fixture_multipath_two_paths_fail_in_bounded_time() {
     .trim()
     .to_string();
     must("/usr/sbin/multipath", &["-a", &name]);
-    must("/usr/sbin/multipath", &[&name]);
+    // `multipath WWID` makes no map while a path is not ready in udev's
+    // database yet (seen once in CI under load: no map, no error): asked
+    // again every 5 s, as multipathd itself would on the paths' uevents.
     let mut kname = String::new();
-    wait_for("the map over both paths", Duration::from_secs(60), || {
+    let mut asked = Instant::now() - Duration::from_secs(5);
+    let mut tries = 0;
+    wait_for("the map over both paths", Duration::from_secs(120), || {
+        if asked.elapsed() >= Duration::from_secs(5) {
+            let out = run("/usr/sbin/multipath", &[&name]);
+            tries += 1;
+            println!(
+                "multipath {name} (try {tries}): {} {}",
+                out.stdout.trim(),
+                out.stderr.trim()
+            );
+            asked = Instant::now();
+        }
         match crate::fixture::multipath::map_kname(&name) {
             Some(k) if crate::fixture::multipath::slaves(&k) == disks => {
                 kname = k;
@@ -454,7 +468,11 @@ fn lab_fixture_multipath_two_paths_fail_in_bounded_time() {
     let (r, _) = timed_write(&map);
     r.expect("paths back: writes work");
     println!("{}", mp.show());
-    must("/usr/sbin/multipath", &["-f", &name]);
+    // udev (blkid) may still hold the map a moment after its paths came
+    // back ("map in use", seen under load): flushed once it lets go.
+    wait_for("the map to flush", Duration::from_secs(60), || {
+        run("/usr/sbin/multipath", &["-f", &name]).ok()
+    });
     drop(mp);
     for p in &portals {
         assert!(logout(iqn, p).ok(), "logout at {p}");
