@@ -377,7 +377,22 @@ fn held_by(by: &Option<String>) -> String {
         .unwrap_or_default()
 }
 
+/// A wwid as an error shows it: "unknown" for a disk that has none.
+pub(crate) fn wwid_text(w: Option<&str>) -> String {
+    w.unwrap_or("unknown").to_string()
+}
+
 impl Cause {
+    /// The leg's LUN now answers with disk `found`, not the one recorded.
+    pub(crate) fn other_disk(leg: &crate::state::IscsiLeg, found: Option<&str>) -> Cause {
+        Cause::OtherDisk {
+            target: leg.target.clone(),
+            lun: leg.lun,
+            recorded: wwid_text(leg.wwid.as_deref()),
+            found: wwid_text(found),
+        }
+    }
+
     /// True when the caller's input (spec, table, config, credentials) is at
     /// fault rather than the system: exit code 2.
     pub fn is_input(&self) -> bool {

@@ -132,18 +132,9 @@ impl Engine<'_> {
                     },
                 )
             })?;
-        let shown = |w: &Option<String>| w.clone().unwrap_or_else(|| "unknown".to_string());
         let wwid = iscsi::wwid(&self.sys, &leg.kname);
         if leg.wwid.is_none() || wwid != leg.wwid {
-            return Err(fail(
-                Step::Device,
-                Cause::OtherDisk {
-                    target: leg.target.clone(),
-                    lun: leg.lun,
-                    recorded: shown(&leg.wwid),
-                    found: shown(&wwid),
-                },
-            ));
+            return Err(fail(Step::Device, Cause::other_disk(&leg, wwid.as_deref())));
         }
         iscsi::rescan_device(&self.sys, &dev).map_err(|e| fail(Step::Scan, e.into()))?;
         let lun_size = self.sys.block_size(&leg.kname).unwrap_or(0);

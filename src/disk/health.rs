@@ -246,17 +246,8 @@ impl Engine<'_> {
         let wwid = iscsi::wwid(&self.sys, &new_kname);
         let size = self.sys.block_size(&new_kname).unwrap_or(0);
         let same_disk = leg.wwid.is_some() && wwid == leg.wwid;
-        let shown = |w: &Option<String>| w.clone().unwrap_or_else(|| "unknown".to_string());
         if !same_disk && !opts.accept_new_disk {
-            return Err(fail(
-                Step::Device,
-                Cause::OtherDisk {
-                    target: leg.target.clone(),
-                    lun: leg.lun,
-                    recorded: shown(&leg.wwid),
-                    found: shown(&wwid),
-                },
-            ));
+            return Err(fail(Step::Device, Cause::other_disk(&leg, wwid.as_deref())));
         }
         let need = if array.size > 0 { array.size } else { leg.size };
         if size < need {
@@ -265,7 +256,7 @@ impl Engine<'_> {
                 Cause::DiskTooSmall {
                     target: leg.target.clone(),
                     lun: leg.lun,
-                    found: shown(&wwid),
+                    found: super::errors::wwid_text(wwid.as_deref()),
                     size,
                     need,
                 },
