@@ -33,6 +33,7 @@ pub mod libvirt;
 pub mod lock;
 pub mod md;
 pub mod metrics;
+pub mod multipath;
 pub mod openers;
 pub mod runner;
 #[cfg(feature = "sim")]

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fsutil;
 use crate::state::{write_atomic, StateError};
-use crate::status::Report;
+use crate::status::{AttachmentStatus, Report};
 
 /// What `watch` counted for one attachment (by spec).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,18 +227,22 @@ pub fn render(r: &Report, counters: &Counters) -> String {
         "gauge",
         "Paths to the iSCSI disk of an attachment.",
     );
+    let leg_of = |a: &AttachmentStatus| a.legs.iter().find(|l| l.role == "iscsi").cloned();
     for a in &iscsi {
-        fam.sample(&[("spec", &a.spec)], 1.0);
+        let total = leg_of(a).and_then(|l| l.paths_total).unwrap_or(1);
+        fam.sample(&[("spec", &a.spec)], f64::from(total));
     }
     let mut fam = family(
         o,
         "iscsimple_paths_up",
         "gauge",
-        "Paths to the iSCSI disk of an attachment whose session is logged in.",
+        "Paths to the iSCSI disk of an attachment that carry I/O (disk running, session logged in).",
     );
     for a in &iscsi {
-        let up = a.session.as_ref().is_some_and(|s| s.state == "LOGGED_IN");
-        fam.sample(&[("spec", &a.spec)], flag(up));
+        let up = leg_of(a).and_then(|l| l.paths_up).unwrap_or_else(|| {
+            u32::from(a.session.as_ref().is_some_and(|s| s.state == "LOGGED_IN"))
+        });
+        fam.sample(&[("spec", &a.spec)], f64::from(up));
     }
     // Attachments of one target's LUNs share its session: count each once.
     let by_sid: BTreeMap<u32, &crate::status::SessionStatus> = r

@@ -15,8 +15,10 @@ mod table;
 
 pub use table::{write_atomic, Naming, StateError, Table};
 
-/// The iSCSI leg of an attachment.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+/// The iSCSI leg of an attachment. Over several portals (multipath) the
+/// leg is the map: `kname` and `devnum` are the map's, and `portal`,
+/// `hctl` and `scanned` those of its first path; `paths` lists them all.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct IscsiLeg {
     /// Target name.
     pub target: String,
@@ -41,6 +43,56 @@ pub struct IscsiLeg {
     /// disk from another one that took its name after a delete.
     #[serde(default)]
     pub devnum: Option<String>,
+    /// Every path of a multipath leg (empty for one path).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<PathLeg>,
+    /// The multipath map, when the leg is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map: Option<MapLeg>,
+}
+
+impl IscsiLeg {
+    /// The (portal, hctl, scanned) of each path: one for a single path.
+    pub fn path_list(&self) -> Vec<(String, String, bool)> {
+        if self.paths.is_empty() {
+            vec![(self.portal.clone(), self.hctl.clone(), self.scanned)]
+        } else {
+            self.paths
+                .iter()
+                .map(|p| (p.portal.clone(), p.hctl.clone(), p.scanned))
+                .collect()
+        }
+    }
+
+    /// Whether the leg uses the session at `portal`.
+    pub fn uses_portal(&self, portal: &str) -> bool {
+        self.portal == portal || self.paths.iter().any(|p| p.portal == portal)
+    }
+}
+
+/// One path of a multipath leg: a SCSI disk on the session at one portal.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PathLeg {
+    /// Portal of its session (`addr:port`).
+    pub portal: String,
+    /// SCSI address `H:C:T:L`.
+    pub hctl: String,
+    /// Block device kernel name (`sdX`).
+    pub kname: String,
+    /// Its block device number `MAJ:MIN`.
+    pub devnum: Option<String>,
+    /// Whether this attach scanned it in (only then does detach delete it).
+    pub scanned: bool,
+}
+
+/// The multipath map of a leg.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MapLeg {
+    /// Its name (the wwid as multipath spells it, `/dev/mapper/NAME`).
+    pub name: String,
+    /// Whether this attach added the wwid to multipath's wwids file (then
+    /// detach removes it).
+    pub wwid_added: bool,
 }
 
 /// The md mirror of an attachment.
@@ -256,20 +308,57 @@ impl Store {
         self.incoming.remove(name)
     }
 
-    /// Record that this tool logged in to `target`.
+    /// Record that this tool logged in to `s.target` at `s.portal`.
     pub fn own_session(&self, s: &OwnedSession) -> Result<(), StateError> {
-        self.sessions.put(&s.target, s)
+        self.sessions.put(&claim_key(&s.target, &s.portal), s)?;
+        // An earlier version's claim of that session, by target alone.
+        self.drop_legacy_claim(&s.target, &s.portal)
     }
 
-    /// Whether this tool logged in to `target`.
-    pub fn owned_session(&self, target: &str) -> Result<Option<OwnedSession>, StateError> {
-        self.sessions.get(target)
+    /// Whether this tool logged in to `target` at `portal`.
+    pub fn owned_session(
+        &self,
+        target: &str,
+        portal: &str,
+    ) -> Result<Option<OwnedSession>, StateError> {
+        if let Some(c) = self.sessions.get(&claim_key(target, portal))? {
+            return Ok(Some(c));
+        }
+        Ok(self.sessions.get(target)?.filter(|c| c.portal == portal))
     }
 
-    /// Forget the session of `target`.
-    pub fn disown_session(&self, target: &str) -> Result<(), StateError> {
-        self.sessions.remove(target)
+    /// The portals of `target` this tool holds a claim at.
+    pub fn owned_portals(&self, target: &str) -> Result<Vec<String>, StateError> {
+        Ok(self
+            .sessions
+            .list()?
+            .into_iter()
+            .filter(|(_, c)| c.target == target)
+            .map(|(_, c)| c.portal)
+            .collect())
     }
+
+    /// Forget the session of `target` at `portal`.
+    pub fn disown_session(&self, target: &str, portal: &str) -> Result<(), StateError> {
+        self.sessions.remove(&claim_key(target, portal))?;
+        self.drop_legacy_claim(target, portal)
+    }
+
+    fn drop_legacy_claim(&self, target: &str, portal: &str) -> Result<(), StateError> {
+        if self
+            .sessions
+            .get(target)?
+            .is_some_and(|c| c.portal == portal || c.portal.is_empty())
+        {
+            self.sessions.remove(target)?;
+        }
+        Ok(())
+    }
+}
+
+/// The name of a session claim: one per (target, portal).
+fn claim_key(target: &str, portal: &str) -> String {
+    format!("{target}@{portal}")
 }
 
 /// A local volume that has been a mirror's local leg, keyed by its

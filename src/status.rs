@@ -12,7 +12,7 @@ use crate::state::{Durable, Phase, StateError, Store};
 use crate::sysfs::Sys;
 
 /// The state of one leg.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct LegStatus {
     /// `iscsi` or `local`.
     pub role: &'static str,
@@ -28,6 +28,26 @@ pub struct LegStatus {
     pub speed_kib: Option<u64>,
     /// Seconds until the recovery ends at the current speed.
     pub eta_seconds: Option<u64>,
+    /// An iSCSI leg's paths whose SCSI disk runs on a logged-in session.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paths_up: Option<u32>,
+    /// An iSCSI leg's paths (1 without multipath).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paths_total: Option<u32>,
+    /// A multipath leg's paths.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<PathStatus>,
+}
+
+/// One path of a multipath leg.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PathStatus {
+    /// Portal of its session.
+    pub portal: String,
+    /// Its SCSI disk (`sdX`).
+    pub device: String,
+    /// Whether it carries I/O (disk running, session logged in).
+    pub up: bool,
 }
 
 /// A VM (hypervisor backend) holding an attachment.
@@ -250,7 +270,38 @@ fn leg(
         recovery_percent,
         speed_kib,
         eta_seconds,
+        ..LegStatus::default()
     }
+}
+
+/// An iSCSI leg's state with its paths.
+fn iscsi_leg(sys: &Sys, i: &crate::state::IscsiLeg, array: Option<&md::Array>) -> LegStatus {
+    let device = match &i.map {
+        Some(m) => crate::multipath::node(&m.name).display().to_string(),
+        None => format!("/dev/{}", i.kname),
+    };
+    let mut l = leg("iscsi", device, Some(&i.kname), array);
+    l.paths = i
+        .paths
+        .iter()
+        .map(|p| PathStatus {
+            portal: p.portal.clone(),
+            device: p.kname.clone(),
+            up: iscsi::path_up(sys, &p.hctl),
+        })
+        .collect();
+    let (up, total) = if l.paths.is_empty() {
+        (u32::from(iscsi::path_up(sys, &i.hctl)), 1)
+    } else {
+        let up = l.paths.iter().filter(|p| p.up).count();
+        (
+            u32::try_from(up).unwrap_or(u32::MAX),
+            u32::try_from(l.paths.len()).unwrap_or(u32::MAX),
+        )
+    };
+    l.paths_up = Some(up);
+    l.paths_total = Some(total);
+    l
 }
 
 fn vm_status(name: &str, h: &crate::state::Holder) -> VmStatus {
@@ -295,13 +346,8 @@ pub fn report(sys: &Sys, store: &Store, durable: &Durable) -> Result<Report, Sta
         }
         let session = a.iscsi.as_ref().and_then(|i| {
             used_targets.push(i.target.clone());
-            used_disks.push(i.hctl.clone());
-            legs.push(leg(
-                "iscsi",
-                format!("/dev/{}", i.kname),
-                Some(&i.kname),
-                array,
-            ));
+            used_disks.extend(i.path_list().into_iter().map(|(_, hctl, _)| hctl));
+            legs.push(iscsi_leg(sys, i, array));
             sessions
                 .iter()
                 .find(|s| s.target == i.target)
@@ -317,6 +363,7 @@ pub fn report(sys: &Sys, store: &Store, durable: &Durable) -> Result<Report, Sta
                     recovery_percent: None,
                     speed_kib: None,
                     eta_seconds: None,
+                    ..LegStatus::default()
                 }),
                 Some(p) => {
                     let k = crate::volume::resolve(sys, p).ok().map(|v| v.kname);
@@ -330,6 +377,7 @@ pub fn report(sys: &Sys, store: &Store, durable: &Durable) -> Result<Report, Sta
                     recovery_percent: None,
                     speed_kib: None,
                     eta_seconds: None,
+                    ..LegStatus::default()
                 }),
             }
         }
@@ -567,6 +615,9 @@ impl Report {
                     let mut state = l.state.clone();
                     if l.write_mostly {
                         state.push_str(",write-mostly");
+                    }
+                    if let (Some(up), Some(total @ 2..)) = (l.paths_up, l.paths_total) {
+                        state.push_str(&format!(",paths {up}/{total}"));
                     }
                     [
                         l.role.to_string(),

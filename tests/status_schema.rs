@@ -34,12 +34,26 @@ mod tests {
                     legs: vec![
                         LegStatus {
                             role: "iscsi",
-                            device: "/dev/sda".into(),
+                            device: "/dev/mapper/36001405aa".into(),
                             state: "in_sync".into(),
                             write_mostly: true,
                             recovery_percent: None,
                             speed_kib: None,
                             eta_seconds: None,
+                            paths_up: Some(1),
+                            paths_total: Some(2),
+                            paths: vec![
+                                PathStatus {
+                                    portal: "192.0.2.1:3260".into(),
+                                    device: "sda".into(),
+                                    up: true,
+                                },
+                                PathStatus {
+                                    portal: "198.51.100.1:3260".into(),
+                                    device: "sdb".into(),
+                                    up: false,
+                                },
+                            ],
                         },
                         LegStatus {
                             role: "local",
@@ -49,6 +63,7 @@ mod tests {
                             recovery_percent: Some(20.4),
                             speed_kib: Some(19543),
                             eta_seconds: Some(42),
+                            ..LegStatus::default()
                         },
                     ],
                     vms: vec![

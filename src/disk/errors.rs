@@ -56,6 +56,8 @@ pub enum Step {
     Record,
     /// Growing the array.
     Grow,
+    /// The multipath map over the LUN's paths.
+    Multipath,
 }
 
 impl fmt::Display for Step {
@@ -81,6 +83,7 @@ impl fmt::Display for Step {
             Step::InUse => "in use",
             Step::Record => "disk record",
             Step::Grow => "mdadm --grow",
+            Step::Multipath => "multipath map",
         })
     }
 }
@@ -103,6 +106,9 @@ pub enum Cause {
     /// md.
     #[error(transparent)]
     Md(#[from] MdError),
+    /// dm-multipath.
+    #[error(transparent)]
+    Multipath(#[from] crate::multipath::MultipathError),
     /// Locks.
     #[error(transparent)]
     Lock(#[from] LockError),
@@ -282,6 +288,16 @@ pub enum Cause {
         /// The kernel name recorded.
         kname: String,
     },
+    /// A multipath LUN's paths do not all show its new size.
+    #[error("LUN {lun} of {target}: its paths disagree on its size ({found}); grow again once the target serves the new size on every portal")]
+    PathSizes {
+        /// Target.
+        target: String,
+        /// LUN.
+        lun: u32,
+        /// `portal=bytes` per path.
+        found: String,
+    },
     /// The device is open: by processes (`/proc/*/fd`), exclusively (a
     /// mount), or by md or dm (sysfs `holders/`).
     #[error("{} is in use by {}; refusing to detach it (`iscsimple detach --force` detaches it anyway)", device.display(), by.join(", "))]
@@ -421,11 +437,13 @@ impl Cause {
                 | Cause::LunShrank { .. }
                 | Cause::LocalTooSmallToGrow { .. }
                 | Cause::LegMoved { .. }
+                | Cause::PathSizes { .. }
                 | Cause::Volume(_)
                 | Cause::Iscsi(IscsiError::AuthFailed { .. })
                 | Cause::Iscsi(IscsiError::NotDisk { .. })
                 | Cause::Iscsi(IscsiError::NoLun { .. })
                 | Cause::Iscsi(IscsiError::TargetUnknown { .. })
+                | Cause::Iscsi(IscsiError::PathsDiffer { .. })
         )
     }
 

@@ -104,40 +104,45 @@ impl Engine<'_> {
             }
             None => None,
         };
-        // The LUN's disk: the one attach recorded, at the same address and
-        // with the same wwid.
-        let session = iscsi::session_of(&self.sys, &leg.target)
-            .filter(|s| s.logged_in())
-            .ok_or_else(|| {
-                fail(
-                    Step::Login,
-                    IscsiError::SessionDown {
-                        target: leg.target.clone(),
-                        state: iscsi::session_of(&self.sys, &leg.target)
-                            .map_or_else(|| "absent".to_string(), |s| s.state),
-                    }
-                    .into(),
-                )
-            })?;
-        let dev = iscsi::lun_device(&self.sys, &session, leg.lun)
-            .filter(|d| d.hctl == leg.hctl && d.block.as_deref() == Some(leg.kname.as_str()))
-            .ok_or_else(|| {
-                fail(
-                    Step::Device,
-                    Cause::LegMoved {
-                        target: leg.target.clone(),
-                        lun: leg.lun,
-                        hctl: leg.hctl.clone(),
-                        kname: leg.kname.clone(),
-                    },
-                )
-            })?;
-        let wwid = iscsi::wwid(&self.sys, &leg.kname);
-        if leg.wwid.is_none() || wwid != leg.wwid {
-            return Err(fail(Step::Device, Cause::other_disk(&leg, wwid.as_deref())));
-        }
-        iscsi::rescan_device(&self.sys, &dev).map_err(|e| fail(Step::Scan, e.into()))?;
-        let lun_size = self.sys.block_size(&leg.kname).unwrap_or(0);
+        let lun_size = if let Some(map) = &leg.map {
+            self.grow_paths(&leg, &map.name)
+                .map_err(|(s, c)| fail(s, c))?
+        } else {
+            // The LUN's disk: the one attach recorded, at the same address and
+            // with the same wwid.
+            let session = iscsi::session_of(&self.sys, &leg.target)
+                .filter(|s| s.logged_in())
+                .ok_or_else(|| {
+                    fail(
+                        Step::Login,
+                        IscsiError::SessionDown {
+                            target: leg.target.clone(),
+                            state: iscsi::session_of(&self.sys, &leg.target)
+                                .map_or_else(|| "absent".to_string(), |s| s.state),
+                        }
+                        .into(),
+                    )
+                })?;
+            let dev = iscsi::lun_device(&self.sys, &session, leg.lun)
+                .filter(|d| d.hctl == leg.hctl && d.block.as_deref() == Some(leg.kname.as_str()))
+                .ok_or_else(|| {
+                    fail(
+                        Step::Device,
+                        Cause::LegMoved {
+                            target: leg.target.clone(),
+                            lun: leg.lun,
+                            hctl: leg.hctl.clone(),
+                            kname: leg.kname.clone(),
+                        },
+                    )
+                })?;
+            let wwid = iscsi::wwid(&self.sys, &leg.kname);
+            if leg.wwid.is_none() || wwid != leg.wwid {
+                return Err(fail(Step::Device, Cause::other_disk(&leg, wwid.as_deref())));
+            }
+            iscsi::rescan_device(&self.sys, &dev).map_err(|e| fail(Step::Scan, e.into()))?;
+            self.sys.block_size(&leg.kname).unwrap_or(0)
+        };
         let old = array.as_ref().map_or(leg.size, |arr| arr.size);
         let device = a
             .device

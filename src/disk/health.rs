@@ -195,54 +195,63 @@ impl Engine<'_> {
             _ => return Ok(Healed::Nothing),
         }
         let member = leg_condition(&array, expect.iscsi.as_ref());
-        let target_lock = self
-            .target_lock(&leg.target)
-            .map_err(|e| fail(Step::Lock, e))?;
-        let session = iscsi::session_of(&self.sys, &leg.target);
-        let session = match session {
-            Some(s) if s.logged_in() => s,
-            other => {
-                let state = other
-                    .map(|s| s.state)
-                    .unwrap_or_else(|| "absent".to_string());
-                return Err(fail(
-                    Step::Login,
-                    IscsiError::SessionDown {
-                        target: leg.target.clone(),
-                        state,
-                    }
-                    .into(),
-                ));
+        let (new_dev, new_kname, new_hctl) = if let Some(map) = &leg.map {
+            self.map_back(&leg, &map.name)
+                .map_err(|e| fail(Step::Multipath, e))?
+        } else {
+            let target_lock = self
+                .target_lock(&leg.target)
+                .map_err(|e| fail(Step::Lock, e))?;
+            let session = iscsi::session_of(&self.sys, &leg.target);
+            let session = match session {
+                Some(s) if s.logged_in() => s,
+                other => {
+                    let state = other
+                        .map(|s| s.state)
+                        .unwrap_or_else(|| "absent".to_string());
+                    return Err(fail(
+                        Step::Login,
+                        IscsiError::SessionDown {
+                            target: leg.target.clone(),
+                            state,
+                        }
+                        .into(),
+                    ));
+                }
+            };
+            // What answers at the LUN now: the kernel keeps a disk's identity
+            // and size from when it scanned it, and a target back from an
+            // outage may serve another disk at the same address.
+            match iscsi::lun_device(&self.sys, &session, leg.lun) {
+                Some(d) => iscsi::rescan_device(&self.sys, &d),
+                None => iscsi::scan_lun(&self.sys, &session, leg.lun),
             }
+            .map_err(|e| fail(Step::Scan, e.into()))?;
+            let limit = self.limit(self.config.timeouts.device);
+            let dev = Watcher::new()
+                .wait(limit.wait, || {
+                    let d = iscsi::lun_device(&self.sys, &session, leg.lun)?;
+                    let b = d.block.clone()?;
+                    self.sys.exists(format!("/dev/{b}")).then_some(d)
+                })
+                .ok_or_else(|| {
+                    let e = IscsiError::NoBlockDevice {
+                        target: leg.target.clone(),
+                        lun: leg.lun,
+                        hctl: leg.hctl.clone(),
+                        waited: limit.wait,
+                    };
+                    fail(Step::Device, self.over(limit, e.into()))
+                })?;
+            // The disk keeps the session from being logged out from here on.
+            drop(target_lock);
+            let new_kname = dev.block.clone().expect("checked above");
+            (
+                PathBuf::from(format!("/dev/{new_kname}")),
+                new_kname,
+                dev.hctl,
+            )
         };
-        // What answers at the LUN now: the kernel keeps a disk's identity
-        // and size from when it scanned it, and a target back from an
-        // outage may serve another disk at the same address.
-        match iscsi::lun_device(&self.sys, &session, leg.lun) {
-            Some(d) => iscsi::rescan_device(&self.sys, &d),
-            None => iscsi::scan_lun(&self.sys, &session, leg.lun),
-        }
-        .map_err(|e| fail(Step::Scan, e.into()))?;
-        let limit = self.limit(self.config.timeouts.device);
-        let dev = Watcher::new()
-            .wait(limit.wait, || {
-                let d = iscsi::lun_device(&self.sys, &session, leg.lun)?;
-                let b = d.block.clone()?;
-                self.sys.exists(format!("/dev/{b}")).then_some(d)
-            })
-            .ok_or_else(|| {
-                let e = IscsiError::NoBlockDevice {
-                    target: leg.target.clone(),
-                    lun: leg.lun,
-                    hctl: leg.hctl.clone(),
-                    waited: limit.wait,
-                };
-                fail(Step::Device, self.over(limit, e.into()))
-            })?;
-        // The disk keeps the session from being logged out from here on.
-        drop(target_lock);
-        let new_kname = dev.block.clone().expect("checked above");
-        let new_dev = PathBuf::from(format!("/dev/{new_kname}"));
         let wwid = iscsi::wwid(&self.sys, &new_kname);
         let size = self.sys.block_size(&new_kname).unwrap_or(0);
         let same_disk = leg.wwid.is_some() && wwid == leg.wwid;
@@ -309,7 +318,7 @@ impl Engine<'_> {
         if let Some(i) = a.iscsi.as_mut() {
             i.devnum = self.sys.devnum(&new_kname);
             i.kname = new_kname.clone();
-            i.hctl = dev.hctl.clone();
+            i.hctl = new_hctl;
             i.size = size;
             if wwid.is_some() {
                 i.wwid = wwid;

@@ -42,6 +42,7 @@ mod errors;
 mod generations;
 mod grow;
 mod health;
+mod multipath;
 mod session;
 mod undo;
 

@@ -9,6 +9,7 @@ use super::undo::Undo;
 use super::{Cause, Engine, Step};
 use crate::iscsi::{self, IscsiError, Iscsiadm, Login, Session};
 use crate::lock::Lock;
+use crate::multipath;
 use crate::runner::RunError;
 use crate::spec::TargetName;
 use crate::state::{IscsiLeg, OwnedSession, Phase, StateError};
@@ -32,7 +33,10 @@ fn claimed(claim: Option<&OwnedSession>, s: &Session) -> bool {
 }
 
 impl Engine<'_> {
-    /// Login (or share the target's session), scan the LUN, wait for its disk.
+    /// Login (or share the target's session), scan the LUN, wait for its
+    /// disk. A target on several portals, with multipathd running, gets a
+    /// session per portal and the map over the LUN's paths
+    /// ([`Engine::multipath_leg`]).
     pub(super) fn iscsi_leg(
         &self,
         key: &str,
@@ -42,19 +46,28 @@ impl Engine<'_> {
     ) -> Result<IscsiLeg, (Step, Cause)> {
         let target = t.as_str();
         let target_lock = self.target_lock(target).map_err(|e| (Step::Lock, e))?;
-        let session = match iscsi::session_of(&self.sys, target) {
+        let shared = iscsi::session_of(&self.sys, target);
+        let portals = match &shared {
+            // One path today: whatever the target's node records say.
+            Some(_) => iscsi::node_portals(&self.sys, target),
+            None => self.portals(t, undo)?,
+        };
+        if portals.len() > 1 && self.multipath().running() {
+            return self.multipath_leg(key, t, lun, &portals, target_lock, undo);
+        }
+        let session = match shared {
             Some(s) if s.logged_in() => s,
             // A session that is recovering (the target was away) is not
             // ours to log in again, nor to claim: wait for it to recover.
             Some(s) => self.await_recovery(target, s)?,
-            None => self.login(key, t, undo)?,
+            None => self.login(key, t, &portals[0], undo)?,
         };
         let portal = session.portal.clone().unwrap_or_default();
         // Our own sessions scan manually, so a LUN device found on one was
         // scanned by an earlier (perhaps interrupted) call of ours.
         let owned = claimed(
             self.store
-                .owned_session(target)
+                .owned_session(target, &portal)
                 .map_err(|e| (Step::State, e.into()))?
                 .as_ref(),
             &session,
@@ -138,6 +151,7 @@ impl Engine<'_> {
             scanned,
             size,
             wwid,
+            ..IscsiLeg::default()
         })
     }
 
@@ -162,65 +176,110 @@ impl Engine<'_> {
             })
     }
 
-    /// Find the portal, prepare the node record, log in; returns the session.
-    /// Called with the target lock held and no session to the target.
+    /// The target's portals: its node records, else the portals the first
+    /// discovery portal that lists it gives (node records made for each,
+    /// undone with the attach).
+    pub(super) fn portals(
+        &self,
+        t: &TargetName,
+        undo: &mut Vec<Undo>,
+    ) -> Result<Vec<String>, (Step, Cause)> {
+        let target = t.as_str();
+        let known = iscsi::node_portals(&self.sys, target);
+        if !known.is_empty() {
+            return Ok(known);
+        }
+        let adm = self.iscsiadm();
+        let mut found = Vec::new();
+        for d in &self.config.discovery.portals {
+            let d = d.to_string();
+            match adm.discover(&d) {
+                Ok(list) => {
+                    found = list
+                        .into_iter()
+                        .filter(|(_, n)| n == target)
+                        .map(|(p, _)| p)
+                        .collect();
+                    if !found.is_empty() {
+                        break;
+                    }
+                }
+                Err(e) => tracing::warn!(portal = %d, error = %e, "discovery failed"),
+            }
+        }
+        if found.is_empty() {
+            let tried = if self.config.discovery.portals.is_empty() {
+                "none configured".to_string()
+            } else {
+                self.config
+                    .discovery
+                    .portals
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            return Err((
+                Step::Portal,
+                IscsiError::TargetUnknown {
+                    target: target.to_string(),
+                    tried,
+                }
+                .into(),
+            ));
+        }
+        found.dedup();
+        for p in &found {
+            adm.node_new(target, p)
+                .map_err(|e| (Step::Node, e.into()))?;
+            undo.push(Undo::DeleteNode {
+                target: target.to_string(),
+                portal: p.clone(),
+            });
+        }
+        Ok(found)
+    }
+
+    /// Log in at `portal`; returns the session. Called with the target
+    /// lock held and no session to the target there.
     fn login(
         &self,
         key: &str,
         t: &TargetName,
+        portal: &str,
         undo: &mut Vec<Undo>,
     ) -> Result<Session, (Step, Cause)> {
+        let mutual = self.prepare_login(key, t, portal, undo)?;
+        let adm = self.login_adm();
+        let started = crate::clock::now();
+        let r = adm.login(t.as_str(), portal, mutual);
+        self.end_login(t.as_str(), portal, started, r)
+    }
+
+    /// iscsiadm for a login: its wait fits iscsid's attempts.
+    pub(super) fn login_adm(&self) -> Iscsiadm<'_> {
+        Iscsiadm {
+            login_timeout: self.limit(self.config.timeouts.login).wait,
+            ..self.iscsiadm()
+        }
+    }
+
+    /// Prepare the node record of `target` at `portal` for our login and
+    /// claim the session to come; returns whether CHAP is mutual.
+    pub(super) fn prepare_login(
+        &self,
+        key: &str,
+        t: &TargetName,
+        portal: &str,
+        undo: &mut Vec<Undo>,
+    ) -> Result<bool, (Step, Cause)> {
         let target = t.as_str();
-        let adm = self.iscsiadm();
-        let portal = match iscsi::node_portals(&self.sys, target).into_iter().next() {
-            Some(p) => p,
-            None => {
-                let mut found = None;
-                for d in &self.config.discovery.portals {
-                    let d = d.to_string();
-                    match adm.discover(&d) {
-                        Ok(list) => {
-                            if let Some((p, _)) = list.into_iter().find(|(_, n)| n == target) {
-                                found = Some(p);
-                                break;
-                            }
-                        }
-                        Err(e) => tracing::warn!(portal = %d, error = %e, "discovery failed"),
-                    }
-                }
-                let tried = if self.config.discovery.portals.is_empty() {
-                    "none configured".to_string()
-                } else {
-                    self.config
-                        .discovery
-                        .portals
-                        .iter()
-                        .map(ToString::to_string)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                };
-                let p = found.ok_or_else(|| {
-                    (
-                        Step::Portal,
-                        IscsiError::TargetUnknown {
-                            target: target.to_string(),
-                            tried,
-                        }
-                        .into(),
-                    )
-                })?;
-                adm.node_new(target, &p)
-                    .map_err(|e| (Step::Node, e.into()))?;
-                undo.push(Undo::DeleteNode {
-                    target: target.to_string(),
-                    portal: p.clone(),
-                });
-                p
-            }
-        };
-        let record = iscsi::node_record_file(&self.sys, target, &portal);
+        let record = iscsi::node_record_file(&self.sys, target, portal);
         if let Some(path) = &record {
-            if !undo.iter().any(|u| matches!(u, Undo::DeleteNode { .. })) {
+            let made_here = undo.iter().any(
+                |u| matches!(u, Undo::DeleteNode { target: x, portal: p } if x == target && p == portal),
+            );
+            if !made_here {
                 let content = std::fs::read_to_string(path).map_err(|source| {
                     (
                         Step::Node,
@@ -297,28 +356,36 @@ impl Engine<'_> {
         self.store
             .own_session(&OwnedSession {
                 target: target.to_string(),
-                portal: portal.clone(),
+                portal: portal.to_string(),
                 sid: None,
             })
             .map_err(|e| (Step::State, e.into()))?;
         undo.push(Undo::ReleaseSession {
             key: key.to_string(),
             target: target.to_string(),
+            portal: portal.to_string(),
         });
-        let started = crate::clock::now();
-        let adm = Iscsiadm {
-            login_timeout: login_limit.wait,
-            ..self.iscsiadm()
-        };
-        let mutual = chap.as_ref().is_some_and(|c| c.mutual.is_some());
-        let login = match adm.login(target, &portal, mutual) {
+        Ok(chap.as_ref().is_some_and(|c| c.mutual.is_some()))
+    }
+
+    /// After iscsiadm's login at `portal` (begun at `started`) answered
+    /// `r`: the session, claimed when our login made it.
+    pub(super) fn end_login(
+        &self,
+        target: &str,
+        portal: &str,
+        started: Instant,
+        r: Result<Login, IscsiError>,
+    ) -> Result<Session, (Step, Cause)> {
+        let login_limit = self.limit(self.config.timeouts.login);
+        let login = match r {
             Ok(l) => l,
             Err(e) => {
                 if matches!(&e, IscsiError::LoginTimeout { run, .. } if matches!(**run, RunError::Timeout { .. }))
                 {
                     // iscsiadm was killed before iscsid answered: its
                     // attempts end by `login_attempts`' bound anyway.
-                    self.await_login_end(target, started + login_limit.wait);
+                    self.await_login_end(target, portal, started + login_limit.wait);
                 }
                 return Err((Step::Login, self.over(login_limit, e.into())));
             }
@@ -326,7 +393,7 @@ impl Engine<'_> {
         let limit = self.limit(self.config.timeouts.device);
         let session = Watcher::new()
             .wait(limit.wait, || {
-                iscsi::session_of(&self.sys, target).filter(|s| s.logged_in())
+                iscsi::session_at(&self.sys, target, portal).filter(|s| s.logged_in())
             })
             .ok_or_else(|| {
                 let e = IscsiError::NoSession {
@@ -343,10 +410,10 @@ impl Engine<'_> {
         match claim {
             Some(sid) => self.store.own_session(&OwnedSession {
                 target: target.to_string(),
-                portal: portal.clone(),
+                portal: portal.to_string(),
                 sid: Some(sid),
             }),
-            None => self.store.disown_session(target),
+            None => self.store.disown_session(target, portal),
         }
         .map_err(|e| (Step::State, e.into()))?;
         tracing::info!(target, portal = %portal, sid = session.sid, ours = claim.is_some(), "logged in");
@@ -358,13 +425,13 @@ impl Engine<'_> {
     /// past `until` and with no half-made session to `target` in sysfs,
     /// so that the rollback sees what the login left (a session that came
     /// up late is then ours to log out).
-    fn await_login_end(&self, target: &str, until: Instant) {
+    fn await_login_end(&self, target: &str, portal: &str, until: Instant) {
         let was = self.undoing.replace(true);
         let limit =
             self.limit(until.saturating_duration_since(crate::clock::now()) + LOGIN_END_SLACK);
         self.undoing.set(was);
         let ended = Watcher::new().wait(limit.wait, || {
-            let half = iscsi::session_of(&self.sys, target).is_some_and(|s| !s.logged_in());
+            let half = iscsi::session_at(&self.sys, target, portal).is_some_and(|s| !s.logged_in());
             (crate::clock::now() >= until && !half).then_some(())
         });
         if ended.is_none() {
@@ -372,12 +439,17 @@ impl Engine<'_> {
         }
     }
 
-    /// Whether an attachment other than `key` uses `target`, including one
-    /// still logging in (its leg not recorded yet).
-    fn others_of(&self, key: &str, target: &str) -> Result<bool, StateError> {
+    /// Whether an attachment other than `key` uses the session to `target`
+    /// at `portal`, including one still logging in (its leg not recorded
+    /// yet: it may use any of the target's sessions).
+    fn others_of(&self, key: &str, target: &str, portal: &str) -> Result<bool, StateError> {
         Ok(self.store.all()?.into_iter().any(|(k, o)| {
+            let uses = match &o.iscsi {
+                Some(i) => i.target == target && i.uses_portal(portal),
+                None => super::target_of(&o).as_deref() == Some(target),
+            };
             k != crate::lock::file_key(key)
-                && super::target_of(&o).as_deref() == Some(target)
+                && uses
                 && (o.phase != Phase::Attaching || self.in_progress(&k))
         }))
     }
@@ -394,24 +466,34 @@ impl Engine<'_> {
     }
 
     /// The one logout rule, for rollback, detach and crash recovery: log
-    /// out the target's session only when this tool's login made it, no
-    /// other attachment uses the target, and no SCSI disk is left on it.
-    /// A claim whose session is gone is forgotten.
-    pub(super) fn release_session(&self, key: &str, target: &str) -> Result<(), (Step, Cause)> {
+    /// out the session to `target` at `portal` only when this tool's login
+    /// made it, no other attachment uses it, and no SCSI disk is left on
+    /// it. A claim whose session is gone is forgotten.
+    pub(super) fn release_session(
+        &self,
+        key: &str,
+        target: &str,
+        portal: &str,
+    ) -> Result<(), (Step, Cause)> {
         let _target_lock = self.target_lock(target).map_err(|e| (Step::Lock, e))?;
-        self.release_session_locked(key, target)
+        self.release_session_locked(key, target, portal)
     }
 
-    fn release_session_locked(&self, key: &str, target: &str) -> Result<(), (Step, Cause)> {
+    fn release_session_locked(
+        &self,
+        key: &str,
+        target: &str,
+        portal: &str,
+    ) -> Result<(), (Step, Cause)> {
         let state = |e: StateError| (Step::State, Cause::from(e));
-        let claim = self.store.owned_session(target).map_err(state)?;
-        let others = self.others_of(key, target).map_err(state)?;
-        let Some(s) = iscsi::session_of(&self.sys, target) else {
+        let claim = self.store.owned_session(target, portal).map_err(state)?;
+        let others = self.others_of(key, target, portal).map_err(state)?;
+        let Some(s) = iscsi::session_at(&self.sys, target, portal) else {
             if !others {
                 // Not logged in: forget our claim, and the temporary file
                 // of a claim write that a kill cut short (no json, so no
                 // claim was read). The target lock keeps other writers out.
-                self.store.disown_session(target).map_err(state)?;
+                self.store.disown_session(target, portal).map_err(state)?;
             }
             return Ok(());
         };
@@ -421,24 +503,33 @@ impl Engine<'_> {
             self.iscsiadm()
                 .logout(s.sid)
                 .map_err(|e| (Step::Logout, e.into()))?;
-            self.store.disown_session(target).map_err(state)?;
-            tracing::info!(target, sid = s.sid, "logged out");
+            self.store.disown_session(target, portal).map_err(state)?;
+            tracing::info!(target, portal, sid = s.sid, "logged out");
         } else {
             if claim.is_some() && !ours {
                 // Our session went away and another took its place.
-                self.store.disown_session(target).map_err(state)?;
+                self.store.disown_session(target, portal).map_err(state)?;
             }
-            tracing::info!(target, sid = s.sid, ours, others, busy, "session kept");
+            tracing::info!(
+                target,
+                portal,
+                sid = s.sid,
+                ours,
+                others,
+                busy,
+                "session kept"
+            );
         }
         Ok(())
     }
 
-    /// Delete the SCSI disk of an attachment's LUN when it is the one the
-    /// record names (this tool scanned it, same address, same wwid), then
-    /// apply the logout rule. `known` is the leg as attach recorded it;
-    /// None when attach was interrupted before that, and then a disk of
-    /// that LUN on a session of ours is ours (we scan manually, and the LUN
-    /// lock keeps other specs of the LUN out).
+    /// Delete the SCSI disks of an attachment's LUN when they are the ones
+    /// the record names (this tool scanned them, same address, same wwid),
+    /// the multipath map over them first, then apply the logout rule to
+    /// each session. `known` is the leg as attach recorded it; None when
+    /// attach was interrupted before that, and then a disk of that LUN on
+    /// a session of ours is ours (we scan manually, and the LUN lock keeps
+    /// other specs of the LUN out).
     pub(super) fn release_lun(
         &self,
         key: &str,
@@ -447,25 +538,144 @@ impl Engine<'_> {
         known: Option<&IscsiLeg>,
     ) -> Result<(), (Step, Cause)> {
         let _target_lock = self.target_lock(target).map_err(|e| (Step::Lock, e))?;
-        let claim = self
-            .store
-            .owned_session(target)
-            .map_err(|e| (Step::State, e.into()))?;
-        if let Some(s) = iscsi::session_of(&self.sys, target) {
-            let owned = claimed(claim.as_ref(), &s);
-            let dev = iscsi::host_devices(&self.sys, s.host)
-                .into_iter()
-                .find(|d| match known {
-                    Some(i) => i.scanned && d.hctl == i.hctl,
-                    None => owned && d.lun == lun,
-                });
-            if let Some(d) = dev {
-                let wwid = known.and_then(|i| i.wwid.as_deref());
-                self.unfence(&d, wwid);
-                self.delete_ours(target, &d, wwid)?;
+        let wwid = known.and_then(|i| i.wwid.as_deref());
+        let mut portals: Vec<String> = Vec::new();
+        match known {
+            Some(i) => {
+                if let Some(m) = &i.map {
+                    self.release_map(&m.name, i, m.wwid_added)?;
+                }
+                for (portal, hctl, scanned) in i.path_list() {
+                    if let Some(d) = iscsi::device_at(&self.sys, &hctl).filter(|_| scanned) {
+                        self.unfence(&d, wwid);
+                        self.delete_ours(target, &d, wwid)?;
+                    }
+                    portals.push(portal);
+                }
+            }
+            None => {
+                portals = self
+                    .store
+                    .owned_portals(target)
+                    .map_err(|e| (Step::State, e.into()))?;
+                for s in iscsi::sessions(&self.sys)
+                    .into_iter()
+                    .filter(|s| s.target == target)
+                {
+                    let Some(portal) = s.portal.clone() else {
+                        continue;
+                    };
+                    let claim = self
+                        .store
+                        .owned_session(target, &portal)
+                        .map_err(|e| (Step::State, e.into()))?;
+                    if !claimed(claim.as_ref(), &s) {
+                        continue;
+                    }
+                    if let Some(d) = iscsi::lun_device(&self.sys, &s, lun) {
+                        if let Some(m) = d
+                            .block
+                            .as_deref()
+                            .and_then(|b| multipath::holding(&self.sys, b))
+                        {
+                            // A map our interrupted attach asked for: the
+                            // wwid it may have added stays in multipath's
+                            // file (not known to be ours).
+                            self.flush_map(&m.name)?;
+                        }
+                        self.unfence(&d, None);
+                        self.delete_ours(target, &d, None)?;
+                    }
+                    portals.push(portal);
+                }
             }
         }
-        self.release_session_locked(key, target)
+        portals.sort();
+        portals.dedup();
+        for p in &portals {
+            self.release_session_locked(key, target, p)?;
+        }
+        Ok(())
+    }
+
+    /// Remove multipath map `name` when it is still the one over this
+    /// leg's LUN (its paths carry the recorded wwid): its wwid first (when
+    /// this attach added it), so that multipathd makes no map of the paths
+    /// again, then the map. Its paths stay.
+    pub(super) fn release_map(
+        &self,
+        name: &str,
+        leg: &IscsiLeg,
+        wwid_added: bool,
+    ) -> Result<(), (Step, Cause)> {
+        let Some(map) = multipath::by_name(&self.sys, name) else {
+            if wwid_added {
+                self.forget_wwid(leg);
+            }
+            return Ok(());
+        };
+        let now = iscsi::wwid(&self.sys, &map.kname);
+        if let (Some(want), Some(now)) = (leg.wwid.as_deref(), now.as_deref()) {
+            if want != now {
+                tracing::warn!(
+                    map = name,
+                    recorded = want,
+                    found = now,
+                    "the map is another LUN's now: left alone"
+                );
+                return Ok(());
+            }
+        }
+        if wwid_added {
+            self.forget_wwid(leg);
+        }
+        self.flush_map(name)
+    }
+
+    /// `multipath -w` through one of the leg's paths still there.
+    fn forget_wwid(&self, leg: &IscsiLeg) {
+        let path =
+            leg.paths.iter().map(|p| p.kname.as_str()).find(|k| {
+                iscsi::wwid(&self.sys, k).is_some() && iscsi::wwid(&self.sys, k) == leg.wwid
+            });
+        match path {
+            Some(k) => {
+                if let Err(e) = self.multipath().forget_wwid(k) {
+                    tracing::warn!(device = k, error = %e, "multipath kept the LUN's wwid");
+                }
+            }
+            None => {
+                tracing::warn!(wwid = ?leg.wwid, "no path left to tell multipath to forget the LUN's wwid")
+            }
+        }
+    }
+
+    /// `multipath -f NAME`, again while udev still holds the map (seen
+    /// in the lab right after its paths changed), within the device wait.
+    fn flush_map(&self, name: &str) -> Result<(), (Step, Cause)> {
+        let limit = self.limit(self.config.timeouts.device);
+        let mut last = None;
+        let done = Watcher::new().wait(limit.wait, || {
+            if multipath::by_name(&self.sys, name).is_none() {
+                return Some(());
+            }
+            match self.multipath().flush(name) {
+                Ok(()) => Some(()),
+                Err(e) => {
+                    last = Some(e);
+                    std::thread::sleep(Duration::from_millis(500));
+                    None
+                }
+            }
+        });
+        match (done, last) {
+            (Some(()), _) => {
+                tracing::info!(map = name, "multipath map flushed");
+                Ok(())
+            }
+            (None, Some(e)) => Err((Step::Multipath, self.over(limit, e.into()))),
+            (None, None) => Ok(()),
+        }
     }
 
     /// Delete SCSI device `d` if its disk still carries `wwid` (when one is

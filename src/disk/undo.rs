@@ -25,8 +25,19 @@ pub(super) enum Undo {
         path: PathBuf,
         content: iscsi::RecordText,
     },
-    /// The logout rule for this attachment's target.
-    ReleaseSession { key: String, target: String },
+    /// The logout rule for this attachment's session at `portal`.
+    ReleaseSession {
+        key: String,
+        target: String,
+        portal: String,
+    },
+    /// Remove the multipath map this call made over `leg`'s paths (if
+    /// still theirs), and the wwid this call added.
+    ReleaseMap {
+        name: String,
+        leg: Box<IscsiLeg>,
+        wwid_added: bool,
+    },
     /// Delete the SCSI disk this call scanned in, if it still is that LUN.
     DeleteScsi {
         target: String,
@@ -83,7 +94,10 @@ impl Undo {
 
     /// Steps that would pull a leg from under a running array.
     fn needs_array_stopped(&self) -> bool {
-        matches!(self, Undo::DeleteScsi { .. } | Undo::ReleaseLun { .. })
+        matches!(
+            self,
+            Undo::DeleteScsi { .. } | Undo::ReleaseLun { .. } | Undo::ReleaseMap { .. }
+        )
     }
 }
 
@@ -160,8 +174,8 @@ impl Engine<'_> {
             let r: Result<(), (Step, Cause)> = match &u {
                 Undo::RemoveState(k) => self.store.remove(k).map_err(|e| (Step::State, e.into())),
                 // A session kept for another attachment still uses it.
-                Undo::DeleteNode { target, .. }
-                    if iscsi::session_of(&self.sys, target).is_some() =>
+                Undo::DeleteNode { target, portal }
+                    if iscsi::session_at(&self.sys, target, portal).is_some() =>
                 {
                     tracing::info!(target, "node record kept: a session to the target remains");
                     Ok(())
@@ -174,7 +188,16 @@ impl Engine<'_> {
                     iscsi::restore_record(&self.sys, path, content, self.idbm_wait())
                         .map_err(|e| (Step::Node, e.into()))
                 }
-                Undo::ReleaseSession { key, target } => self.release_session(key, target),
+                Undo::ReleaseSession {
+                    key,
+                    target,
+                    portal,
+                } => self.release_session(key, target, portal),
+                Undo::ReleaseMap {
+                    name,
+                    leg,
+                    wwid_added,
+                } => self.release_map(name, leg, *wwid_added),
                 Undo::DeleteScsi { target, hctl, wwid } => {
                     match iscsi::device_at(&self.sys, hctl) {
                         Some(d) => self.delete_ours(target, &d, wwid.as_deref()),

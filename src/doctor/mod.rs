@@ -18,6 +18,7 @@ use crate::sysfs::Sys;
 
 mod host;
 pub mod lvm;
+mod multipath;
 pub mod probe;
 
 /// How a check ended.
@@ -72,7 +73,7 @@ impl Finding {
 }
 
 /// Every check, in the order they run.
-pub const CHECKS: [&str; 11] = [
+pub const CHECKS: [&str; 12] = [
     "config",
     "label-table",
     "iscsid",
@@ -81,6 +82,7 @@ pub const CHECKS: [&str; 11] = [
     "mdadm-auto-assembly",
     "lvm-filter",
     "duplicate-uuids",
+    "multipath",
     "xen-hook",
     "libvirt-hook",
     "disks-store",
@@ -114,6 +116,7 @@ impl Doctor<'_> {
                 "mdadm-auto-assembly" => host::mdadm_auto(self),
                 "lvm-filter" => self.lvm_filter(&config),
                 "duplicate-uuids" => self.duplicate_uuids(&config),
+                "multipath" => multipath::check(self, &config),
                 "xen-hook" => host::xen_hook(self),
                 "libvirt-hook" => host::libvirt_hook(self),
                 "disks-store" => disks_store(&config),
@@ -258,6 +261,23 @@ impl Doctor<'_> {
                             aliases(self.sys, &k),
                         ));
                     }
+                }
+            }
+        }
+        // A multipath map over iSCSI disks is the LUN too.
+        let iscsi_disks: Vec<String> = iscsi::sessions(self.sys)
+            .iter()
+            .flat_map(|s| iscsi::host_devices(self.sys, s.host))
+            .filter_map(|d| d.block)
+            .collect();
+        for k in blocks.iter().filter(|k| k.starts_with("dm-")) {
+            let paths = crate::multipath::paths_of(self.sys, k);
+            if paths.iter().any(|p| iscsi_disks.contains(p)) {
+                for k in std::iter::once(k.clone()).chain(partitions(self.sys, k)) {
+                    out.push((
+                        format!("multipath map {k} over iSCSI disks"),
+                        aliases(self.sys, &k),
+                    ));
                 }
             }
         }

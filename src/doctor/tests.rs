@@ -328,6 +328,7 @@ fn duplicate_uuids_between_attachments() {
                         size: 8192,
                         wwid: None,
                         devnum: None,
+                        ..Default::default()
                     }),
                     mirror: None,
                 },

@@ -103,6 +103,16 @@ pub enum IscsiError {
         /// The LUN asked for.
         lun: u32,
     },
+    /// The LUN's disks on the target's portals are not one disk.
+    #[error("LUN {lun} of {target} is not the same disk on every portal ({found}): no multipath map over them")]
+    PathsDiffer {
+        /// Target.
+        target: String,
+        /// The LUN.
+        lun: u32,
+        /// `portal=wwid` per path.
+        found: String,
+    },
     /// The LUN is not a disk (tgt's LUN 0 is its controller).
     #[error("LUN {lun} of {target} is not a disk (SCSI type {kind})")]
     NotDisk {
@@ -239,6 +249,29 @@ pub fn session_of(sys: &Sys, target: &str) -> Option<Session> {
     v.into_iter().next()
 }
 
+/// The session to `target` through `portal`, preferring a logged-in one.
+pub fn session_at(sys: &Sys, target: &str, portal: &str) -> Option<Session> {
+    let mut v: Vec<Session> = sessions(sys)
+        .into_iter()
+        .filter(|s| s.target == target && s.portal.as_deref() == Some(portal))
+        .collect();
+    v.sort_by_key(|s| (!s.logged_in(), s.sid));
+    v.into_iter().next()
+}
+
+/// Whether the path at `hctl` carries I/O: its SCSI device is running
+/// and its session logged in.
+pub fn path_up(sys: &Sys, hctl: &str) -> bool {
+    let running = sys
+        .read(format!("/sys/bus/scsi/devices/{hctl}/state"))
+        .is_some_and(|s| s == "running");
+    let host: Option<u32> = hctl.split(':').next().and_then(|h| h.parse().ok());
+    running
+        && sessions(sys)
+            .iter()
+            .any(|s| Some(s.host) == host && s.logged_in())
+}
+
 /// SCSI devices on SCSI host `host`.
 pub fn host_devices(sys: &Sys, host: u32) -> Vec<ScsiDev> {
     let prefix = format!("{host}:");
@@ -264,9 +297,19 @@ pub fn device_at(sys: &Sys, hctl: &str) -> Option<ScsiDev> {
 }
 
 /// The SCSI identity (`device/wwid`, from VPD page 0x83) of block device
-/// `kname`: what tells one LUN from another that took its name.
+/// `kname`: what tells one LUN from another that took its name. A
+/// multipath map's is its paths' (None unless they all agree).
 pub fn wwid(sys: &Sys, kname: &str) -> Option<String> {
-    sys.read(format!("/sys/block/{kname}/device/wwid"))
+    if let Some(w) = sys.read(format!("/sys/block/{kname}/device/wwid")) {
+        return Some(w);
+    }
+    let paths = crate::multipath::paths_of(sys, kname);
+    let mut ids = paths
+        .iter()
+        .map(|p| sys.read(format!("/sys/block/{p}/device/wwid")));
+    let first = ids.next()??;
+    ids.all(|w| w.as_deref() == Some(first.as_str()))
+        .then_some(first)
 }
 
 /// The SCSI device of `lun` on `session`, if present.

@@ -12,6 +12,7 @@ fn leg(role: &'static str, state: &str, percent: Option<f64>) -> LegStatus {
         recovery_percent: percent,
         speed_kib: percent.map(|_| 2048),
         eta_seconds: None,
+        ..LegStatus::default()
     }
 }
 

@@ -33,16 +33,22 @@ pub enum Program {
     Lvm,
     /// libvirt's shell, `virsh blockresize` (by `grow --libvirt-domain`).
     Virsh,
+    /// multipath-tools' `multipath` (a target on several portals).
+    Multipath,
+    /// multipath-tools' daemon client `multipathd` (show, resize).
+    Multipathd,
 }
 
 impl Program {
     /// Every program, for [`Runner::verify`].
-    pub const ALL: [Program; 5] = [
+    pub const ALL: [Program; 7] = [
         Program::Iscsiadm,
         Program::Mdadm,
         Program::Udevadm,
         Program::Lvm,
         Program::Virsh,
+        Program::Multipath,
+        Program::Multipathd,
     ];
 
     /// File name of the program.
@@ -53,6 +59,8 @@ impl Program {
             Program::Udevadm => "udevadm",
             Program::Lvm => "lvm",
             Program::Virsh => "virsh",
+            Program::Multipath => "multipath",
+            Program::Multipathd => "multipathd",
         }
     }
 }

@@ -16,6 +16,7 @@ fn sample() -> Attachment {
             size: 1 << 26,
             wwid: None,
             devnum: None,
+            ..Default::default()
         }),
         mirror: Some(Mirror {
             label: "l1".into(),
@@ -293,7 +294,7 @@ const TODAY: &[(&str, &str)] = &[
 }"#,
     ),
     (
-        "run/sessions/iqn.2024-01.lab_t.json",
+        "run/sessions/iqn.2024-01.lab_t_192.0.2.1_3260.json",
         r#"{
   "target": "iqn.2024-01.lab:t",
   "portal": "192.0.2.1:3260",
@@ -360,6 +361,7 @@ fn web() -> Attachment {
             size: 67108864,
             wwid: Some("naa.6001405abcdef".into()),
             devnum: Some("8:16".into()),
+            ..Default::default()
         }),
         mirror: Some(Mirror {
             label: "web".into(),
@@ -503,7 +505,10 @@ fn records_written_today_are_read_at_their_names() {
         run.holders().expect("holders"),
         vec![("libvirt-766d31-vda".to_string(), vda())]
     );
-    assert_eq!(run.owned_session(TARGET).expect("claim"), Some(claim()));
+    assert_eq!(
+        run.owned_session(TARGET, "192.0.2.1:3260").expect("claim"),
+        Some(claim())
+    );
     assert_eq!(lib.copy("dm:LVM-abc def").expect("copy"), Some(copy()));
     let copies = d.path().join("lib/copies/dm_3aLVM-abc_20def.json");
     assert_eq!(lib.copy_path("dm:LVM-abc def"), copies);
@@ -588,7 +593,10 @@ fn records_of_earlier_versions_are_read_with_defaults() {
         .expect("there");
     assert_eq!((h.vm, h.since, h.released), (None, 0, false));
     assert_eq!(
-        run.owned_session("t").expect("claim").expect("there").sid,
+        run.owned_session("t", "p")
+            .expect("claim")
+            .expect("there")
+            .sid,
         None
     );
     let c = Durable::new(&d.path().join("lib"))

@@ -91,6 +91,7 @@ fn attachment() -> Attachment {
             size: 1 << 24,
             wwid: Some("naa.lun1".into()),
             devnum: Some("8:0".into()),
+            ..Default::default()
         }),
         mirror: Some(Mirror {
             label: "vm1".into(),
@@ -346,6 +347,7 @@ fn degraded_mirror(
             size: 1 << 24,
             wwid: Some(format!("naa.lun{n}")),
             devnum: Some(sd_num),
+            ..Default::default()
         }),
         mirror: Some(Mirror {
             label: format!("vm{n}"),
@@ -635,6 +637,12 @@ fn session_host(r: &Path, e: &Engine<'_>, target: &str, sid: u32) -> Attachment 
     fs::write(class.join("targetname"), format!("{target}\n")).expect("w");
     fs::write(class.join("state"), "LOGGED_IN\n").expect("w");
     std::os::unix::fs::symlink(&dev, class.join("device")).expect("link");
+    // Its connection, through which sysfs tells the portal.
+    fs::create_dir_all(dev.join(format!("connection{sid}:0"))).expect("mkdir");
+    let conn = r.join(format!("sys/class/iscsi_connection/connection{sid}:0"));
+    fs::create_dir_all(&conn).expect("mkdir");
+    fs::write(conn.join("persistent_address"), "127.0.0.1\n").expect("w");
+    fs::write(conn.join("persistent_port"), "3260\n").expect("w");
     let a = Attachment {
         spec: format!("lun1@{target}"),
         phase: Phase::Attached,
@@ -649,6 +657,7 @@ fn session_host(r: &Path, e: &Engine<'_>, target: &str, sid: u32) -> Attachment 
             size: 1 << 24,
             wwid: Some("naa.lun1".into()),
             devnum: Some("8:112".into()),
+            ..Default::default()
         }),
         mirror: None,
     };
@@ -702,7 +711,10 @@ fn detach_logs_out_only_the_session_its_login_made() {
             runner.calls()
         );
         assert_eq!(
-            e.store.owned_session(target).expect("read").is_some(),
+            e.store
+                .owned_session(target, "127.0.0.1:3260")
+                .expect("read")
+                .is_some(),
             claim_left,
             "{case}: the claim"
         );

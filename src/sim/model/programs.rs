@@ -49,6 +49,10 @@ impl Model {
             Program::Udevadm => Ok(Output::default()),
             Program::Lvm => Err((1, "lvm is not modelled".into())),
             Program::Virsh => Err((1, "virsh is not modelled".into())),
+            // A host without multipath-tools: every target has one path.
+            Program::Multipath | Program::Multipathd => {
+                Err((1, "multipath-tools are not modelled".into()))
+            }
         }
     }
 

@@ -280,28 +280,6 @@ fn lab_fixture_failover_same_iqn_lio() {
     failover_same_iqn(Kind::Lio, "iqn.2024-01.lab.iscsimple:fixhalio");
 }
 
-/// The multipath.conf the tool will expect (issue 18): maps named by wwid,
-/// a path checked every 2 s (healthy ones too: `max_polling_interval`
-/// would otherwise let their checks drift to 4 x 2 s), and `no_path_retry
-/// 3`: once every path is down the map queues I/O for 3 checks (6 s), then
-/// fails it; never `queue`, under which md could never fail the leg and
-/// the VM would hang. `no_path_retry` goes in `overrides`: multipath-tools'
-/// built-in device table sets 12 for LIO (`LIO-ORG`) and beats `defaults`
-/// (measured: 24 s of queueing instead of 6).
-pub const MULTIPATH_CONF: &str = "defaults {
-    user_friendly_names no
-    find_multipaths strict
-    polling_interval 2
-    max_polling_interval 2
-}
-overrides {
-    no_path_retry 3
-}
-blacklist {
-    devnode \"^(ram|loop|fd|md|dm-|sr|scd|st|vd)[0-9]*\"
-}
-";
-
 /// One write of 4 KiB at offset 0 with O_DIRECT and fsync: its result and
 /// how long it took.
 fn timed_write(dev: &std::path::Path) -> (std::io::Result<()>, Duration) {
@@ -330,7 +308,8 @@ fn lab_fixture_multipath_two_paths_fail_in_bounded_time() {
     let (a, b) = (Netns::create("labmpa", 21), Netns::create("labmpb", 22));
     let t = Target::start_in(TargetSpec::new(Kind::Lio, iqn, &[16]), Some(a.clone()));
     let portals = [t.portal(), t.add_portal_in(&b)];
-    let mp = crate::fixture::multipath::Multipathd::start(MULTIPATH_CONF);
+    let mp =
+        crate::fixture::multipath::Multipathd::start(crate::fixture::multipath::MULTIPATH_CONF);
     for p in &portals {
         assert!(discover(p).ok(), "discovery on {p}");
         for (k, v) in [

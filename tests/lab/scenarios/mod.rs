@@ -1,6 +1,7 @@
 //! One file per behaviour.
 mod attach;
 mod bench;
+mod bench_multipath;
 mod chap;
 mod cluster;
 mod crash;
@@ -14,6 +15,7 @@ mod lab_fixture;
 mod libvirt;
 mod migration;
 mod mirror;
+mod multipath;
 mod package;
 mod persist;
 mod refusals;

@@ -1,0 +1,294 @@
+//! Multipath under the mirror (issue 18): a target on two portals, each
+//! in its own network namespace, and multipathd running as a host runs it.
+use std::time::{Duration, Instant};
+
+use crate::fixture::data;
+use crate::fixture::initiator as ini;
+use crate::fixture::lvm::Vg;
+use crate::fixture::md::Md;
+use crate::fixture::metrics;
+use crate::fixture::multipath::{map_kname, slaves, Multipathd, MULTIPATH_CONF};
+use crate::fixture::net::Netns;
+use crate::fixture::system::Ext4;
+use crate::fixture::target::{Kind, Target, TargetSpec};
+use crate::fixture::tool::Tool;
+use crate::fixture::{read, run, wait_for, Lab, Udev};
+
+const IQN: &str = "iqn.2024-01.lab.iscsimple:mpath2";
+const PROM: &str = "/run/lab-mpath.prom";
+
+/// The iSCSI leg of `status --json`'s only attachment named `spec`.
+fn iscsi_leg(tool: &Tool, spec: &str) -> serde_json::Value {
+    let out = tool.run(&["status", "--json"]);
+    assert!(out.ok(), "status --json: {}", out.stderr);
+    let js: serde_json::Value = serde_json::from_str(&out.stdout).expect("status JSON");
+    js["attachments"]
+        .as_array()
+        .expect("attachments")
+        .iter()
+        .find(|a| a["spec"].as_str().is_some_and(|s| s.contains(spec)))
+        .and_then(|a| {
+            a["legs"]
+                .as_array()?
+                .iter()
+                .find(|l| l["role"] == "iscsi")
+                .cloned()
+        })
+        .unwrap_or_else(|| panic!("no iSCSI leg of {spec} in {}", out.stdout))
+}
+
+fn paths_up(tool: &Tool, spec: &str) -> u64 {
+    iscsi_leg(tool, spec)["paths_up"]
+        .as_u64()
+        .expect("paths_up")
+}
+
+/// The multipath maps (dm uuid `mpath-`) there are.
+fn maps() -> Vec<String> {
+    std::fs::read_dir("/sys/block")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|k| {
+            read(format!("/sys/block/{k}/dm/uuid")).is_some_and(|u| u.starts_with("mpath-"))
+        })
+        .collect()
+}
+
+/// The wwids multipath's file lists (`multipath -w` comments a line out).
+fn wwids_file() -> Vec<String> {
+    read("/etc/multipath/wwids")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with('/'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// (a) and (b) of issue 18 on the real stack. Without multipathd a target
+/// on two portals is used through one, as before. With it, a mirrored
+/// attach logs in through both portals and md's iSCSI leg is the map over
+/// the LUN's two disks (never a path); `status` and the metrics say 2/2.
+/// One path cut under a writer: no leg fails, writes go on, 1/2. Both
+/// cut: the map fails I/O within its bound (NOP-Out 2+2 s, replacement
+/// 5 s, no_path_retry 3 x 2 s), md fails the leg, the writer carries on
+/// on the local leg, and `watch` records it and heals (bitmap: only the
+/// dirty region) once both paths are back. Detach flushes the map, deletes
+/// both paths, logs out both sessions and forgets the wwid it added. A
+/// plain LUN over two paths is handed out as /dev/mapper/WWID. `doctor`
+/// passes this multipath.conf and fails one without `no_path_retry` in
+/// overrides, with the fix.
+#[test]
+fn lab_multipath_mirror_one_path_cut_then_both_watch_heals() {
+    let lab = Lab::start(Udev::On);
+    let _state = Ext4::mount("/var/lib/iscsimple", 64);
+    let (a, b) = (Netns::create("labmpa", 21), Netns::create("labmpb", 22));
+    let t = Target::start_in(TargetSpec::new(Kind::Lio, IQN, &[32, 16]), Some(a.clone()));
+    let (lun, plain) = (t.luns[0].clone(), t.luns[1].clone());
+    let portals = [t.portal(), t.add_portal_in(&b)];
+    let vg = Vg::create("labvg", 48);
+    let lv = vg.lv("vm1", 32);
+    let tool = Tool::new(&format!(
+        "[discovery]\nportals = [\"{}\"]\n[timeouts]\nreplacement = 5\nnoop_interval = 2\nnoop_timeout = 2\nwatch = 1\n",
+        portals[0]
+    ));
+    tool.labels(&[("vm1-disk", lv.to_str().unwrap())]);
+    let spec = format!("lun{}@{IQN}+vm1-disk", lun.number);
+    let plain_spec = format!("lun{}@{IQN}", plain.number);
+
+    // No multipathd: one portal, one session, the SCSI disk itself.
+    let dev = tool.attach(&plain_spec);
+    assert!(
+        dev.to_string_lossy().starts_with("/dev/sd"),
+        "no multipathd: the path device: {}",
+        dev.display()
+    );
+    assert_eq!(
+        ini::sessions(IQN).len(),
+        1,
+        "one session without multipathd"
+    );
+    assert_eq!(paths_up(&tool, &plain_spec), 1);
+    tool.detach(&plain_spec);
+    assert!(ini::sessions(IQN).is_empty(), "logged out");
+
+    let mp = Multipathd::start(MULTIPATH_CONF);
+    let wwids_before = wwids_file();
+    assert!(wwids_before.is_empty(), "{wwids_before:?}");
+    let t0 = Instant::now();
+    let dev = tool.attach(&spec);
+    println!(
+        "mirrored attach over two paths: {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!(wwids_file().len(), 1, "the LUN's wwid added");
+    assert_eq!(ini::sessions(IQN).len(), 2, "a session per portal");
+    let m = Md::by_label("vm1-disk");
+    let member = m
+        .members()
+        .into_iter()
+        .find(|k| k.starts_with("dm-") && slaves(k).len() == 2)
+        .unwrap_or_else(|| panic!("md's iSCSI leg is a map over two paths: {:?}", m.members()));
+    assert!(
+        !m.members().iter().any(|k| k.starts_with("sd")),
+        "never a path device in md: {:?}",
+        m.members()
+    );
+    let paths = slaves(&member);
+    println!("md leg {member} over {paths:?}\n{}", mp.show());
+    m.wait_synced(Duration::from_secs(120));
+    let leg = iscsi_leg(&tool, &spec);
+    assert_eq!(
+        (leg["paths_up"].as_u64(), leg["paths_total"].as_u64()),
+        (Some(2), Some(2)),
+        "{leg}"
+    );
+    assert!(
+        leg["device"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("/dev/mapper/")),
+        "{leg}"
+    );
+    let st = tool.run(&["status"]);
+    assert!(st.stdout.contains("paths 2/2"), "{}", st.stdout);
+    let doctor = tool.run(&["doctor", "--check", "multipath"]);
+    assert!(
+        doctor.ok(),
+        "doctor passes this multipath.conf: {}",
+        doctor.stdout
+    );
+
+    let watch = tool.watch_with(&["--metrics-file", PROM]);
+    let one = [("spec", spec.as_str())];
+    let prom = |metric: &str| metrics::read(PROM).and_then(|s| metrics::value(&s, metric, &one));
+    wait_for(
+        "the metrics file with both paths",
+        Duration::from_secs(60),
+        || prom("iscsimple_paths") == Some(2.0) && prom("iscsimple_paths_up") == Some(2.0),
+    );
+    let writer = data::Writer::start(&dev, |r| (r % 8, 1, 0x7700 + r));
+    writer.wait_rounds(2);
+
+    // (a) One path cut: its session fails, the map goes on over the other.
+    a.cut();
+    wait_for(
+        "status to count one path up",
+        Duration::from_secs(60),
+        || paths_up(&tool, &spec) == 1,
+    );
+    wait_for(
+        "the metrics to count one path up",
+        Duration::from_secs(30),
+        || prom("iscsimple_paths_up") == Some(1.0),
+    );
+    writer.wait_rounds(3);
+    assert!(
+        m.member_state(&member).contains("in_sync"),
+        "one path cut: no leg fails: {}",
+        m.member_state(&member)
+    );
+    assert_eq!(prom("iscsimple_degraded"), Some(0.0));
+    assert!(!tool.newer("vm1-disk"), "nothing to record");
+    a.heal();
+    wait_for("both paths up again", Duration::from_secs(90), || {
+        paths_up(&tool, &spec) == 2
+    });
+
+    // (b) Both cut: the map fails I/O in bounded time, md fails the leg.
+    let cut = Instant::now();
+    a.cut();
+    b.cut();
+    wait_for("md to fail the map", Duration::from_secs(120), || {
+        m.member_state(&member).contains("faulty")
+    });
+    let failed_after = cut.elapsed();
+    println!(
+        "both paths cut: md failed the map after {:.1} s (bound: NOP-Out 2 + 2 s, replacement_timeout 5 s, a check 2 s, no_path_retry 3 x 2 s)",
+        failed_after.as_secs_f64()
+    );
+    wait_for(
+        "watch to record the local leg newer",
+        Duration::from_secs(60),
+        || tool.newer("vm1-disk"),
+    );
+    wait_for(
+        "the metrics to show the failure",
+        Duration::from_secs(30),
+        || prom("iscsimple_degraded") == Some(1.0) && prom("iscsimple_paths_up") == Some(0.0),
+    );
+    writer.wait_rounds(3);
+    a.heal();
+    b.heal();
+    wait_for(
+        "watch to heal over the map",
+        Duration::from_secs(180),
+        || !tool.newer("vm1-disk"),
+    );
+    m.wait_synced(Duration::from_secs(120));
+    assert!(
+        m.members().contains(&member),
+        "the same map re-added: {:?}",
+        m.members()
+    );
+    wait_for(
+        "the metrics in sync over both paths",
+        Duration::from_secs(60),
+        || prom("iscsimple_degraded") == Some(0.0) && prom("iscsimple_paths_up") == Some(2.0),
+    );
+    let heals = metrics::read(PROM)
+        .and_then(|s| metrics::value(&s, "iscsimple_heals_total", &[]))
+        .unwrap_or(0.0);
+    assert!(heals >= 1.0, "watch counted its heal: {heals}");
+    let rounds = writer.finish();
+    lab.settle();
+    watch.stop();
+    for r in rounds.saturating_sub(8)..rounds {
+        data::verify(&dev, r % 8, 1, 0x7700 + r);
+    }
+    data::verify(&dev, 8, 24, lun.seed);
+    data::equal(&lv, &lun.backing, 32).expect("legs equal after the heal");
+
+    // Detach: the map, then its paths, then both sessions; the wwid goes.
+    tool.detach("vm1-disk");
+    assert!(maps().is_empty(), "map flushed: {:?}", maps());
+    assert!(
+        ini::scsi_disks().is_empty(),
+        "paths deleted: {:?}",
+        ini::scsi_disks()
+    );
+    assert!(ini::sessions(IQN).is_empty(), "both sessions logged out");
+    assert_eq!(wwids_file(), wwids_before, "the wwid it added is gone");
+
+    // A plain LUN over two paths: the hypervisor gets the map.
+    let dev = tool.attach(&plain_spec);
+    assert!(dev.starts_with("/dev/mapper"), "the map: {}", dev.display());
+    let k = std::fs::canonicalize(&dev).expect("map node");
+    let k = k.file_name().expect("name").to_string_lossy().to_string();
+    assert_eq!(slaves(&k).len(), 2, "over both paths");
+    let name = dev.file_name().expect("name").to_string_lossy().to_string();
+    assert_eq!(map_kname(&name).as_deref(), Some(k.as_str()));
+    data::verify(&dev, 0, 16, plain.seed);
+    tool.detach(&plain_spec);
+    assert!(maps().is_empty() && ini::sessions(IQN).is_empty());
+
+    // doctor: no_path_retry in defaults only is what the device table beats.
+    let weak = MULTIPATH_CONF.replace("overrides {\n    no_path_retry 3\n}", "");
+    std::fs::write("/etc/multipath.conf", &weak).expect("conf");
+    assert!(run("/usr/sbin/multipathd", &["reconfigure"]).ok());
+    let doctor = tool.run(&["doctor", "--check", "multipath"]);
+    assert!(!doctor.ok(), "doctor fails: {}", doctor.stdout);
+    assert!(
+        doctor
+            .stdout
+            .contains("section overrides { }: no_path_retry 3"),
+        "{}",
+        doctor.stdout
+    );
+    std::fs::write("/etc/multipath.conf", MULTIPATH_CONF).expect("conf");
+    assert!(run("/usr/sbin/multipathd", &["reconfigure"]).ok());
+    let doctor = tool.run(&["doctor", "--check", "multipath"]);
+    assert!(doctor.ok(), "fixed: {}", doctor.stdout);
+    drop(mp);
+    vg.remove();
+}
