@@ -34,6 +34,10 @@ pub(crate) fn run(args: Args, config_path: Option<&Path>) -> CmdResult {
                     Err(e) => problems.push(e.to_string()),
                 }
             }
+            for t in &config.targets {
+                let portals: Vec<String> = t.portals.iter().map(ToString::to_string).collect();
+                ok.push(format!("target {}: portals {}", t.name, portals.join(", ")));
+            }
             Some(config)
         }
         Err(e) => {

@@ -365,6 +365,21 @@ pub struct Config {
     pub cluster: Cluster,
     /// `[[chap]]` entries, in file order.
     pub chap: Vec<ChapEntry>,
+    /// `[[target]]` entries: targets with their own portals.
+    pub targets: Vec<TargetPortals>,
+}
+
+/// `[[target]]`: the portals a target is reached through (each logged in,
+/// with multipath when there are several), instead of its node records
+/// or discovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetPortals {
+    /// The target.
+    pub name: TargetName,
+    /// Its portals (IP addresses), in file order, at least one.
+    pub portals: Vec<Portal>,
+    /// Line of `name` in the file, for messages.
+    pub line: usize,
 }
 
 impl Default for Config {
@@ -379,6 +394,7 @@ impl Default for Config {
             md: MdTuning::default(),
             cluster: Cluster::default(),
             chap: Vec::new(),
+            targets: Vec::new(),
         }
     }
 }
@@ -464,6 +480,14 @@ impl Config {
     /// else `None`. Reads password files.
     pub fn chap_for(&self, target: &TargetName) -> Result<Option<Chap>, ConfigError> {
         self.chap_entry(target).map(ChapEntry::resolve).transpose()
+    }
+
+    /// The portals `[[target]]` gives `target`, if any.
+    pub fn portals_for(&self, target: &TargetName) -> Option<&[Portal]> {
+        self.targets
+            .iter()
+            .find(|t| &t.name == target)
+            .map(|t| t.portals.as_slice())
     }
 
     /// The `[[chap]]` entry that applies to `target`, without reading secrets.

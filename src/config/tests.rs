@@ -128,6 +128,60 @@ fn shipped_example_parses_commented_and_uncommented() {
     let c = Config::parse(&enabled, p()).expect("uncommented");
     assert!(!c.chap.is_empty());
     assert!(!c.discovery.portals.is_empty());
+    assert_eq!(c.targets.len(), 1);
+}
+
+#[test]
+fn target_portals() {
+    let c = Config::parse(
+        r#"
+[[target]]
+name = "IQN.2014-06.fr.example:A"
+portals = ["192.0.2.10", "[2001:db8::1]:3261"]
+"#,
+        p(),
+    )
+    .expect("valid");
+    let a = target("iqn.2014-06.fr.example:a");
+    let shown: Vec<String> = c
+        .portals_for(&a)
+        .expect("listed")
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(shown, ["192.0.2.10:3260", "[2001:db8::1]:3261"]);
+    assert!(c.portals_for(&target("iqn.2014-06.fr.example:b")).is_none());
+
+    let e = Config::parse(
+        r#"
+[[target]]
+name = "iqn.2014-06.fr.example:a"
+portals = ["filer.example", "192.0.2.10", "192.0.2.10:3260"]
+[[target]]
+name = "iqn.2014-06.fr.example:a"
+portals = ["192.0.2.11"]
+[[target]]
+name = "iqn.2014-06.fr.example:b"
+portals = []
+[[target]]
+name = "bad"
+portals = ["192.0.2.12"]
+"#,
+        p(),
+    )
+    .expect_err("invalid");
+    let shown: Vec<String> = e.problems().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        shown,
+        [
+            "/etc/i.toml:4:12: portal \"filer.example\": an IP address is needed here (sessions are matched by address)",
+            "/etc/i.toml:4:43: portal \"192.0.2.10:3260\" listed twice",
+            "/etc/i.toml:6:8: duplicate [[target]] entry for iqn.2014-06.fr.example:a (first on line 3)",
+            "/etc/i.toml:10:11: [[target]] iqn.2014-06.fr.example:b: portals is empty",
+            "/etc/i.toml:12:8: target name: invalid target name \"bad\": at byte 0: unknown name type (expected iqn., eui., naa. or MISSING)",
+        ][..],
+        "{shown:#?}"
+    );
 }
 
 #[test]

@@ -60,6 +60,15 @@ pub(super) struct RawConfig {
     cluster: RawCluster,
     #[serde(default)]
     chap: Vec<RawChap>,
+    #[serde(default)]
+    target: Vec<RawTarget>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTarget {
+    name: Spanned<String>,
+    portals: Spanned<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -139,18 +148,7 @@ impl Validator<'_> {
 
     pub(super) fn config(&mut self, raw: RawConfig, path: &Path) -> Config {
         let d = Config::default();
-        let portals = raw
-            .discovery
-            .portals
-            .iter()
-            .filter_map(|p| match parse_portal(p.get_ref()) {
-                Ok(portal) => Some(portal),
-                Err(why) => {
-                    self.error(p.span(), format!("portal {:?}: {why}", p.get_ref()));
-                    None
-                }
-            })
-            .collect();
+        let portals = self.portals(&raw.discovery.portals);
         let t = Timeouts::default();
         let timeouts = Timeouts {
             login: self.timeout("login", raw.timeouts.login, t.login),
@@ -171,6 +169,7 @@ impl Validator<'_> {
         let md = self.md(raw.md);
         let cluster = self.cluster(raw.cluster);
         let chap = self.chap(raw.chap);
+        let targets = self.targets(raw.target);
         Config {
             path: Some(path.to_owned()),
             label_table: self.abs_path("label_table", raw.label_table, d.label_table),
@@ -181,7 +180,74 @@ impl Validator<'_> {
             md,
             cluster,
             chap,
+            targets,
         }
+    }
+
+    fn portals(&mut self, raw: &[Spanned<String>]) -> Vec<Portal> {
+        raw.iter()
+            .filter_map(|p| match parse_portal(p.get_ref()) {
+                Ok(portal) => Some(portal),
+                Err(why) => {
+                    self.error(p.span(), format!("portal {:?}: {why}", p.get_ref()));
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// `[[target]]`: a target's own portals. Addresses only: open-iscsi
+    /// names a session's portal by address, and the tool finds a portal's
+    /// session by that name.
+    fn targets(&mut self, raw: Vec<RawTarget>) -> Vec<TargetPortals> {
+        let mut out: Vec<TargetPortals> = Vec::new();
+        for r in raw {
+            let line = line_col(self.text, r.name.span().start).0;
+            let name = match TargetName::parse(r.name.get_ref()) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.error(r.name.span(), format!("target name: {e}"));
+                    continue;
+                }
+            };
+            if let Some(first) = out.iter().find(|t| t.name == name) {
+                let message = format!(
+                    "duplicate [[target]] entry for {name} (first on line {})",
+                    first.line
+                );
+                self.error(r.name.span(), message);
+                continue;
+            }
+            let span = r.portals.span();
+            let raw_portals = r.portals.into_inner();
+            if raw_portals.is_empty() {
+                self.error(span, format!("[[target]] {name}: portals is empty"));
+                continue;
+            }
+            let mut portals: Vec<Portal> = Vec::new();
+            for p in &raw_portals {
+                let Some(portal) = self.portals(std::slice::from_ref(p)).pop() else {
+                    continue;
+                };
+                if matches!(portal.host, Host::Name(_)) {
+                    let message = format!(
+                        "portal {:?}: an IP address is needed here (sessions are matched by address)",
+                        p.get_ref()
+                    );
+                    self.error(p.span(), message);
+                } else if portals.contains(&portal) {
+                    self.error(p.span(), format!("portal {:?} listed twice", p.get_ref()));
+                } else {
+                    portals.push(portal);
+                }
+            }
+            out.push(TargetPortals {
+                name,
+                portals,
+                line,
+            });
+        }
+        out
     }
 
     fn cluster(&mut self, raw: RawCluster) -> Cluster {

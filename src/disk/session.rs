@@ -47,10 +47,12 @@ impl Engine<'_> {
         let target = t.as_str();
         let target_lock = self.target_lock(target).map_err(|e| (Step::Lock, e))?;
         let shared = iscsi::session_of(&self.sys, target);
-        let portals = match &shared {
-            // One path today: whatever the target's node records say.
-            Some(_) => iscsi::node_portals(&self.sys, target),
-            None => self.portals(t, undo)?,
+        let portals = match (&shared, self.config.portals_for(t)) {
+            // Logged in already: the portals it was given (the config's,
+            // else its node records); no node record is made here.
+            (Some(_), Some(list)) => list.iter().map(ToString::to_string).collect(),
+            (Some(_), None) => iscsi::node_portals(&self.sys, target),
+            (None, _) => self.portals(t, undo)?,
         };
         if portals.len() > 1 && self.multipath().running() {
             return self.multipath_leg(key, t, lun, &portals, target_lock, undo);
@@ -176,9 +178,10 @@ impl Engine<'_> {
             })
     }
 
-    /// The target's portals: its node records, else the portals the first
-    /// discovery portal that lists it gives (node records made for each,
-    /// undone with the attach).
+    /// The target's portals: the config's `[[target]]` list, else its node
+    /// records, else the portals the first discovery portal that lists it
+    /// gives. A node record is made for each portal without one, undone
+    /// with the attach.
     pub(super) fn portals(
         &self,
         t: &TargetName,
@@ -186,6 +189,16 @@ impl Engine<'_> {
     ) -> Result<Vec<String>, (Step, Cause)> {
         let target = t.as_str();
         let known = iscsi::node_portals(&self.sys, target);
+        if let Some(list) = self.config.portals_for(t) {
+            let list: Vec<String> = list.iter().map(ToString::to_string).collect();
+            let new: Vec<String> = list
+                .iter()
+                .filter(|p| !known.contains(p))
+                .cloned()
+                .collect();
+            self.new_nodes(target, &new, undo)?;
+            return Ok(list);
+        }
         if !known.is_empty() {
             return Ok(known);
         }
@@ -229,7 +242,20 @@ impl Engine<'_> {
             ));
         }
         found.dedup();
-        for p in &found {
+        self.new_nodes(target, &found, undo)?;
+        Ok(found)
+    }
+
+    /// A node record for `target` at each of `portals`, each undone with
+    /// the attach.
+    fn new_nodes(
+        &self,
+        target: &str,
+        portals: &[String],
+        undo: &mut Vec<Undo>,
+    ) -> Result<(), (Step, Cause)> {
+        let adm = self.iscsiadm();
+        for p in portals {
             adm.node_new(target, p)
                 .map_err(|e| (Step::Node, e.into()))?;
             undo.push(Undo::DeleteNode {
@@ -237,7 +263,7 @@ impl Engine<'_> {
                 portal: p.clone(),
             });
         }
-        Ok(found)
+        Ok(())
     }
 
     /// Log in at `portal`; returns the session. Called with the target

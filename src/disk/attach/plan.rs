@@ -138,18 +138,33 @@ impl Engine<'_> {
                 Some(s)
             }
             None => {
-                let portal = iscsi::node_portals(&self.sys, t).into_iter().next();
-                let portal = match portal {
-                    Some(pt) => pt,
-                    None => {
-                        for d in &self.config.discovery.portals {
+                let known = iscsi::node_portals(&self.sys, t);
+                let portal = match self.config.portals_for(target) {
+                    Some(list) => {
+                        let list: Vec<String> = list.iter().map(ToString::to_string).collect();
+                        for pt in list.iter().filter(|pt| !known.contains(pt)) {
+                            p.push(format!("iscsiadm -m node -T {t} -p {pt} -o new"));
+                        }
+                        if list.len() > 1 {
                             p.push(format!(
-                                "iscsiadm -m discovery -t sendtargets -p {d} -o nonpersistent"
+                                "with multipathd running: a session per portal ({}), and the LUN's multipath map as the leg",
+                                list.join(", ")
                             ));
                         }
-                        p.push(format!("iscsiadm -m node -T {t} -p PORTAL -o new"));
-                        "PORTAL".to_string()
+                        list[0].clone()
                     }
+                    None => match known.into_iter().next() {
+                        Some(pt) => pt,
+                        None => {
+                            for d in &self.config.discovery.portals {
+                                p.push(format!(
+                                    "iscsiadm -m discovery -t sendtargets -p {d} -o nonpersistent"
+                                ));
+                            }
+                            p.push(format!("iscsiadm -m node -T {t} -p PORTAL -o new"));
+                            "PORTAL".to_string()
+                        }
+                    },
                 };
                 p.push(format!(
                     "set node.session.scan = manual, node.startup = manual and the session timeouts in the node record of {t} at {portal} (under open-iscsi's lock)"

@@ -720,3 +720,61 @@ fn detach_logs_out_only_the_session_its_login_made() {
         );
     }
 }
+
+/// `[[target]]` portals come before the node records: a portal without a
+/// record gets one, and a failed attach deletes it again (and only it).
+#[test]
+fn configured_portals_get_node_records_undone_with_the_attach() {
+    let (d, mut c) = fake_root();
+    let target = "iqn.2024-01.lab:two";
+    c = Config::parse(
+        &format!(
+            "[[target]]\nname = \"{target}\"\nportals = [\"127.0.0.2\", \"127.0.0.1:3261\"]\n"
+        ),
+        Path::new("/etc/i.toml"),
+    )
+    .map(|p| Config {
+        state_dir: c.state_dir.clone(),
+        run_dir: c.run_dir.clone(),
+        ..p
+    })
+    .expect("config");
+    let dir = d.path().join(format!("etc/iscsi/nodes/{target}"));
+    fs::create_dir_all(&dir).expect("mkdir");
+    fs::write(dir.join("127.0.0.1,3261"), "node.name = x\n").expect("record");
+    fs::write(dir.join("127.0.0.9,3260"), "node.name = x\n").expect("record");
+    let runner = RecordingRunner::new();
+    runner.fail(
+        &format!("iscsiadm -m node -T {target} -p 127.0.0.2:3260 --login"),
+        11,
+        "iscsiadm: Could not log into all portals",
+    );
+    {
+        // iscsiadm -o new writes the record, as open-iscsi does.
+        let dir = dir.clone();
+        runner.before(move |cmd| {
+            if cmd.ends_with("-p 127.0.0.2:3260 -o new") {
+                fs::write(dir.join("127.0.0.2,3260"), "node.name = x\n").expect("record");
+            }
+        });
+    }
+    let e = engine(d.path(), &c, &runner);
+    let spec: Spec = format!("lun0@{target}").parse().expect("spec");
+    let err = e.attach(&spec).expect_err("no answer");
+    assert!(err.to_string().contains("127.0.0.2:3260"), "{err}");
+    let adm: Vec<String> = runner
+        .calls()
+        .into_iter()
+        .filter(|c| c.starts_with("iscsiadm") && (c.contains("-o ") || c.ends_with("--login")))
+        .collect();
+    assert_eq!(
+        adm,
+        [
+            format!("iscsiadm -m node -T {target} -p 127.0.0.2:3260 -o new"),
+            format!("iscsiadm -m node -T {target} -p 127.0.0.2:3260 --login"),
+            format!("iscsiadm -m node -T {target} -p 127.0.0.2:3260 -o delete"),
+        ],
+        "the configured portal first, never the unlisted record (127.0.0.9): {:#?}",
+        runner.calls()
+    );
+}

@@ -74,9 +74,11 @@ fn wwids_file() -> Vec<String> {
 /// cut: the map fails I/O within its bound (NOP-Out 2+2 s, replacement
 /// 5 s, no_path_retry 3 x 2 s), md fails the leg, the writer carries on
 /// on the local leg, and `watch` records it and heals (bitmap: only the
-/// dirty region) once both paths are back. Detach flushes the map, deletes
-/// both paths, logs out both sessions and forgets the wwid it added. A
-/// plain LUN over two paths is handed out as /dev/mapper/WWID. `doctor`
+/// dirty region) once both paths are back. (c) The LUN grows on LIO under
+/// the writer: `grow` resizes both paths, the map, the LV and the array.
+/// Detach flushes the map, deletes both paths, logs out both sessions and
+/// forgets the wwid it added. A plain LUN on the two portals a `[[target]]`
+/// lists is handed out as /dev/mapper/WWID. `doctor`
 /// passes this multipath.conf and fails one without `no_path_retry` in
 /// overrides, with the fix.
 #[test]
@@ -240,6 +242,33 @@ fn lab_multipath_mirror_one_path_cut_then_both_watch_heals() {
         .and_then(|s| metrics::value(&s, "iscsimple_heals_total", &[]))
         .unwrap_or(0.0);
     assert!(heals >= 1.0, "watch counted its heal: {heals}");
+
+    // (c) The LUN grows on the target under the writer: `grow` rescans
+    // both paths, resizes the map, extends the local volume, grows md.
+    let mib_of = |p: &std::path::Path| data::size(p) >> 20;
+    t.resize_lun(lun.number, 40);
+    let out = tool.run(&["grow", "--extend-local", "vm1-disk"]);
+    assert!(out.ok(), "grow over the map: {}", out.stderr);
+    for k in &paths {
+        assert_eq!(
+            mib_of(std::path::Path::new(&format!("/dev/{k}"))),
+            40,
+            "path {k} rescanned"
+        );
+    }
+    assert_eq!(
+        mib_of(std::path::Path::new(&format!("/dev/{member}"))),
+        40,
+        "the map resized"
+    );
+    assert_eq!((mib_of(&dev), mib_of(&lv)), (40, 40), "array and LV grew");
+    m.wait_synced(Duration::from_secs(120));
+    wait_for(
+        "the metrics to show the new size",
+        Duration::from_secs(30),
+        || prom("iscsimple_device_size_bytes") == Some(40.0 * 1_048_576.0),
+    );
+    writer.wait_rounds(2);
     let rounds = writer.finish();
     lab.settle();
     watch.stop();
@@ -247,7 +276,7 @@ fn lab_multipath_mirror_one_path_cut_then_both_watch_heals() {
         data::verify(&dev, r % 8, 1, 0x7700 + r);
     }
     data::verify(&dev, 8, 24, lun.seed);
-    data::equal(&lv, &lun.backing, 32).expect("legs equal after the heal");
+    data::equal(&lv, &lun.backing, 40).expect("legs equal after the heal and the grow");
 
     // Detach: the map, then its paths, then both sessions; the wwid goes.
     tool.detach("vm1-disk");
@@ -260,7 +289,17 @@ fn lab_multipath_mirror_one_path_cut_then_both_watch_heals() {
     assert!(ini::sessions(IQN).is_empty(), "both sessions logged out");
     assert_eq!(wwids_file(), wwids_before, "the wwid it added is gone");
 
-    // A plain LUN over two paths: the hypervisor gets the map.
+    // A plain LUN over the two portals `[[target]]` lists, without node
+    // records or discovery: the hypervisor gets the map.
+    assert!(run(
+        "/usr/sbin/iscsiadm",
+        &["-m", "node", "-T", IQN, "-o", "delete"]
+    )
+    .ok());
+    let tool = Tool::new(&format!(
+        "[[target]]\nname = \"{IQN}\"\nportals = [\"{}\", \"{}\"]\n",
+        portals[0], portals[1]
+    ));
     let dev = tool.attach(&plain_spec);
     assert!(dev.starts_with("/dev/mapper"), "the map: {}", dev.display());
     let k = std::fs::canonicalize(&dev).expect("map node");
