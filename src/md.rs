@@ -233,13 +233,7 @@ pub struct Mdadm<'a> {
 
 impl Mdadm<'_> {
     fn cmd(&self) -> Cmd {
-        let t = match self.deadline {
-            Some(d) => self
-                .timeout
-                .min(d.saturating_duration_since(crate::clock::now())),
-            None => self.timeout,
-        };
-        Cmd::new(Program::Mdadm).timeout(t)
+        Cmd::new(Program::Mdadm).timeout_within(self.timeout, self.deadline)
     }
 
     /// `mdadm --build /dev/md/LABEL --level=1 --raid-devices=2

@@ -173,13 +173,7 @@ pub struct Multipath<'a> {
 
 impl Multipath<'_> {
     fn cmd(&self, p: Program) -> Cmd {
-        let t = match self.deadline {
-            Some(d) => self
-                .timeout
-                .min(d.saturating_duration_since(crate::clock::now())),
-            None => self.timeout,
-        };
-        Cmd::new(p).timeout(t)
+        Cmd::new(p).timeout_within(self.timeout, self.deadline)
     }
 
     /// Whether multipathd runs and answers (absent tools: it does not).

@@ -310,7 +310,8 @@ impl Engine<'_> {
         gone: Option<&str>,
         undo: &mut Vec<Undo>,
     ) -> Result<(), (Step, Cause)> {
-        let lun = reservation::Lun::of_disk(kname);
+        let disks = pr_disks(&self.sys, kname);
+        let lun = reservation::Lun::of_disk(&disks[0]);
         let st = match lun.read() {
             Ok(st) => st,
             Err(e) => {
@@ -320,8 +321,15 @@ impl Engine<'_> {
         };
         let fail = |e: reservation::ReservationError| (Step::Record, Cause::Reservation(e));
         let mine = reservation::key_of(me);
-        if !st.keys.contains(&mine) {
-            lun.register(mine).map_err(fail)?;
+        // Each path is its own I_T nexus, registered on its own: a write
+        // through an unregistered one would fail with a reservation
+        // conflict, and md would fail the leg. Registering again with the
+        // same key changes nothing.
+        let new = !st.keys.contains(&mine);
+        for d in &disks {
+            reservation::Lun::of_disk(d).register(mine).map_err(fail)?;
+        }
+        if new {
             undo.push(Undo::Unregister {
                 kname: kname.to_string(),
                 wwid: wwid.to_string(),
@@ -391,7 +399,7 @@ impl Engine<'_> {
             if !writes {
                 continue;
             }
-            let lun = reservation::Lun::of_disk(&leg.kname);
+            let lun = reservation::Lun::of_disk(&pr_disks(&self.sys, &leg.kname)[0]);
             if let Ok(st) = lun.read() {
                 if st.holder.is_none() && st.keys.contains(&mine) {
                     match lun.reserve(mine) {
@@ -413,14 +421,16 @@ impl Engine<'_> {
         if crate::iscsi::wwid(&self.sys, kname).as_deref() != Some(wwid) {
             return;
         }
-        let lun = reservation::Lun::of_disk(kname);
-        match lun.read() {
-            Ok(st) if st.keys.contains(&reservation::key_of(&self.host())) => {
-                if let Err(e) = lun.unregister() {
-                    tracing::warn!(kname, error = %e, "registration not dropped");
+        for d in pr_disks(&self.sys, kname) {
+            let lun = reservation::Lun::of_disk(&d);
+            match lun.read() {
+                Ok(st) if st.keys.contains(&reservation::key_of(&self.host())) => {
+                    if let Err(e) = lun.unregister() {
+                        tracing::warn!(kname = d, error = %e, "registration not dropped");
+                    }
                 }
+                _ => {}
             }
-            _ => {}
         }
     }
 
@@ -578,4 +588,15 @@ fn copy_holds(verdict: &Verdict, lun: &LunId, generation: u64) -> bool {
             && c.size.is_some()
             && c.size == verdict.size
     })
+}
+
+/// The SCSI disks persistent reservations go through for disk `kname`:
+/// a multipath map's paths (each an I_T nexus of its own), else `kname`.
+fn pr_disks(sys: &crate::sysfs::Sys, kname: &str) -> Vec<String> {
+    let paths = crate::multipath::paths_of(sys, kname);
+    if paths.is_empty() {
+        vec![kname.to_string()]
+    } else {
+        paths
+    }
 }

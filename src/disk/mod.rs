@@ -363,6 +363,12 @@ impl<'a> Engine<'a> {
         self.sys.exists("/run/udev/control")
     }
 
+    /// Whether udev has processed block device `devnum` (`MAJ:MIN`): its
+    /// database entry exists.
+    fn udev_knows(&self, devnum: &str) -> bool {
+        self.sys.exists(format!("/run/udev/data/b{devnum}"))
+    }
+
     /// Find what `what` (a spec, a label, or a device) names among the
     /// attachments. A spec names only the attachment of that very spec.
     pub fn find(&self, what: &str) -> Result<Option<(String, Attachment)>, StateError> {

@@ -15,8 +15,8 @@ use crate::state::{IscsiLeg, MapLeg, PathLeg};
 use crate::uevent::Watcher;
 
 /// How often `multipath DEV` is asked again while the map lacks a path
-/// (it makes none while a path is not in udev's database yet).
-const ASK_AGAIN: Duration = Duration::from_secs(5);
+/// (it leaves out a path udev has not finished with).
+const ASK_AGAIN: Duration = Duration::from_secs(1);
 
 impl Engine<'_> {
     /// `multipath`/`multipathd` under this call's budget.
@@ -95,38 +95,7 @@ impl Engine<'_> {
         sessions.sort_by(|a, b| a.0.cmp(&b.0));
         let mut found = Vec::new();
         for (p, s) in &sessions {
-            let owned = self
-                .store
-                .owned_session(target, p)
-                .map_err(|e| (Step::State, e.into()))?
-                .is_some_and(|c| c.sid.map_or(true, |sid| sid == s.sid));
-            let (dev, scanned) = match iscsi::lun_device(&self.sys, s, lun) {
-                Some(d) => (d, owned),
-                None => {
-                    iscsi::scan_lun(&self.sys, s, lun).map_err(|e| (Step::Scan, e.into()))?;
-                    let d = iscsi::lun_device(&self.sys, s, lun).ok_or_else(|| {
-                        let e = IscsiError::NoLun {
-                            target: target.to_string(),
-                            lun,
-                        };
-                        (Step::Scan, e.into())
-                    })?;
-                    undo.push(Undo::DeleteScsi {
-                        target: target.to_string(),
-                        hctl: d.hctl.clone(),
-                        wwid: None,
-                    });
-                    (d, true)
-                }
-            };
-            if dev.kind != 0 {
-                let e = IscsiError::NotDisk {
-                    target: target.to_string(),
-                    lun,
-                    kind: dev.kind,
-                };
-                return Err((Step::Scan, e.into()));
-            }
+            let (dev, scanned) = self.lun_disk(target, p, s, lun, undo)?;
             found.push((p.clone(), s.clone(), dev, scanned));
         }
         drop(target_lock);
@@ -134,22 +103,7 @@ impl Engine<'_> {
         let watcher = Watcher::new();
         let mut paths = Vec::new();
         for (portal, s, dev, scanned) in &found {
-            let kname = watcher
-                .wait(limit.wait, || {
-                    let b = iscsi::lun_device(&self.sys, s, lun)?.block?;
-                    // Its wwid too: the map is made by it.
-                    (self.sys.opens(format!("/dev/{b}")) && iscsi::wwid(&self.sys, &b).is_some())
-                        .then_some(b)
-                })
-                .ok_or_else(|| {
-                    let e = IscsiError::NoBlockDevice {
-                        target: target.to_string(),
-                        lun,
-                        hctl: dev.hctl.clone(),
-                        waited: limit.wait,
-                    };
-                    (Step::Device, self.over(limit, e.into()))
-                })?;
+            let kname = self.wait_block(&watcher, limit, target, (s, lun), &dev.hctl, true)?;
             paths.push(PathLeg {
                 portal: portal.clone(),
                 hctl: dev.hctl.clone(),
@@ -227,8 +181,20 @@ impl Engine<'_> {
         let limit = self.limit(self.config.timeouts.device);
         let mut asked: Option<std::time::Instant> = None;
         let mut foreign = None;
-        let map = Watcher::new().wait(limit.wait, || {
-            if asked.map_or(true, |t| crate::clock::since(t) >= ASK_AGAIN) {
+        // multipath takes a path only once udev has recorded it: with udev,
+        // ask when its database has every path (its events wake the wait).
+        let udev = self.udev_running();
+        let watcher = if udev {
+            Watcher::udev()
+        } else {
+            Watcher::new()
+        };
+        let map = watcher.wait(limit.wait, || {
+            let ready = !udev
+                || paths
+                    .iter()
+                    .all(|p| p.devnum.as_deref().is_some_and(|d| self.udev_knows(d)));
+            if ready && asked.map_or(true, |t| crate::clock::since(t) >= ASK_AGAIN) {
                 if let Err(e) = mp.assemble(first) {
                     tracing::debug!(device = first, error = %e, "multipath made no map yet");
                 }

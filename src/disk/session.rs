@@ -65,71 +65,14 @@ impl Engine<'_> {
             None => self.login(key, t, &portals[0], undo)?,
         };
         let portal = session.portal.clone().unwrap_or_default();
-        // Our own sessions scan manually, so a LUN device found on one was
-        // scanned by an earlier (perhaps interrupted) call of ours.
-        let owned = claimed(
-            self.store
-                .owned_session(target, &portal)
-                .map_err(|e| (Step::State, e.into()))?
-                .as_ref(),
-            &session,
-        );
-        let (dev, scanned) = match iscsi::lun_device(&self.sys, &session, lun) {
-            Some(d) => (d, owned),
-            None => {
-                iscsi::scan_lun(&self.sys, &session, lun).map_err(|e| (Step::Scan, e.into()))?;
-                let d = iscsi::lun_device(&self.sys, &session, lun).ok_or_else(|| {
-                    (
-                        Step::Scan,
-                        IscsiError::NoLun {
-                            target: target.to_string(),
-                            lun,
-                        }
-                        .into(),
-                    )
-                })?;
-                undo.push(Undo::DeleteScsi {
-                    target: target.to_string(),
-                    hctl: d.hctl.clone(),
-                    wwid: None,
-                });
-                (d, true)
-            }
-        };
-        if dev.kind != 0 {
-            // Never scan the other LUNs to list them: they are other VMs'
-            // disks, and udev, LVM and md would see them appear.
-            return Err((
-                Step::Scan,
-                IscsiError::NotDisk {
-                    target: target.to_string(),
-                    lun,
-                    kind: dev.kind,
-                }
-                .into(),
-            ));
-        }
+        let (dev, scanned) = self.lun_disk(target, &portal, &session, lun, undo)?;
         // The disk keeps the session alive from here on (a detach of another
         // LUN sees it, and our record, and keeps the session): let the
         // other attaches of this target scan while the kernel probes it.
         drop(target_lock);
         let limit = self.limit(self.config.timeouts.device);
         let watcher = Watcher::new();
-        let kname = watcher
-            .wait(limit.wait, || {
-                let d = iscsi::lun_device(&self.sys, &session, lun)?;
-                let b = d.block?;
-                self.sys.opens(format!("/dev/{b}")).then_some(b)
-            })
-            .ok_or_else(|| {
-                let e = IscsiError::NoBlockDevice {
-                    target: target.to_string(),
-                    lun,
-                    hctl: dev.hctl.clone(),
-                    waited: limit.wait,
-                };
-                (Step::Device, self.over(limit, e.into()))
-            })?;
+        let kname = self.wait_block(&watcher, limit, target, (&session, lun), &dev.hctl, false)?;
         let size = self.sys.block_size(&kname).unwrap_or(0);
         // The disk's SCSI identity is what every later check compares
         // (heal, delete, the local copy's record). It can read as absent
@@ -175,6 +118,86 @@ impl Engine<'_> {
                     state,
                 };
                 (Step::Login, self.over(limit, e.into()))
+            })
+    }
+
+    /// The SCSI disk of LUN `lun` on `session` (at `portal`), and whether
+    /// a call of ours scanned it: there already (our own sessions scan
+    /// manually, so a LUN device found on one was scanned by an earlier,
+    /// perhaps interrupted, call of ours), or scanned now, undone with the
+    /// attach. Anything but a disk is refused; the other LUNs are never
+    /// scanned to list them: they are other VMs' disks, and udev, LVM and
+    /// md would see them appear.
+    pub(super) fn lun_disk(
+        &self,
+        target: &str,
+        portal: &str,
+        session: &Session,
+        lun: u32,
+        undo: &mut Vec<Undo>,
+    ) -> Result<(iscsi::ScsiDev, bool), (Step, Cause)> {
+        let claim = self
+            .store
+            .owned_session(target, portal)
+            .map_err(|e| (Step::State, e.into()))?;
+        let owned = claimed(claim.as_ref(), session);
+        let (dev, scanned) = match iscsi::lun_device(&self.sys, session, lun) {
+            Some(d) => (d, owned),
+            None => {
+                iscsi::scan_lun(&self.sys, session, lun).map_err(|e| (Step::Scan, e.into()))?;
+                let d = iscsi::lun_device(&self.sys, session, lun).ok_or_else(|| {
+                    let e = IscsiError::NoLun {
+                        target: target.to_string(),
+                        lun,
+                    };
+                    (Step::Scan, e.into())
+                })?;
+                undo.push(Undo::DeleteScsi {
+                    target: target.to_string(),
+                    hctl: d.hctl.clone(),
+                    wwid: None,
+                });
+                (d, true)
+            }
+        };
+        if dev.kind != 0 {
+            let e = IscsiError::NotDisk {
+                target: target.to_string(),
+                lun,
+                kind: dev.kind,
+            };
+            return Err((Step::Scan, e.into()));
+        }
+        Ok((dev, scanned))
+    }
+
+    /// Wait (up to `limit`) until LUN `lun`'s disk on `session` (at
+    /// `hctl`) has a block device that opens and, with `wwid`, a SCSI wwid
+    /// (multipath makes a map by it); its kernel name.
+    pub(super) fn wait_block(
+        &self,
+        watcher: &Watcher,
+        limit: super::budget::Limit,
+        target: &str,
+        (session, lun): (&Session, u32),
+        hctl: &str,
+        wwid: bool,
+    ) -> Result<String, (Step, Cause)> {
+        watcher
+            .wait(limit.wait, || {
+                let b = iscsi::lun_device(&self.sys, session, lun)?.block?;
+                (self.sys.opens(format!("/dev/{b}"))
+                    && (!wwid || iscsi::wwid(&self.sys, &b).is_some()))
+                .then_some(b)
+            })
+            .ok_or_else(|| {
+                let e = IscsiError::NoBlockDevice {
+                    target: target.to_string(),
+                    lun,
+                    hctl: hctl.to_string(),
+                    waited: limit.wait,
+                };
+                (Step::Device, self.over(limit, e.into()))
             })
     }
 

@@ -142,6 +142,15 @@ impl Cmd {
         self
     }
 
+    /// Set the timeout to `t`, or to what is left before `deadline` if
+    /// that is less (a caller's time budget).
+    pub fn timeout_within(self, t: Duration, deadline: Option<std::time::Instant>) -> Cmd {
+        let left = deadline.map_or(t, |d| {
+            t.min(d.saturating_duration_since(crate::clock::now()))
+        });
+        self.timeout(left)
+    }
+
     /// The command line as it may be logged (secrets redacted).
     pub fn display(&self) -> String {
         let mut s = self.program.name().to_string();

@@ -376,7 +376,7 @@ run_one() {   # run_one NAME -> writes $OUT/logs/NAME.{log,log.host,log.rc,log.m
 SLOW=(lab_crash_etcd_converges lab_crash_at_every_attach_step_converges
       xen_block_attach_detach_twenty_cycles lab_crash_with_a_bitmap_converges
       lab_cluster_etcd_two_hosts_take_turns_on_a_disk lab_crash_at_every_detach_step_converges
-      xen_dead_holder)
+      xen_dead_holder lab_multipath_mirror_one_path_cut_then_both_watch_heals)
 ordered=()
 for w in "${SLOW[@]}"; do
     for s in "${scenarios[@]}"; do case "$s" in *"$w"*) ordered+=("$s");; esac; done

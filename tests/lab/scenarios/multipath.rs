@@ -331,3 +331,127 @@ fn lab_multipath_mirror_one_path_cut_then_both_watch_heals() {
     drop(mp);
     vg.remove();
 }
+
+/// SCSI persistent reservations over a multipath map (a shared store).
+/// Each path is an I_T nexus of its own (SPC-4 registers per nexus), so
+/// the tool's mirrored attach registers its key through every path and
+/// reserves the LUN: writes go down both paths and all succeed, the leg
+/// stays in sync; detach drops the registrations. Printed for the record:
+/// what LIO lists and whether it lets a path of ours that never registered
+/// write (the kernel's target ties registrations to the initiator here).
+#[test]
+fn lab_multipath_etcd_reservations_registered_on_every_path() {
+    use iscsimple::iscsi::reservation::{key_of, Lun as Reservation};
+    let _lab = Lab::start(Udev::On);
+    let etcd = crate::fixture::etcd::Etcd::start(1);
+    let (a, b) = (Netns::create("labmpa", 21), Netns::create("labmpb", 22));
+    let t = Target::start_in(TargetSpec::new(Kind::Lio, IQN, &[32, 16]), Some(a.clone()));
+    let (lun, plain) = (t.luns[0].clone(), t.luns[1].clone());
+    let portals = [t.portal(), t.add_portal_in(&b)];
+    let mp = Multipathd::start(MULTIPATH_CONF);
+    let targets = format!(
+        "[[target]]\nname = \"{IQN}\"\nportals = [\"{}\", \"{}\"]\n",
+        portals[0], portals[1]
+    );
+    let pr = |k: &str| {
+        Reservation::new(std::path::Path::new(&format!("/dev/{k}")))
+            .read()
+            .expect("LIO supports persistent reservations")
+    };
+    let writes = |k: &str| -> u64 {
+        read(format!("/sys/block/{k}/stat"))
+            .and_then(|s| s.split_whitespace().nth(4).and_then(|v| v.parse().ok()))
+            .unwrap_or(0)
+    };
+
+    // For the record: LIO and a key registered through one path only.
+    let tool = Tool::new(&targets);
+    let plain_spec = format!("lun{}@{IQN}", plain.number);
+    let map = tool.attach(&plain_spec);
+    let k = std::fs::canonicalize(&map).expect("map node");
+    let paths = slaves(&k.file_name().expect("name").to_string_lossy());
+    assert_eq!(paths.len(), 2, "{paths:?}");
+    let one = Reservation::new(std::path::Path::new(&format!("/dev/{}", paths[1])));
+    let key = 0x1ab_0001;
+    one.register(key).expect("register through one path");
+    one.reserve(key).expect("reserve");
+    let direct = {
+        let f = data::open_direct(std::path::Path::new(&format!("/dev/{}", paths[0])), true);
+        let buf = data::Buf::zeroed(4096);
+        std::os::unix::fs::FileExt::write_all_at(&f, buf.bytes(), 0)
+    };
+    println!(
+        "LIO, key registered through {} only: keys {:?}; a write through {}: {direct:?}",
+        paths[1],
+        pr(&paths[0]),
+        paths[0]
+    );
+    one.unregister().expect("unregister");
+    tool.detach(&plain_spec);
+
+    // The tool's attach with a shared store: its key through both paths.
+    let vg = Vg::create("labvg", 48);
+    let lv = vg.lv("vm1", 32);
+    let tool = Tool::new(&format!(
+        "{targets}[cluster]\nstore = \"etcd\"\nendpoints = {:?}\nhost_id = \"host-a\"\nlease_ttl = 120\n",
+        etcd.endpoints()
+    ));
+    tool.labels(&[("vm1-disk", lv.to_str().unwrap())]);
+    let spec = format!("lun{}@{IQN}+vm1-disk", lun.number);
+    let dev = tool.attach(&spec);
+    let m = Md::by_label("vm1-disk");
+    let member = m
+        .members()
+        .into_iter()
+        .find(|k| k.starts_with("dm-") && slaves(k).len() == 2)
+        .unwrap_or_else(|| panic!("the map in md: {:?}", m.members()));
+    let paths = slaves(&member);
+    let mine = key_of("host-a");
+    let r = pr(&paths[0]);
+    println!("after the attach: {r:?}\n{}", mp.show());
+    assert_eq!(
+        r.keys.iter().filter(|k| **k == mine).count(),
+        2,
+        "registered through each path (LIO lists a registration per nexus): {r:?}"
+    );
+    assert_eq!(r.holder.map(|(k, _)| k), Some(mine), "reserved: {r:?}");
+    m.wait_synced(Duration::from_secs(120));
+    let before: Vec<u64> = paths.iter().map(|k| writes(k)).collect();
+    // Writers at once: the default path selector (service-time) sends a
+    // request down the path with the least in flight.
+    let writers: Vec<_> = (0..4u64)
+        .map(|w| data::Writer::start(&dev, move |r| (w * 2 + r % 2, 1, 0x7800 + w * 100 + r)))
+        .collect();
+    for w in &writers {
+        w.wait_rounds(4);
+    }
+    let rounds: Vec<u64> = writers.into_iter().map(data::Writer::finish).collect();
+    let after: Vec<u64> = paths.iter().map(|k| writes(k)).collect();
+    println!("writes per path {paths:?}: before {before:?}, after {after:?}");
+    assert!(
+        after.iter().zip(&before).all(|(a, b)| a > b),
+        "both paths carried writes: {before:?} -> {after:?}"
+    );
+    assert!(
+        m.member_state(&member).contains("in_sync"),
+        "every write went through: {}",
+        m.member_state(&member)
+    );
+    for (w, n) in (0..4u64).zip(&rounds) {
+        let r = n - 1;
+        data::verify(&lun.backing, w * 2 + r % 2, 1, 0x7800 + w * 100 + r);
+    }
+    tool.detach("vm1-disk");
+    // The paths are gone with the detach: look through a new login.
+    let tool = Tool::new(&targets);
+    let map = tool.attach(&plain_spec);
+    let k = std::fs::canonicalize(&map).expect("map node");
+    let now = slaves(&k.file_name().expect("name").to_string_lossy());
+    let r = pr(&now[0]);
+    assert!(
+        !r.keys.contains(&mine) && r.holder.is_none(),
+        "detach dropped the registrations: {r:?}"
+    );
+    tool.detach(&plain_spec);
+    vg.remove();
+}
