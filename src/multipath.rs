@@ -211,10 +211,15 @@ impl Multipath<'_> {
         Ok(())
     }
 
-    /// `multipath /dev/PATH`: assemble the map of that path's LUN.
-    pub fn assemble(&self, path: &str) -> Result<(), MultipathError> {
-        self.runner
-            .run(&self.cmd(Program::Multipath).arg(format!("/dev/{path}")))?;
+    /// `multipathd add path DISK`: multipathd takes the path again, and
+    /// makes its LUN's map once the wwid is in its file (it made none when
+    /// the path appeared). Faster than `multipath /dev/DISK` (measured
+    /// under TCG: 0.1-0.2 s a path, then the map, against 1.5-1.9 s).
+    pub fn add_path(&self, disk: &str) -> Result<(), MultipathError> {
+        let out = self
+            .runner
+            .run(&self.cmd(Program::Multipathd).args(["add", "path", disk]))?;
+        tracing::debug!(disk, answer = out.stdout.trim(), "multipathd add path");
         Ok(())
     }
 

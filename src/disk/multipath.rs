@@ -14,8 +14,8 @@ use crate::spec::TargetName;
 use crate::state::{IscsiLeg, MapLeg, PathLeg};
 use crate::uevent::Watcher;
 
-/// How often `multipath DEV` is asked again while the map lacks a path
-/// (it leaves out a path udev has not finished with).
+/// How often multipathd is asked again for the paths while the map lacks
+/// one (it leaves out a path udev has not finished with).
 const ASK_AGAIN: Duration = Duration::from_secs(1);
 
 impl Engine<'_> {
@@ -195,8 +195,10 @@ impl Engine<'_> {
                     .iter()
                     .all(|p| p.devnum.as_deref().is_some_and(|d| self.udev_knows(d)));
             if ready && asked.map_or(true, |t| crate::clock::since(t) >= ASK_AGAIN) {
-                if let Err(e) = mp.assemble(first) {
-                    tracing::debug!(device = first, error = %e, "multipath made no map yet");
+                for p in paths {
+                    if let Err(e) = mp.add_path(&p.kname) {
+                        tracing::debug!(device = p.kname, error = %e, "multipathd made no map yet");
+                    }
                 }
                 asked = Some(crate::clock::now());
             }
