@@ -58,7 +58,8 @@ impl Engine<'_> {
         for p in &to_login {
             prepared.push((p.clone(), self.prepare_login(key, t, p, undo)?));
         }
-        let adm = self.login_adm();
+        let limit = self.limit(self.config.timeouts.login);
+        let adm = self.login_adm(limit);
         let started = crate::clock::now();
         let answers: Vec<_> = std::thread::scope(|sc| {
             let running: Vec<_> = prepared
@@ -75,7 +76,7 @@ impl Engine<'_> {
         });
         let mut first_error = None;
         for (p, r) in answers {
-            match self.end_login(target, &p, started, r) {
+            match self.end_login(target, &p, (started, limit), r) {
                 Ok(s) => sessions.push((p, s)),
                 Err(e) => {
                     tracing::warn!(target, portal = %p, error = %e.1, "login failed: path left out");

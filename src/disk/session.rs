@@ -299,16 +299,16 @@ impl Engine<'_> {
         undo: &mut Vec<Undo>,
     ) -> Result<Session, (Step, Cause)> {
         let mutual = self.prepare_login(key, t, portal, undo)?;
-        let adm = self.login_adm();
+        let limit = self.limit(self.config.timeouts.login);
         let started = crate::clock::now();
-        let r = adm.login(t.as_str(), portal, mutual);
-        self.end_login(t.as_str(), portal, started, r)
+        let r = self.login_adm(limit).login(t.as_str(), portal, mutual);
+        self.end_login(t.as_str(), portal, (started, limit), r)
     }
 
     /// iscsiadm for a login: its wait fits iscsid's attempts.
-    pub(super) fn login_adm(&self) -> Iscsiadm<'_> {
+    pub(super) fn login_adm(&self, limit: super::budget::Limit) -> Iscsiadm<'_> {
         Iscsiadm {
-            login_timeout: self.limit(self.config.timeouts.login).wait,
+            login_timeout: limit.wait,
             ..self.iscsiadm()
         }
     }
@@ -423,10 +423,11 @@ impl Engine<'_> {
         &self,
         target: &str,
         portal: &str,
-        started: Instant,
+        (started, login_limit): (Instant, super::budget::Limit),
         r: Result<Login, IscsiError>,
     ) -> Result<Session, (Step, Cause)> {
-        let login_limit = self.limit(self.config.timeouts.login);
+        // `login_limit` is what the login was given when it started: the
+        // error tells that, not what is left after it.
         let login = match r {
             Ok(l) => l,
             Err(e) => {
@@ -493,8 +494,16 @@ impl Engine<'_> {
     /// yet: it may use any of the target's sessions).
     fn others_of(&self, key: &str, target: &str, portal: &str) -> Result<bool, StateError> {
         Ok(self.store.all()?.into_iter().any(|(k, o)| {
+            // A recorded disk that is gone no longer needs the session: its
+            // detach released it and has yet to remove the record. Counting
+            // it let two detaches racing each leave the session to the other.
             let uses = match &o.iscsi {
-                Some(i) => i.target == target && i.uses_portal(portal),
+                Some(i) => {
+                    i.target == target
+                        && i.path_list().into_iter().any(|(p, hctl, _)| {
+                            p == portal && iscsi::device_at(&self.sys, &hctl).is_some()
+                        })
+                }
                 None => super::target_of(&o).as_deref() == Some(target),
             };
             k != crate::lock::file_key(key)
@@ -607,6 +616,15 @@ impl Engine<'_> {
                     .store
                     .owned_portals(target)
                     .map_err(|e| (Step::State, e.into()))?;
+                // Every portal an attach could have logged in at: a kill
+                // during a claim's write left only its temporary file, which
+                // the logout rule clears where nothing is logged in.
+                portals.extend(iscsi::node_portals(&self.sys, target));
+                if let Ok(t) = TargetName::parse(target) {
+                    if let Some(list) = self.config.portals_for(&t) {
+                        portals.extend(list.iter().map(ToString::to_string));
+                    }
+                }
                 for s in iscsi::sessions(&self.sys)
                     .into_iter()
                     .filter(|s| s.target == target)

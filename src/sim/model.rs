@@ -203,6 +203,9 @@ pub struct Model {
     pub open_by_vm: BTreeSet<String>,
     /// The specs attached as far as their callers know (set by the scheduler).
     pub attached: BTreeSet<String>,
+    /// Attached specs whose own call (a detach) has deleted their LUN's
+    /// disk: they no longer need its session.
+    pub released: BTreeSet<String>,
     /// Secrets that must appear nowhere.
     pub secrets: Vec<String>,
     /// (target, LUN) pairs some spec of the run names.

@@ -590,6 +590,7 @@ impl World {
             if let Some(dev) = m.dev_at(&format!("/dev/md/{label}")) {
                 let k = m.kname(&dev).0;
                 m.attached.insert(s.clone());
+                m.released.remove(s);
                 m.open_by_vm.insert(k.clone());
                 opened.push((s.clone(), k));
             }
@@ -675,7 +676,9 @@ impl World {
                         .iter()
                         .any(|(_, a)| a.spec == spec);
                     if !still && !recorded {
-                        self.host.model().attached.remove(&spec);
+                        let mut m = self.host.model();
+                        m.attached.remove(&spec);
+                        m.released.remove(&spec);
                     }
                 }
                 return;
@@ -696,6 +699,7 @@ impl World {
                 };
                 let k = m.kname(&d).0;
                 m.attached.insert(spec.clone());
+                m.released.remove(&spec);
                 m.open_by_vm.insert(k.clone());
                 if matches!(op, Op::DomAdd(..)) || !self.held_ever.contains(&spec) {
                     self.check_fresh(&mut m, &spec, &k);
@@ -704,6 +708,7 @@ impl World {
             }
         } else if let Outcome::Ok(_) = out {
             m.attached.remove(&spec);
+            m.released.remove(&spec);
             if let Some(k) = self.vms.remove(&spec) {
                 m.open_by_vm.remove(&k);
             }

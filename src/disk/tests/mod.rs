@@ -425,6 +425,20 @@ fn a_login_draws_from_the_budget_and_iscsids_attempts_fit_it() {
         "names the step and the budget: {text}"
     );
     assert!(err.rollback.is_empty(), "clean rollback: {text}");
+    // What the login was given when it started, not what was left after
+    // it failed: iscsid's attempts fit in it.
+    let after = |pat: &str| -> u64 {
+        let rest = &text[text.find(pat).unwrap_or_else(|| panic!("{pat} in {text}")) + pat.len()..];
+        rest.chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap_or_else(|_| panic!("a number after {pat} in {text}"))
+    };
+    assert!(
+        after("end within ") <= after("only "),
+        "the attempts fit what the login was given: {text}"
+    );
     let seen = seen.lock().expect("lock").clone().expect("login ran");
     let value = |key: &str| -> u64 {
         seen.lines()
@@ -681,12 +695,21 @@ fn detach_logs_out_only_the_session_its_login_made() {
         portal: "127.0.0.1:3260".into(),
         sid,
     };
+    // other: another attachment's record on the session, with its disk
+    // there (Some(true)) or already deleted by its own racing detach.
     for (case, owned, other, logs_out, claim_left) in [
-        ("ours", Some(claim(Some(5))), false, true, false),
-        ("pending claim", Some(claim(None)), false, true, false),
-        ("another session", Some(claim(Some(4))), false, false, false),
-        ("never claimed", None, false, false, false),
-        ("shared", Some(claim(Some(5))), true, false, true),
+        ("ours", Some(claim(Some(5))), None, true, false),
+        ("pending claim", Some(claim(None)), None, true, false),
+        ("another session", Some(claim(Some(4))), None, false, false),
+        ("never claimed", None, None, false, false),
+        ("shared", Some(claim(Some(5))), Some(true), false, true),
+        (
+            "other's disk gone",
+            Some(claim(Some(5))),
+            Some(false),
+            true,
+            false,
+        ),
     ] {
         let runner = RecordingRunner::new();
         let (d, c) = fake_root();
@@ -695,10 +718,17 @@ fn detach_logs_out_only_the_session_its_login_made() {
         if let Some(o) = &owned {
             e.store.own_session(o).expect("claim");
         }
-        if other {
+        if let Some(disk) = other {
             let mut b = a.clone();
             b.spec = format!("lun2@{target}");
-            b.iscsi.as_mut().expect("leg").lun = 2;
+            let leg = b.iscsi.as_mut().expect("leg");
+            leg.lun = 2;
+            leg.hctl = "7:0:0:2".into();
+            if disk {
+                let dir = d.path().join("sys/bus/scsi/devices/7:0:0:2");
+                fs::create_dir_all(&dir).expect("mkdir");
+                fs::write(dir.join("type"), "0\n").expect("w");
+            }
             e.store
                 .save(&key_of(&b.spec.parse().expect("spec")), &b)
                 .expect("save");

@@ -327,6 +327,19 @@ impl Model {
                     let d = format!("SCSI disk {} ({h}) deleted while a VM has it open", s.kname);
                     self.violate("a disk in use is never removed", d);
                 }
+                let me = super::caller();
+                let lun = &self.luns[s.lun];
+                let mine: Vec<String> = self
+                    .attached
+                    .iter()
+                    .filter(|spec| {
+                        me.acts_for(spec)
+                            && spec_target(spec).as_deref() == Some(lun.target.as_str())
+                            && spec_lun(spec) == lun.lun
+                    })
+                    .cloned()
+                    .collect();
+                self.released.extend(mine);
                 self.remove_scsi(h);
                 Ok(())
             }
@@ -403,6 +416,15 @@ impl Model {
             self.open_by_vm.remove(&s.kname);
         }
     }
+}
+
+/// The LUN of spec `s` (normalised form `[lunN@]TARGET[+LABEL]`; 0 when
+/// not written).
+pub fn spec_lun(s: &str) -> u32 {
+    s.split_once('@')
+        .and_then(|(l, _)| l.strip_prefix("lun"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// The target of spec `s` (normalised form `[lunN@]TARGET[+LABEL]`).

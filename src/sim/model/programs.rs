@@ -209,7 +209,10 @@ impl Model {
             self.attached.clone()
         };
         for spec in attached {
-            if !me.acts_for(&spec) && spec_target(&spec).as_deref() == Some(s.target.as_str()) {
+            if !me.acts_for(&spec)
+                && !self.released.contains(&spec)
+                && spec_target(&spec).as_deref() == Some(s.target.as_str())
+            {
                 let d = format!(
                     "session {sid} to {} logged out while {spec} is attached",
                     s.target
