@@ -88,11 +88,6 @@ pub fn by_name(sys: &Sys, name: &str) -> Option<Map> {
         .find(|m| m.name == name)
 }
 
-/// Whether `kname` is a multipath map.
-pub fn is_map(sys: &Sys, kname: &str) -> bool {
-    map_at(sys, kname).is_some()
-}
-
 /// The path devices of multipath map `kname` (empty when it is none).
 pub fn paths_of(sys: &Sys, kname: &str) -> Vec<String> {
     map_at(sys, kname).map(|m| m.slaves).unwrap_or_default()

@@ -52,6 +52,14 @@ pub struct IscsiLeg {
 }
 
 impl IscsiLeg {
+    /// The leg's device node: the multipath map's, else its SCSI disk's.
+    pub fn device(&self) -> std::path::PathBuf {
+        match &self.map {
+            Some(m) => crate::multipath::node(&m.name),
+            None => std::path::PathBuf::from(format!("/dev/{}", self.kname)),
+        }
+    }
+
     /// The (portal, hctl, scanned) of each path: one for a single path.
     pub fn path_list(&self) -> Vec<(String, String, bool)> {
         if self.paths.is_empty() {
@@ -62,11 +70,6 @@ impl IscsiLeg {
                 .map(|p| (p.portal.clone(), p.hctl.clone(), p.scanned))
                 .collect()
         }
-    }
-
-    /// Whether the leg uses the session at `portal`.
-    pub fn uses_portal(&self, portal: &str) -> bool {
-        self.portal == portal || self.paths.iter().any(|p| p.portal == portal)
     }
 }
 

@@ -276,11 +276,12 @@ fn leg(
 
 /// An iSCSI leg's state with its paths.
 fn iscsi_leg(sys: &Sys, i: &crate::state::IscsiLeg, array: Option<&md::Array>) -> LegStatus {
-    let device = match &i.map {
-        Some(m) => crate::multipath::node(&m.name).display().to_string(),
-        None => format!("/dev/{}", i.kname),
-    };
-    let mut l = leg("iscsi", device, Some(&i.kname), array);
+    let mut l = leg(
+        "iscsi",
+        i.device().display().to_string(),
+        Some(&i.kname),
+        array,
+    );
     l.paths = i
         .paths
         .iter()

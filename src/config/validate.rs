@@ -184,16 +184,18 @@ impl Validator<'_> {
         }
     }
 
+    fn portal(&mut self, p: &Spanned<String>) -> Option<Portal> {
+        match parse_portal(p.get_ref()) {
+            Ok(portal) => Some(portal),
+            Err(why) => {
+                self.error(p.span(), format!("portal {:?}: {why}", p.get_ref()));
+                None
+            }
+        }
+    }
+
     fn portals(&mut self, raw: &[Spanned<String>]) -> Vec<Portal> {
-        raw.iter()
-            .filter_map(|p| match parse_portal(p.get_ref()) {
-                Ok(portal) => Some(portal),
-                Err(why) => {
-                    self.error(p.span(), format!("portal {:?}: {why}", p.get_ref()));
-                    None
-                }
-            })
-            .collect()
+        raw.iter().filter_map(|p| self.portal(p)).collect()
     }
 
     /// `[[target]]`: a target's own portals. Addresses only: open-iscsi
@@ -226,7 +228,7 @@ impl Validator<'_> {
             }
             let mut portals: Vec<Portal> = Vec::new();
             for p in &raw_portals {
-                let Some(portal) = self.portals(std::slice::from_ref(p)).pop() else {
+                let Some(portal) = self.portal(p) else {
                     continue;
                 };
                 if matches!(portal.host, Host::Name(_)) {

@@ -378,10 +378,7 @@ impl Engine<'_> {
                 Action::CheckLocal(_) => {}
                 Action::IscsiLeg { target, lun: n } => {
                     let leg = self.iscsi_leg(w.key, target, *n, undo)?;
-                    iscsi_dev = Some(match &leg.map {
-                        Some(m) => crate::multipath::node(&m.name),
-                        None => PathBuf::from(format!("/dev/{}", leg.kname)),
-                    });
+                    iscsi_dev = Some(leg.device());
                     att.iscsi = Some(leg);
                     self.store
                         .save(w.key, att)

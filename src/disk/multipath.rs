@@ -252,10 +252,11 @@ impl Engine<'_> {
         }
     }
 
-    /// A multipath leg back for `heal`: its map still there and over the
-    /// recorded LUN, a path of it up (multipathd reinstates the paths by
-    /// itself once their sessions are back). The device md re-adds, its
-    /// kernel name and the first path's address.
+    /// A multipath leg back for `heal`: its map still there, a path of it
+    /// up (multipathd reinstates the paths by itself once their sessions
+    /// are back). The device md re-adds, its kernel name and the first
+    /// path's address; the caller checks the map's wwid and size against
+    /// the record, as for a single path.
     pub(super) fn map_back(
         &self,
         leg: &IscsiLeg,
@@ -339,7 +340,9 @@ impl Engine<'_> {
             })
     }
 
-    fn forget_wwid_of(&self, path: &str) {
+    /// `multipath -w /dev/PATH`: multipath forgets that LUN's wwid (a
+    /// failure is logged: the map is flushed all the same).
+    pub(super) fn forget_wwid_of(&self, path: &str) {
         if let Err(e) = self.multipath().forget_wwid(path) {
             tracing::warn!(device = path, error = %e, "multipath kept the LUN's wwid");
         }

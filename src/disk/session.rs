@@ -701,16 +701,13 @@ impl Engine<'_> {
 
     /// `multipath -w` through one of the leg's paths still there.
     fn forget_wwid(&self, leg: &IscsiLeg) {
-        let path =
-            leg.paths.iter().map(|p| p.kname.as_str()).find(|k| {
-                iscsi::wwid(&self.sys, k).is_some() && iscsi::wwid(&self.sys, k) == leg.wwid
-            });
+        let path = leg
+            .paths
+            .iter()
+            .map(|p| p.kname.as_str())
+            .find(|k| leg.wwid.is_some() && iscsi::wwid(&self.sys, k) == leg.wwid);
         match path {
-            Some(k) => {
-                if let Err(e) = self.multipath().forget_wwid(k) {
-                    tracing::warn!(device = k, error = %e, "multipath kept the LUN's wwid");
-                }
-            }
+            Some(k) => self.forget_wwid_of(k),
             None => {
                 tracing::warn!(wwid = ?leg.wwid, "no path left to tell multipath to forget the LUN's wwid")
             }

@@ -418,13 +418,9 @@ impl Model {
     }
 }
 
-/// The LUN of spec `s` (normalised form `[lunN@]TARGET[+LABEL]`; 0 when
-/// not written).
+/// The LUN of spec `s` (0 when not written).
 pub fn spec_lun(s: &str) -> u32 {
-    s.split_once('@')
-        .and_then(|(l, _)| l.strip_prefix("lun"))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    crate::spec::Spec::parse(s).map_or(0, |p| p.lun)
 }
 
 /// The target of spec `s` (normalised form `[lunN@]TARGET[+LABEL]`).

@@ -19,9 +19,7 @@ const PROM: &str = "/run/lab-mpath.prom";
 
 /// The iSCSI leg of `status --json`'s only attachment named `spec`.
 fn iscsi_leg(tool: &Tool, spec: &str) -> serde_json::Value {
-    let out = tool.run(&["status", "--json"]);
-    assert!(out.ok(), "status --json: {}", out.stderr);
-    let js: serde_json::Value = serde_json::from_str(&out.stdout).expect("status JSON");
+    let js = tool.status_json();
     js["attachments"]
         .as_array()
         .expect("attachments")
@@ -34,13 +32,36 @@ fn iscsi_leg(tool: &Tool, spec: &str) -> serde_json::Value {
                 .find(|l| l["role"] == "iscsi")
                 .cloned()
         })
-        .unwrap_or_else(|| panic!("no iSCSI leg of {spec} in {}", out.stdout))
+        .unwrap_or_else(|| panic!("no iSCSI leg of {spec} in {js}"))
 }
 
 fn paths_up(tool: &Tool, spec: &str) -> u64 {
     iscsi_leg(tool, spec)["paths_up"]
         .as_u64()
         .expect("paths_up")
+}
+
+/// md's member that is a multipath map over two paths (never a path).
+fn map_member(m: &Md) -> String {
+    m.members()
+        .into_iter()
+        .find(|k| k.starts_with("dm-") && slaves(k).len() == 2)
+        .unwrap_or_else(|| panic!("md's iSCSI leg is a map over two paths: {:?}", m.members()))
+}
+
+/// The path devices of the map behind device node `dev`.
+fn paths_behind(dev: &std::path::Path) -> Vec<String> {
+    let k = std::fs::canonicalize(dev).expect("map node");
+    slaves(&k.file_name().expect("name").to_string_lossy())
+}
+
+/// The config's `[[target]]` block giving IQN these portals.
+fn target_conf(portals: &[String]) -> String {
+    let list: Vec<String> = portals.iter().map(|p| format!("\"{p}\"")).collect();
+    format!(
+        "[[target]]\nname = \"{IQN}\"\nportals = [{}]\n",
+        list.join(", ")
+    )
 }
 
 /// The multipath maps (dm uuid `mpath-`) there are.
@@ -127,11 +148,7 @@ fn lab_multipath_mirror_one_path_cut_then_both_watch_heals() {
     assert_eq!(wwids_file().len(), 1, "the LUN's wwid added");
     assert_eq!(ini::sessions(IQN).len(), 2, "a session per portal");
     let m = Md::by_label("vm1-disk");
-    let member = m
-        .members()
-        .into_iter()
-        .find(|k| k.starts_with("dm-") && slaves(k).len() == 2)
-        .unwrap_or_else(|| panic!("md's iSCSI leg is a map over two paths: {:?}", m.members()));
+    let member = map_member(&m);
     assert!(
         !m.members().iter().any(|k| k.starts_with("sd")),
         "never a path device in md: {:?}",
@@ -296,10 +313,7 @@ fn lab_multipath_mirror_one_path_cut_then_both_watch_heals() {
         &["-m", "node", "-T", IQN, "-o", "delete"]
     )
     .ok());
-    let tool = Tool::new(&format!(
-        "[[target]]\nname = \"{IQN}\"\nportals = [\"{}\", \"{}\"]\n",
-        portals[0], portals[1]
-    ));
+    let tool = Tool::new(&target_conf(&portals));
     let dev = tool.attach(&plain_spec);
     assert!(dev.starts_with("/dev/mapper"), "the map: {}", dev.display());
     let k = std::fs::canonicalize(&dev).expect("map node");
@@ -349,10 +363,7 @@ fn lab_multipath_etcd_reservations_registered_on_every_path() {
     let (lun, plain) = (t.luns[0].clone(), t.luns[1].clone());
     let portals = [t.portal(), t.add_portal_in(&b)];
     let mp = Multipathd::start(MULTIPATH_CONF);
-    let targets = format!(
-        "[[target]]\nname = \"{IQN}\"\nportals = [\"{}\", \"{}\"]\n",
-        portals[0], portals[1]
-    );
+    let targets = target_conf(&portals);
     let pr = |k: &str| {
         Reservation::new(std::path::Path::new(&format!("/dev/{k}")))
             .read()
@@ -368,8 +379,7 @@ fn lab_multipath_etcd_reservations_registered_on_every_path() {
     let tool = Tool::new(&targets);
     let plain_spec = format!("lun{}@{IQN}", plain.number);
     let map = tool.attach(&plain_spec);
-    let k = std::fs::canonicalize(&map).expect("map node");
-    let paths = slaves(&k.file_name().expect("name").to_string_lossy());
+    let paths = paths_behind(&map);
     assert_eq!(paths.len(), 2, "{paths:?}");
     let one = Reservation::new(std::path::Path::new(&format!("/dev/{}", paths[1])));
     let key = 0x1ab_0001;
@@ -400,11 +410,7 @@ fn lab_multipath_etcd_reservations_registered_on_every_path() {
     let spec = format!("lun{}@{IQN}+vm1-disk", lun.number);
     let dev = tool.attach(&spec);
     let m = Md::by_label("vm1-disk");
-    let member = m
-        .members()
-        .into_iter()
-        .find(|k| k.starts_with("dm-") && slaves(k).len() == 2)
-        .unwrap_or_else(|| panic!("the map in md: {:?}", m.members()));
+    let member = map_member(&m);
     let paths = slaves(&member);
     let mine = key_of("host-a");
     let r = pr(&paths[0]);
@@ -445,8 +451,7 @@ fn lab_multipath_etcd_reservations_registered_on_every_path() {
     // The paths are gone with the detach: look through a new login.
     let tool = Tool::new(&targets);
     let map = tool.attach(&plain_spec);
-    let k = std::fs::canonicalize(&map).expect("map node");
-    let now = slaves(&k.file_name().expect("name").to_string_lossy());
+    let now = paths_behind(&map);
     let r = pr(&now[0]);
     assert!(
         !r.keys.contains(&mine) && r.holder.is_none(),
