@@ -110,19 +110,17 @@ impl Engine<'_> {
         } else {
             // The LUN's disk: the one attach recorded, at the same address and
             // with the same wwid.
-            let session = iscsi::session_of(&self.sys, &leg.target)
-                .filter(|s| s.logged_in())
-                .ok_or_else(|| {
-                    fail(
-                        Step::Login,
-                        IscsiError::SessionDown {
-                            target: leg.target.clone(),
-                            state: iscsi::session_of(&self.sys, &leg.target)
-                                .map_or_else(|| "absent".to_string(), |s| s.state),
-                        }
-                        .into(),
-                    )
-                })?;
+            let session = iscsi::leg_session(&self.sys, &leg.target, &leg.portal);
+            let session = match session {
+                Some(s) if s.logged_in() => s,
+                other => {
+                    let e = IscsiError::SessionDown {
+                        target: leg.target.clone(),
+                        state: other.map_or_else(|| "absent".to_string(), |s| s.state),
+                    };
+                    return Err(fail(Step::Login, e.into()));
+                }
+            };
             let dev = iscsi::lun_device(&self.sys, &session, leg.lun)
                 .filter(|d| d.hctl == leg.hctl && d.block.as_deref() == Some(leg.kname.as_str()))
                 .ok_or_else(|| {

@@ -202,7 +202,7 @@ impl Engine<'_> {
             let target_lock = self
                 .target_lock(&leg.target)
                 .map_err(|e| fail(Step::Lock, e))?;
-            let session = iscsi::session_of(&self.sys, &leg.target);
+            let session = iscsi::leg_session(&self.sys, &leg.target, &leg.portal);
             let session = match session {
                 Some(s) if s.logged_in() => s,
                 other => {

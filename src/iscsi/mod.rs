@@ -259,6 +259,18 @@ pub fn session_at(sys: &Sys, target: &str, portal: &str) -> Option<Session> {
     v.into_iter().next()
 }
 
+/// The session a single-path leg recorded at `portal` uses: with several
+/// portals a target has several sessions, and only that one carries the
+/// leg's LUN. A record that names no portal, or a session whose portal
+/// sysfs does not tell, falls back to the target's session.
+pub fn leg_session(sys: &Sys, target: &str, portal: &str) -> Option<Session> {
+    let any = || session_of(sys, target);
+    if portal.is_empty() {
+        return any();
+    }
+    session_at(sys, target, portal).or_else(|| any().filter(|s| s.portal.is_none()))
+}
+
 /// Whether the path at `hctl` carries I/O: its SCSI device is running
 /// and its session logged in.
 pub fn path_up(sys: &Sys, hctl: &str) -> bool {

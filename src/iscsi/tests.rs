@@ -345,3 +345,46 @@ fn a_lock_that_is_no_longer_ours_is_left_on_release() {
     drop(held);
     assert!(write.exists(), "their lock stays");
 }
+
+/// A fake session `sid` to `target` (SCSI host `sid`), at `portal` when
+/// sysfs tells one.
+fn fake_session(root: &std::path::Path, target: &str, sid: u32, portal: Option<&str>) {
+    let dev = root.join(format!("sys/devices/platform/host{sid}/session{sid}"));
+    fs::create_dir_all(&dev).expect("mkdir");
+    let class = root.join(format!("sys/class/iscsi_session/session{sid}"));
+    fs::create_dir_all(&class).expect("mkdir");
+    fs::write(class.join("targetname"), format!("{target}\n")).expect("w");
+    fs::write(class.join("state"), "LOGGED_IN\n").expect("w");
+    std::os::unix::fs::symlink(&dev, class.join("device")).expect("link");
+    if let Some((addr, port)) = portal.and_then(|p| p.split_once(':')) {
+        fs::create_dir_all(dev.join(format!("connection{sid}:0"))).expect("mkdir");
+        let conn = root.join(format!("sys/class/iscsi_connection/connection{sid}:0"));
+        fs::create_dir_all(&conn).expect("mkdir");
+        fs::write(conn.join("persistent_address"), format!("{addr}\n")).expect("w");
+        fs::write(conn.join("persistent_port"), format!("{port}\n")).expect("w");
+    }
+}
+
+/// With a session per portal, a single-path leg's session is the one at
+/// its recorded portal, not the target's first (heal and grow scan and
+/// rescan the LUN on it).
+#[test]
+fn a_legs_session_is_the_one_at_its_portal() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let sys = Sys::new(d.path());
+    let t = "iqn.2024-01.lab:two";
+    fake_session(d.path(), t, 2, Some("192.0.2.2:3260"));
+    fake_session(d.path(), t, 3, Some("192.0.2.1:3260"));
+    assert_eq!(session_of(&sys, t).map(|s| s.sid), Some(2));
+    let at = |p: &str| leg_session(&sys, t, p).map(|s| s.sid);
+    assert_eq!(at("192.0.2.1:3260"), Some(3));
+    assert_eq!(at("192.0.2.9:3260"), None, "no session at that portal");
+    assert_eq!(at(""), Some(2), "a record without a portal");
+    let other = "iqn.2024-01.lab:one";
+    fake_session(d.path(), other, 4, None);
+    assert_eq!(
+        leg_session(&sys, other, "192.0.2.1:3260").map(|s| s.sid),
+        Some(4),
+        "a session whose portal sysfs does not tell"
+    );
+}
